@@ -1,0 +1,397 @@
+//! Request signatures, the scheme clients already use:
+//!
+//! ```text
+//! X-Request-Signature = lowercase hex( HMAC-SHA256( secret, body ‖ timestamp ‖ nonce ) )
+//! ```
+//!
+//! over the raw body bytes exactly as received, then the `X-Request-Timestamp` and
+//! `X-Request-Nonce` header values exactly as sent. Because the body comes first, the MAC is fed
+//! chunk by chunk as the body streams in and finished with timestamp and nonce at end of stream.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::config::SigningKey;
+use crate::headers::RequestHeaders;
+use crate::reject::{Reject, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Nonce length bounds, in characters of the URL-safe alphabet `[A-Za-z0-9_-]`.
+pub const NONCE_MIN: usize = 16;
+pub const NONCE_MAX: usize = 128;
+
+/// The signature headers of one request, parsed and well-formed but not yet verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedRequest {
+    mac: [u8; 32],
+    /// The timestamp header exactly as sent: it is part of the signed bytes.
+    timestamp_raw: Vec<u8>,
+    pub timestamp: u64,
+    /// The nonce exactly as sent (URL-safe ASCII, so also valid UTF-8).
+    pub nonce: String,
+}
+
+/// Proof that a signature verified. Only [`Verifier::finish`] makes one, so code that takes it
+/// (recording the nonce) cannot run for a request whose signature was not checked.
+#[derive(Debug)]
+pub struct SignatureVerified {
+    /// Index into the configured keys of the key that matched.
+    pub key_index: usize,
+    _private: (),
+}
+
+/// Reads the three signature headers. Absent, duplicated or malformed headers are refused here,
+/// before any body is read.
+pub fn parse_headers(headers: &RequestHeaders) -> Result<SignedRequest, Reject> {
+    let signature = required(headers, "x-request-signature", SIGNATURE_HEADER)?;
+    let timestamp = required(headers, "x-request-timestamp", TIMESTAMP_HEADER)?;
+    let nonce = required(headers, "x-request-nonce", NONCE_HEADER)?;
+    Ok(SignedRequest {
+        mac: parse_mac(signature)?,
+        timestamp: parse_timestamp(timestamp)?,
+        timestamp_raw: timestamp.to_vec(),
+        nonce: parse_nonce(nonce)?,
+    })
+}
+
+fn required<'a>(
+    headers: &'a RequestHeaders,
+    name: &str,
+    display: &'static str,
+) -> Result<&'a [u8], Reject> {
+    match headers.unique(name) {
+        Err(_) => Err(Reject::DuplicatedHeader { header: display }),
+        Ok(None) => Err(Reject::MissingSignature { header: display }),
+        Ok(Some(v)) if v.is_empty() => Err(Reject::MissingSignature { header: display }),
+        Ok(Some(v)) => Ok(v),
+    }
+}
+
+fn parse_mac(value: &[u8]) -> Result<[u8; 32], Reject> {
+    let malformed = |reason| Reject::MalformedHeader {
+        header: SIGNATURE_HEADER,
+        reason,
+    };
+    if value.len() != 64 {
+        return Err(malformed("must be 64 hex characters (HMAC-SHA256)"));
+    }
+    let mut mac = [0u8; 32];
+    hex::decode_to_slice(value, &mut mac).map_err(|_| malformed("must be hexadecimal"))?;
+    Ok(mac)
+}
+
+fn parse_timestamp(value: &[u8]) -> Result<u64, Reject> {
+    let malformed = |reason| Reject::MalformedHeader {
+        header: TIMESTAMP_HEADER,
+        reason,
+    };
+    // Unix seconds as plain decimal digits; 12 digits reach the year 33658, far enough.
+    if value.len() > 12 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(malformed("must be the unix time in whole seconds"));
+    }
+    value
+        .iter()
+        .try_fold(0u64, |acc, d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .ok_or(malformed("must be the unix time in whole seconds"))
+}
+
+fn parse_nonce(value: &[u8]) -> Result<String, Reject> {
+    let malformed = |reason| Reject::MalformedHeader {
+        header: NONCE_HEADER,
+        reason,
+    };
+    if value.len() < NONCE_MIN || value.len() > NONCE_MAX {
+        return Err(malformed(
+            "must be 16 to 128 characters long (letters, digits, '-' and '_')",
+        ));
+    }
+    if !value
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+    {
+        return Err(malformed(
+            "may only contain letters, digits, '-' and '_' (URL-safe base64 or a UUID)",
+        ));
+    }
+    // Checked ASCII above, so this conversion cannot fail; map the error anyway rather than unwrap.
+    String::from_utf8(value.to_vec()).map_err(|_| malformed("must be ASCII"))
+}
+
+/// Refuses a timestamp further than `window` seconds from `now`, in either direction.
+pub fn check_window(timestamp: u64, now: u64, window: u64) -> Result<(), Reject> {
+    let skew = i128::from(timestamp) - i128::from(now);
+    if skew.unsigned_abs() > u128::from(window) {
+        let skew = i64::try_from(skew).unwrap_or(if skew < 0 { i64::MIN } else { i64::MAX });
+        return Err(Reject::TimestampOutOfWindow { skew, window });
+    }
+    Ok(())
+}
+
+/// Incremental verification against every active key (several during a rotation).
+#[derive(Clone)]
+pub struct Verifier {
+    macs: Vec<HmacSha256>,
+    body_len: u64,
+}
+
+impl Verifier {
+    pub fn new(keys: &[SigningKey]) -> Self {
+        let macs = keys
+            .iter()
+            // HMAC accepts keys of any length, so this never fails; keys that somehow did would
+            // simply never match (fail closed).
+            .filter_map(|k| HmacSha256::new_from_slice(k.secret.expose()).ok())
+            .collect();
+        Self { macs, body_len: 0 }
+    }
+
+    /// Feeds the next body bytes.
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.body_len += chunk.len() as u64;
+        for mac in &mut self.macs {
+            mac.update(chunk);
+        }
+    }
+
+    pub fn body_len(&self) -> u64 {
+        self.body_len
+    }
+
+    /// Finishes with timestamp ‖ nonce and compares in constant time against each key.
+    pub fn finish(self, request: &SignedRequest) -> Result<SignatureVerified, Reject> {
+        let mut matched = None;
+        for (index, mut mac) in self.macs.into_iter().enumerate() {
+            mac.update(&request.timestamp_raw);
+            mac.update(request.nonce.as_bytes());
+            // verify_slice compares in constant time. Every key is tried, so timing does not
+            // reveal which key matched either.
+            if mac.verify_slice(&request.mac).is_ok() && matched.is_none() {
+                matched = Some(index);
+            }
+        }
+        matched
+            .map(|key_index| SignatureVerified {
+                key_index,
+                _private: (),
+            })
+            .ok_or(Reject::InvalidSignature)
+    }
+}
+
+/// The signature a client sends: used by the CLI and tests, never by the filter's request path.
+pub fn sign(secret: &[u8], body: &[u8], timestamp: &str, nonce: &str) -> String {
+    // HMAC takes keys of any length.
+    let mut mac = match HmacSha256::new_from_slice(secret) {
+        Ok(mac) => mac,
+        Err(_) => return String::new(),
+    };
+    mac.update(body);
+    mac.update(timestamp.as_bytes());
+    mac.update(nonce.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const NONCE: &str = "nonce-0123456789abcdef";
+
+    fn key(id: &str, secret: &[u8]) -> SigningKey {
+        SigningKey {
+            id: id.to_string(),
+            secret: Secret::new(secret.to_vec()),
+        }
+    }
+
+    fn headers(sig: &str, ts: &str, nonce: &str) -> RequestHeaders {
+        RequestHeaders::new(vec![
+            ("x-request-signature".into(), sig.as_bytes().to_vec()),
+            ("x-request-timestamp".into(), ts.as_bytes().to_vec()),
+            ("x-request-nonce".into(), nonce.as_bytes().to_vec()),
+        ])
+    }
+
+    fn verify(keys: &[SigningKey], body: &[u8], h: &RequestHeaders) -> Result<usize, Reject> {
+        let req = parse_headers(h)?;
+        let mut v = Verifier::new(keys);
+        v.update(body);
+        v.finish(&req).map(|p| p.key_index)
+    }
+
+    #[test]
+    fn matches_the_reference_python_formula() {
+        // hmac.new(b"0123456789abcdef0123456789abcdef", b'{"a":1}' + b"1700000000" +
+        //          b"nonce-0123456789abcdef", hashlib.sha256).hexdigest()
+        let sig = sign(SECRET, br#"{"a":1}"#, "1700000000", NONCE);
+        assert_eq!(
+            sig,
+            "311248377f8ce8244ad35a733156a188252465510c1c49360a7b295e4b82ba80"
+        );
+        let h = headers(&sig, "1700000000", NONCE);
+        assert_eq!(verify(&[key("k", SECRET)], br#"{"a":1}"#, &h), Ok(0));
+    }
+
+    #[test]
+    fn body_fed_in_chunks_verifies_like_the_whole_body() {
+        let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let sig = sign(SECRET, &body, "1700000000", NONCE);
+        let req = parse_headers(&headers(&sig, "1700000000", NONCE)).unwrap();
+        let mut v = Verifier::new(&[key("k", SECRET)]);
+        for chunk in body.chunks(7) {
+            v.update(chunk);
+        }
+        assert_eq!(v.body_len(), 10_000);
+        assert!(v.finish(&req).is_ok());
+    }
+
+    #[test]
+    fn any_one_byte_change_fails_verification() {
+        let body = b"hello world, this is the body".to_vec();
+        let sig = sign(SECRET, &body, "1700000000", NONCE);
+        let keys = [key("k", SECRET)];
+        for i in 0..body.len() {
+            let mut tampered = body.clone();
+            tampered[i] ^= 0x01;
+            let h = headers(&sig, "1700000000", NONCE);
+            assert_eq!(verify(&keys, &tampered, &h), Err(Reject::InvalidSignature));
+        }
+        for i in 0..64 {
+            let mut s = sig.clone().into_bytes();
+            s[i] = if s[i] == b'0' { b'1' } else { b'0' };
+            let h = headers(std::str::from_utf8(&s).unwrap(), "1700000000", NONCE);
+            assert_eq!(verify(&keys, &body, &h), Err(Reject::InvalidSignature));
+        }
+        let h = headers(&sig, "1700000001", NONCE);
+        assert_eq!(verify(&keys, &body, &h), Err(Reject::InvalidSignature));
+        let h = headers(&sig, "1700000000", "nonce-0123456789abcdeF");
+        assert_eq!(verify(&keys, &body, &h), Err(Reject::InvalidSignature));
+    }
+
+    #[test]
+    fn rotation_reports_which_key_matched() {
+        let old = b"old-secret-old-secret-old-secret-old".as_slice();
+        let new = b"new-secret-new-secret-new-secret-new".as_slice();
+        let keys = [key("new", new), key("old", old)];
+        let sig = sign(old, b"", "1700000000", NONCE);
+        assert_eq!(
+            verify(&keys, b"", &headers(&sig, "1700000000", NONCE)),
+            Ok(1)
+        );
+        let sig = sign(new, b"", "1700000000", NONCE);
+        assert_eq!(
+            verify(&keys, b"", &headers(&sig, "1700000000", NONCE)),
+            Ok(0)
+        );
+        let sig = sign(
+            b"another-secret-another-secret-12",
+            b"",
+            "1700000000",
+            NONCE,
+        );
+        assert_eq!(
+            verify(&keys, b"", &headers(&sig, "1700000000", NONCE)),
+            Err(Reject::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn malformed_headers_are_refused_with_the_header_named() {
+        let good_sig = "a".repeat(64);
+        let cases: Vec<(RequestHeaders, &str)> = vec![
+            (headers("zz", "1700000000", NONCE), SIGNATURE_HEADER),
+            (
+                headers(&"g".repeat(64), "1700000000", NONCE),
+                SIGNATURE_HEADER,
+            ),
+            (
+                headers(&"a".repeat(63), "1700000000", NONCE),
+                SIGNATURE_HEADER,
+            ),
+            (headers(&good_sig, "17e8", NONCE), TIMESTAMP_HEADER),
+            (headers(&good_sig, "-1", NONCE), TIMESTAMP_HEADER),
+            (headers(&good_sig, "1700000000.5", NONCE), TIMESTAMP_HEADER),
+            (
+                headers(&good_sig, "99999999999999999999", NONCE),
+                TIMESTAMP_HEADER,
+            ),
+            (headers(&good_sig, "1700000000", "short"), NONCE_HEADER),
+            (
+                headers(&good_sig, "1700000000", &"n".repeat(129)),
+                NONCE_HEADER,
+            ),
+            (
+                headers(&good_sig, "1700000000", "nonce with spaces!!"),
+                NONCE_HEADER,
+            ),
+            (
+                headers(&good_sig, "1700000000", "nonce/with+slash=="),
+                NONCE_HEADER,
+            ),
+        ];
+        for (h, header) in cases {
+            match parse_headers(&h) {
+                Err(Reject::MalformedHeader { header: got, .. }) => assert_eq!(got, header),
+                other => panic!("expected malformed {header}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn nonce_length_bounds_are_inclusive() {
+        let sig = "a".repeat(64);
+        assert!(parse_headers(&headers(&sig, "1", &"n".repeat(16))).is_ok());
+        assert!(parse_headers(&headers(&sig, "1", &"n".repeat(128))).is_ok());
+        assert!(parse_headers(&headers(&sig, "1", &"n".repeat(15))).is_err());
+    }
+
+    #[test]
+    fn missing_and_duplicated_headers_are_named() {
+        let h = RequestHeaders::new(vec![("x-request-timestamp".into(), b"1".to_vec())]);
+        assert_eq!(
+            parse_headers(&h),
+            Err(Reject::MissingSignature {
+                header: SIGNATURE_HEADER
+            })
+        );
+        let mut pairs = vec![
+            ("x-request-signature".into(), b"a".repeat(64)),
+            ("x-request-timestamp".into(), b"1".to_vec()),
+            ("x-request-nonce".into(), NONCE.as_bytes().to_vec()),
+        ];
+        pairs.push(("x-request-nonce".into(), NONCE.as_bytes().to_vec()));
+        assert_eq!(
+            parse_headers(&RequestHeaders::new(pairs)),
+            Err(Reject::DuplicatedHeader {
+                header: NONCE_HEADER
+            })
+        );
+    }
+
+    #[test]
+    fn window_boundary_is_inclusive_on_both_sides() {
+        let now = 1_700_000_000;
+        assert!(check_window(now - 300, now, 300).is_ok());
+        assert!(check_window(now + 300, now, 300).is_ok());
+        assert_eq!(
+            check_window(now - 301, now, 300),
+            Err(Reject::TimestampOutOfWindow {
+                skew: -301,
+                window: 300
+            })
+        );
+        assert_eq!(
+            check_window(now + 301, now, 300),
+            Err(Reject::TimestampOutOfWindow {
+                skew: 301,
+                window: 300
+            })
+        );
+        assert!(check_window(0, now, 300).is_err());
+    }
+}

@@ -1,0 +1,505 @@
+//! The plugin configuration: the JSON a platform engineer writes in Envoy's `configuration` field,
+//! and the compiled [`Config`] the filter runs on.
+//!
+//! `RawConfig` holds only what was typed (serde, unknown fields refused). [`Config::from_json`] is
+//! the one way to build a `Config`: it parses, validates and resolves secrets, or fails with a
+//! [`ConfigError`] naming the field. Each request then only looks policies up.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// Shortest HMAC secret accepted, in bytes.
+pub const MIN_SECRET_LEN: usize = 32;
+/// At most this many secrets are active at once (each one costs an HMAC pass over the body).
+pub const MAX_SECRETS: usize = 8;
+/// Default body limit for signed routes: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// Largest body limit a policy may set. Envoy buffers the whole body while it is verified.
+pub const MAX_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// Nonces per shard of the replay cache; see `store.rs`.
+pub const NONCES_PER_SHARD: u32 = 64;
+pub const DEFAULT_REPLAY_CAPACITY: u32 = 524_288;
+pub const MAX_REPLAY_CAPACITY: u32 = 16_777_216;
+
+/// A configuration problem: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "invalid edge-warden configuration: {}", self.reason)
+        } else {
+            write!(
+                f,
+                "invalid edge-warden configuration: field `{}`: {}",
+                self.field, self.reason
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the user writes.
+
+/// The plugin configuration as written in Envoy's `configuration` field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Request-signature settings shared by every policy that requires a signature.
+    #[serde(default)]
+    pub signature: RawSignature,
+    /// The nonce replay cache.
+    #[serde(default)]
+    pub replay: RawReplay,
+    /// Body limit for policies that do not set their own, in bytes (default 1 MiB).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Ordered list of policies; the first whose `match` fits the request applies. A request
+    /// that no policy matches is refused (`no_matching_policy`).
+    pub policies: Vec<RawPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignature {
+    /// Active secrets, tried in order. Several at once allow rotation without downtime.
+    #[serde(default)]
+    pub secrets: Vec<RawSecret>,
+    /// Allowed distance between `X-Request-Timestamp` and Envoy's clock, in seconds (default 300).
+    #[serde(default = "default_window")]
+    pub window_seconds: u64,
+    /// Request header in which edge-warden tells the upstream which secret matched. Any copy the
+    /// client sends is removed first.
+    #[serde(default = "default_key_id_header")]
+    pub key_id_header: String,
+}
+
+impl Default for RawSignature {
+    fn default() -> Self {
+        Self {
+            secrets: Vec::new(),
+            window_seconds: default_window(),
+            key_id_header: default_key_id_header(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    /// Public name of the secret; sent upstream in `key_id_header` when it matches.
+    pub id: String,
+    /// Environment variable holding the secret. It must be listed in Envoy's
+    /// `vm_config.environment_variables.host_env_keys`.
+    pub env: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplay {
+    /// How many nonces the replay cache holds at most (a multiple of 64). Memory is bounded by
+    /// capacity × 16 bytes plus a fixed per-shard overhead.
+    #[serde(default = "default_replay_capacity")]
+    pub capacity: u32,
+}
+
+impl Default for RawReplay {
+    fn default() -> Self {
+        Self {
+            capacity: default_replay_capacity(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// Which requests this policy covers; an empty match covers every request.
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    /// Whether requests must carry a valid signature (default true: fail closed).
+    #[serde(default = "default_true")]
+    pub signature: bool,
+    /// Body limit for this policy, in bytes; defaults to the top-level `max_body_bytes`.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Envoy route name (the `name` of a route in the route configuration).
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Path prefix, matched on whole segments: `/health` covers `/health` and `/health/x`, not
+    /// `/healthz`. A prefix ending in `/` covers everything below it.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Exact path (query string ignored).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Methods covered (uppercase); empty means all.
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_window() -> u64 {
+    300
+}
+fn default_key_id_header() -> String {
+    "x-edge-warden-key-id".to_string()
+}
+fn default_max_body_bytes() -> u64 {
+    DEFAULT_MAX_BODY_BYTES
+}
+fn default_replay_capacity() -> u32 {
+    DEFAULT_REPLAY_CAPACITY
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the filter runs on.
+
+/// One active signing secret.
+#[derive(Debug, Clone)]
+pub struct SigningKey {
+    pub id: String,
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub keys: Vec<SigningKey>,
+    pub window_seconds: u64,
+    pub key_id_header: String,
+    pub replay_capacity: u32,
+    pub policies: Vec<Policy>,
+    /// Whether any policy matches on the Envoy route name (read only then: it is a host call).
+    pub uses_route_names: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    matcher: Matcher,
+    pub signature: bool,
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Matcher {
+    route: Option<String>,
+    path: Option<PathMatch>,
+    methods: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration. `env` looks up environment variables (the
+    /// VM's, or the shell's for `warden check-config`).
+    pub fn from_json(
+        json: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let raw = parse_raw(json)?;
+        Self::compile(raw, env)
+    }
+
+    /// Validates a parsed configuration and resolves its secrets.
+    pub fn compile(
+        raw: RawConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let sig = &raw.signature;
+        if !(1..=3600).contains(&sig.window_seconds) {
+            return Err(err(
+                "signature.window_seconds",
+                format!(
+                    "must be between 1 and 3600 seconds, got {}",
+                    sig.window_seconds
+                ),
+            ));
+        }
+        validate_header_name("signature.key_id_header", &sig.key_id_header)?;
+        check_body_limit("max_body_bytes", raw.max_body_bytes)?;
+        let capacity = raw.replay.capacity;
+        if capacity < NONCES_PER_SHARD
+            || capacity > MAX_REPLAY_CAPACITY
+            || capacity % NONCES_PER_SHARD != 0
+        {
+            return Err(err(
+                "replay.capacity",
+                format!(
+                    "must be a multiple of {NONCES_PER_SHARD} between {NONCES_PER_SHARD} and \
+                     {MAX_REPLAY_CAPACITY}, got {capacity}"
+                ),
+            ));
+        }
+
+        let keys = compile_secrets(&sig.secrets, env)?;
+
+        if raw.policies.is_empty() {
+            return Err(err("policies", "at least one policy is required"));
+        }
+        let mut names = HashSet::new();
+        let mut policies = Vec::with_capacity(raw.policies.len());
+        for (i, p) in raw.policies.into_iter().enumerate() {
+            let at = |f: &str| format!("policies[{i}].{f}");
+            if p.name.trim().is_empty() {
+                return Err(err(at("name"), "must not be empty"));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err(err(
+                    at("name"),
+                    format!("`{}` is used by an earlier policy", p.name),
+                ));
+            }
+            let max_body_bytes = p.max_body_bytes.unwrap_or(raw.max_body_bytes);
+            check_body_limit(&at("max_body_bytes"), max_body_bytes)?;
+            if p.signature && keys.is_empty() {
+                return Err(err(
+                    "signature.secrets",
+                    format!(
+                        "policy `{}` requires signatures but no secret is configured",
+                        p.name
+                    ),
+                ));
+            }
+            policies.push(Policy {
+                name: p.name,
+                matcher: compile_match(&p.matcher, &at("match"))?,
+                signature: p.signature,
+                max_body_bytes,
+            });
+        }
+        let uses_route_names = policies.iter().any(|p| p.matcher.route.is_some());
+        Ok(Config {
+            keys,
+            window_seconds: sig.window_seconds,
+            key_id_header: sig.key_id_header.clone(),
+            replay_capacity: capacity,
+            policies,
+            uses_route_names,
+        })
+    }
+
+    /// The first policy whose match fits the request. `path` may carry a query string.
+    pub fn select(&self, route: Option<&str>, method: &str, path: &str) -> Option<&Policy> {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        self.policies
+            .iter()
+            .find(|p| p.matcher.fits(route, method, path))
+    }
+}
+
+/// Parses JSON into `RawConfig`, naming the field (as a path) when it fails.
+pub fn parse_raw(json: &[u8]) -> Result<RawConfig, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        err(field, e.into_inner().to_string())
+    })
+}
+
+fn check_body_limit(field: &str, limit: u64) -> Result<(), ConfigError> {
+    if limit == 0 || limit > MAX_MAX_BODY_BYTES {
+        return Err(err(
+            field,
+            format!("must be between 1 and {MAX_MAX_BODY_BYTES} bytes, got {limit}"),
+        ));
+    }
+    Ok(())
+}
+
+fn compile_secrets(
+    raw: &[RawSecret],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<SigningKey>, ConfigError> {
+    if raw.len() > MAX_SECRETS {
+        return Err(err(
+            "signature.secrets",
+            format!(
+                "at most {MAX_SECRETS} secrets may be active at once, got {}",
+                raw.len()
+            ),
+        ));
+    }
+    let mut ids = HashSet::new();
+    let mut keys = Vec::with_capacity(raw.len());
+    for (i, s) in raw.iter().enumerate() {
+        let at = |f: &str| format!("signature.secrets[{i}].{f}");
+        if s.id.is_empty()
+            || s.id.len() > 64
+            || !s
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(err(
+                at("id"),
+                "must be 1 to 64 characters of letters, digits, '-', '_' and '.'",
+            ));
+        }
+        if !ids.insert(s.id.as_str()) {
+            return Err(err(
+                at("id"),
+                format!("`{}` is used by an earlier secret", s.id),
+            ));
+        }
+        if s.env.is_empty()
+            || !s
+                .env
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(err(at("env"), "must be an environment variable name"));
+        }
+        // Never put the value in an error: only its name and length.
+        let value = env(&s.env).ok_or_else(|| {
+            err(
+                at("env"),
+                format!(
+                    "environment variable {} is not set or not visible to the VM (list it in \
+                     vm_config.environment_variables.host_env_keys)",
+                    s.env
+                ),
+            )
+        })?;
+        if value.len() < MIN_SECRET_LEN {
+            return Err(err(
+                at("env"),
+                format!(
+                    "the secret in {} is {} bytes; at least {MIN_SECRET_LEN} are required",
+                    s.env,
+                    value.len()
+                ),
+            ));
+        }
+        keys.push(SigningKey {
+            id: s.id.clone(),
+            secret: Secret::new(value.into_bytes()),
+        });
+    }
+    Ok(keys)
+}
+
+fn compile_match(raw: &RawMatch, field: &str) -> Result<Matcher, ConfigError> {
+    let path = match (&raw.path, &raw.path_prefix) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                field,
+                "`path` and `path_prefix` cannot both be set; use one of them",
+            ))
+        }
+        (Some(p), None) => Some(PathMatch::Exact(check_path(p, &format!("{field}.path"))?)),
+        (None, Some(p)) => Some(PathMatch::Prefix(check_path(
+            p,
+            &format!("{field}.path_prefix"),
+        )?)),
+        (None, None) => None,
+    };
+    if let Some(route) = &raw.route {
+        if route.is_empty() {
+            return Err(err(format!("{field}.route"), "must not be empty"));
+        }
+    }
+    for (i, m) in raw.methods.iter().enumerate() {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(err(
+                format!("{field}.methods[{i}]"),
+                format!("`{m}` is not an uppercase HTTP method such as GET or POST"),
+            ));
+        }
+    }
+    Ok(Matcher {
+        route: raw.route.clone(),
+        path,
+        methods: raw.methods.clone(),
+    })
+}
+
+fn check_path(p: &str, field: &str) -> Result<String, ConfigError> {
+    if !p.starts_with('/') || p.contains(['?', '#']) {
+        return Err(err(
+            field,
+            format!("`{p}` must start with `/` and hold no query"),
+        ));
+    }
+    Ok(p.to_string())
+}
+
+fn validate_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        return Err(err(
+            field,
+            format!("`{name}` must be a lowercase header name (letters, digits, '-')"),
+        ));
+    }
+    if name.starts_with("x-request-") {
+        return Err(err(
+            field,
+            format!("`{name}` clashes with the signature headers"),
+        ));
+    }
+    Ok(())
+}
+
+impl Matcher {
+    fn fits(&self, route: Option<&str>, method: &str, path: &str) -> bool {
+        if let Some(want) = &self.route {
+            if route != Some(want.as_str()) {
+                return false;
+            }
+        }
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
+            return false;
+        }
+        match &self.path {
+            None => true,
+            Some(PathMatch::Exact(p)) => path == p,
+            Some(PathMatch::Prefix(p)) => prefix_fits(p, path),
+        }
+    }
+}
+
+/// Segment-aware prefix: `/health` covers `/health` and `/health/...` but not `/healthz`.
+fn prefix_fits(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+    }
+}
+
+#[cfg(test)]
+mod tests;

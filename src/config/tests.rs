@@ -1,0 +1,148 @@
+use super::*;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "HMAC_SHARED_SECRET" => Some(SECRET.to_string()),
+        "OLD_SECRET" => Some(format!("old-{SECRET}")),
+        "SHORT_SECRET" => Some("too-short".to_string()),
+        _ => None,
+    }
+}
+
+fn load(json: &str) -> Result<Config, ConfigError> {
+    Config::from_json(json.as_bytes(), &env)
+}
+
+const DEFAULT: &str = r#"{
+  "signature": {"secrets": [{"id": "primary", "env": "HMAC_SHARED_SECRET"}]},
+  "policies": [
+    {"name": "health", "match": {"path_prefix": "/health", "methods": ["GET", "HEAD"]}, "signature": false},
+    {"name": "api", "signature": true}
+  ]
+}"#;
+
+#[test]
+fn the_default_configuration_loads() {
+    let c = load(DEFAULT).unwrap();
+    assert_eq!(c.keys.len(), 1);
+    assert_eq!(c.window_seconds, 300);
+    assert_eq!(c.key_id_header, "x-edge-warden-key-id");
+    assert_eq!(c.policies[1].max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    assert!(!c.uses_route_names);
+}
+
+#[test]
+fn policies_select_by_segment_prefix_method_and_route() {
+    let c = load(DEFAULT).unwrap();
+    let name = |m, p| c.select(None, m, p).map(|p| p.name.as_str());
+    assert_eq!(name("GET", "/health"), Some("health"));
+    assert_eq!(name("GET", "/health/live?x=1"), Some("health"));
+    assert_eq!(name("GET", "/healthz"), Some("api"));
+    assert_eq!(name("POST", "/health"), Some("api"));
+    assert_eq!(name("GET", "/api/x"), Some("api"));
+
+    let c = load(
+        r#"{"policies": [
+            {"name": "r", "match": {"route": "public"}, "signature": false},
+            {"name": "exact", "match": {"path": "/a"}, "signature": false}
+        ]}"#,
+    )
+    .unwrap();
+    assert!(c.uses_route_names);
+    assert_eq!(c.select(Some("public"), "GET", "/x").unwrap().name, "r");
+    assert_eq!(
+        c.select(Some("other"), "GET", "/a?q").unwrap().name,
+        "exact"
+    );
+    assert!(c.select(Some("other"), "GET", "/a/b").is_none());
+}
+
+#[test]
+fn invalid_configurations_name_the_field() {
+    let cases: &[(&str, &str)] = &[
+        (r#"{"policies": [], "bogus": 1}"#, "bogus"),
+        (r#"{"policies": []}"#, "policies"),
+        (
+            r#"{"policies": [{"name": "a", "signature": "yes"}]}"#,
+            "policies[0].signature",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": false, "match": {"prefix": "/"}}]}"#,
+            "policies[0].match.prefix",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": false, "match": {"path_prefix": "api"}}]}"#,
+            "policies[0].match.path_prefix",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": false, "match": {"methods": ["get"]}}]}"#,
+            "policies[0].match.methods[0]",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": false}, {"name": "a", "signature": false}]}"#,
+            "policies[1].name",
+        ),
+        (r#"{"policies": [{"name": "a"}]}"#, "signature.secrets"),
+        (
+            r#"{"signature": {"secrets": [{"id": "k", "env": "MISSING"}]}, "policies": [{"name": "a"}]}"#,
+            "signature.secrets[0].env",
+        ),
+        (
+            r#"{"signature": {"secrets": [{"id": "k", "env": "SHORT_SECRET"}]}, "policies": [{"name": "a"}]}"#,
+            "signature.secrets[0].env",
+        ),
+        (
+            r#"{"signature": {"secrets": [{"id": "k", "env": "HMAC_SHARED_SECRET"}, {"id": "k", "env": "OLD_SECRET"}]}, "policies": [{"name": "a"}]}"#,
+            "signature.secrets[1].id",
+        ),
+        (
+            r#"{"signature": {"window_seconds": 0}, "policies": [{"name": "a", "signature": false}]}"#,
+            "signature.window_seconds",
+        ),
+        (
+            r#"{"signature": {"key_id_header": "X-Key"}, "policies": [{"name": "a", "signature": false}]}"#,
+            "signature.key_id_header",
+        ),
+        (
+            r#"{"replay": {"capacity": 100}, "policies": [{"name": "a", "signature": false}]}"#,
+            "replay.capacity",
+        ),
+        (
+            r#"{"max_body_bytes": 0, "policies": [{"name": "a", "signature": false}]}"#,
+            "max_body_bytes",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": false, "max_body_bytes": -1}]}"#,
+            "policies[0].max_body_bytes",
+        ),
+    ];
+    for (json, field) in cases {
+        let e = load(json).expect_err(json);
+        assert_eq!(&e.field, field, "{json}: {e}");
+        assert!(e.to_string().contains(field), "{e}");
+    }
+}
+
+#[test]
+fn a_short_secret_error_gives_its_length_not_its_value() {
+    let e = load(
+        r#"{"signature": {"secrets": [{"id": "k", "env": "SHORT_SECRET"}]}, "policies": [{"name": "a"}]}"#,
+    )
+    .unwrap_err();
+    assert!(e.reason.contains("9 bytes"), "{e}");
+    assert!(!e.to_string().contains("too-short"));
+}
+
+#[test]
+fn the_secret_never_shows_in_a_config_dump() {
+    let c = load(DEFAULT).unwrap();
+    assert!(!format!("{c:?}").contains(SECRET));
+}
+
+#[test]
+fn not_json_is_refused_with_a_reason() {
+    let e = load("{not json").unwrap_err();
+    assert!(e.reason.contains("line 1"), "{e}");
+}

@@ -1,0 +1,25 @@
+//! edge-warden: API-edge security as a proxy-wasm filter for Envoy.
+//!
+//! The security logic lives in plain modules that native tests reach; only `plugin` and `stream`
+//! talk to the host, and they are compiled for wasm only.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod checks;
+pub mod config;
+pub mod headers;
+pub mod reject;
+pub mod secret;
+pub mod store;
+
+#[cfg(target_arch = "wasm32")]
+mod plugin;
+#[cfg(target_arch = "wasm32")]
+mod stream;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    plugin::start();
+}}

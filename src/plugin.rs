@@ -1,0 +1,135 @@
+//! The root context: parses and compiles the configuration once per VM, prepares the replay
+//! cache, and hands each HTTP stream what it needs. With `stream.rs`, the only code that calls
+//! the host.
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType, Status};
+
+use crate::config::Config;
+use crate::store::{NonceCache, SetError, SharedStore};
+use crate::stream::Stream;
+
+pub fn start() {
+    // Envoy filters by its own log level (`--component-log-level wasm:…`); let it decide.
+    proxy_wasm::set_log_level(LogLevel::Debug);
+    proxy_wasm::set_root_context(|_| Box::<Root>::default());
+}
+
+/// Counters and gauges, summed by Envoy across VMs; `/stats/prometheus` shows them by name.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Metrics {
+    pub allowed: Option<u32>,
+    pub rejected: Option<u32>,
+    pub replay_entries: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let define = |t, name| hostcalls::define_metric(t, name).ok();
+        Self {
+            allowed: define(MetricType::Counter, "edge_warden_requests_allowed"),
+            rejected: define(MetricType::Counter, "edge_warden_requests_rejected"),
+            replay_entries: define(MetricType::Gauge, "edge_warden_replay_cache_entries"),
+        }
+    }
+
+    /// Metrics are observability, never a reason to fail a request: errors are ignored.
+    pub fn add(id: Option<u32>, delta: i64) {
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, delta);
+        }
+    }
+}
+
+/// What every stream of this VM shares.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub cache: NonceCache,
+    pub metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Root {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let json = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(Some(json)) => json,
+            _ => {
+                log::error!(
+                    "invalid edge-warden configuration: the plugin `configuration` is empty; \
+                     it must hold the JSON configuration"
+                );
+                return false;
+            }
+        };
+        // Returning false makes Envoy refuse the plugin: fail closed on any config error.
+        let config = match Config::from_json(&json, &|name| std::env::var(name).ok()) {
+            Ok(config) => config,
+            Err(e) => {
+                log::error!("{e}");
+                return false;
+            }
+        };
+        let cache = NonceCache::new(config.replay_capacity);
+        // Shard keys are created before any request can use them; see store.rs for why.
+        if cache.ensure_shards(&HostStore).is_err() {
+            log::error!("edge-warden: could not create the replay cache in shared data");
+            return false;
+        }
+        log::info!(
+            "edge-warden configured: {} policies, {} signing secrets ({}), replay cache of {} \
+             nonces in {} shards",
+            config.policies.len(),
+            config.keys.len(),
+            config
+                .keys
+                .iter()
+                .map(|k| k.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            config.replay_capacity,
+            cache.shards()
+        );
+        self.shared = Some(Rc::new(Shared {
+            config,
+            cache,
+            metrics: Metrics::define(),
+        }));
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // The SDK panics on None, so always hand out a stream; without a configuration it
+        // refuses every request (fail closed).
+        Some(Box::new(Stream::new(self.shared.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Envoy's shared data (one store for all VMs of this `vm_id`).
+pub(crate) struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), SetError> {
+        hostcalls::get_shared_data(key).map_err(|_| SetError::Failed)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SetError::CasMismatch),
+            Err(_) => Err(SetError::Failed),
+        }
+    }
+}

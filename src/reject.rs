@@ -1,0 +1,296 @@
+//! Every reason edge-warden refuses a request, and the one mapping from a reason to the wire:
+//! status, stable code, and an RFC 9457 problem-details body.
+//!
+//! Codes are public API: clients branch on them, so a code is never renamed. Details help the
+//! client developer fix the request but never contain a secret, the expected signature, the
+//! signed string, the nonce or anything internal.
+
+use serde::Serialize;
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reject {
+    /// A signature header is absent on a route that requires a signature.
+    MissingSignature { header: &'static str },
+    /// A header is present but not in the required form (e.g. non-hex signature).
+    MalformedHeader {
+        header: &'static str,
+        reason: &'static str,
+    },
+    /// A header that must appear once was sent several times.
+    DuplicatedHeader { header: &'static str },
+    /// `X-Request-Timestamp` is further from Envoy's clock than the window allows.
+    /// `skew` is request time minus Envoy time, in seconds.
+    TimestampOutOfWindow { skew: i64, window: u64 },
+    /// The signature does not match the body, timestamp and nonce under any active secret.
+    InvalidSignature,
+    /// The nonce was already accepted within the timestamp window.
+    NonceReplayed,
+    /// The body is larger than the route allows.
+    BodyTooLarge { limit: u64 },
+    /// The replay cache has no room left for this nonce until older entries expire.
+    ReplayCacheFull { retry_after: u64 },
+    /// The shared replay cache could not be updated (contention); retry with a fresh nonce.
+    ReplayCheckUnavailable,
+    /// No policy in the configuration covers this route.
+    NoMatchingPolicy,
+}
+
+/// The headers a signed request carries; the names appear in details, so they are spelled as
+/// clients write them.
+pub const SIGNATURE_HEADER: &str = "X-Request-Signature";
+pub const TIMESTAMP_HEADER: &str = "X-Request-Timestamp";
+pub const NONCE_HEADER: &str = "X-Request-Nonce";
+
+impl Reject {
+    pub fn status(&self) -> u32 {
+        match self {
+            Reject::MissingSignature { .. }
+            | Reject::TimestampOutOfWindow { .. }
+            | Reject::InvalidSignature
+            | Reject::NonceReplayed => 401,
+            Reject::MalformedHeader { .. } | Reject::DuplicatedHeader { .. } => 400,
+            Reject::BodyTooLarge { .. } => 413,
+            Reject::ReplayCacheFull { .. } | Reject::ReplayCheckUnavailable => 429,
+            Reject::NoMatchingPolicy => 403,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reject::MissingSignature { .. } => "missing_signature",
+            Reject::MalformedHeader { .. } | Reject::DuplicatedHeader { .. } => "malformed_header",
+            Reject::TimestampOutOfWindow { .. } => "timestamp_out_of_window",
+            Reject::InvalidSignature => "invalid_signature",
+            Reject::NonceReplayed => "nonce_replayed",
+            Reject::BodyTooLarge { .. } => "body_too_large",
+            Reject::ReplayCacheFull { .. } => "replay_cache_full",
+            Reject::ReplayCheckUnavailable => "replay_check_unavailable",
+            Reject::NoMatchingPolicy => "no_matching_policy",
+        }
+    }
+
+    pub fn title(&self) -> &'static str {
+        match self {
+            Reject::MissingSignature { .. } => "Request signature missing",
+            Reject::MalformedHeader { .. } | Reject::DuplicatedHeader { .. } => "Malformed header",
+            Reject::TimestampOutOfWindow { .. } => "Request timestamp out of window",
+            Reject::InvalidSignature => "Invalid request signature",
+            Reject::NonceReplayed => "Nonce already used",
+            Reject::BodyTooLarge { .. } => "Request body too large",
+            Reject::ReplayCacheFull { .. } => "Replay cache full",
+            Reject::ReplayCheckUnavailable => "Replay check unavailable",
+            Reject::NoMatchingPolicy => "No policy for this route",
+        }
+    }
+
+    /// What the client developer should fix.
+    pub fn detail(&self) -> String {
+        match self {
+            Reject::MissingSignature { header } => format!(
+                "The {header} header is required on this route. Sign the request with \
+                 {SIGNATURE_HEADER}, {TIMESTAMP_HEADER} and {NONCE_HEADER}."
+            ),
+            Reject::MalformedHeader { header, reason } => format!("The {header} header {reason}."),
+            Reject::DuplicatedHeader { header } => {
+                format!("The {header} header must be sent exactly once.")
+            }
+            Reject::TimestampOutOfWindow { skew, window } => {
+                if *skew < 0 {
+                    format!(
+                        "The {TIMESTAMP_HEADER} is {} s old; it must be within {window} s of the \
+                         server's clock. Use the current unix time in seconds and check the \
+                         client's clock.",
+                        skew.unsigned_abs()
+                    )
+                } else {
+                    format!(
+                        "The {TIMESTAMP_HEADER} is {skew} s in the future; it must be within \
+                         {window} s of the server's clock. Check the client's clock."
+                    )
+                }
+            }
+            Reject::InvalidSignature => format!(
+                "The {SIGNATURE_HEADER} does not match. It must be the lowercase hex \
+                 HMAC-SHA256 of the raw body bytes followed by the {TIMESTAMP_HEADER} and \
+                 {NONCE_HEADER} values exactly as sent, keyed with the shared secret."
+            ),
+            Reject::NonceReplayed => format!(
+                "This {NONCE_HEADER} was already used. Every transmission, including a retry, \
+                 needs a fresh nonce and a new signature."
+            ),
+            Reject::BodyTooLarge { limit } => {
+                format!("The request body exceeds the limit of {limit} bytes for this route.")
+            }
+            Reject::ReplayCacheFull { retry_after } => format!(
+                "The server cannot record more nonces right now; retry in {retry_after} s with a \
+                 fresh nonce."
+            ),
+            Reject::ReplayCheckUnavailable => {
+                "The replay check could not complete; retry with a fresh nonce.".to_string()
+            }
+            Reject::NoMatchingPolicy => {
+                "No edge-warden policy covers this route, so the request is refused.".to_string()
+            }
+        }
+    }
+
+    /// Headers that belong to this rejection beyond the content type.
+    pub fn extra_headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Reject::MissingSignature { .. }
+            | Reject::TimestampOutOfWindow { .. }
+            | Reject::InvalidSignature
+            | Reject::NonceReplayed => vec![(
+                "www-authenticate",
+                format!(
+                    "HMAC-SHA256 realm=\"edge-warden\", headers=\"{} {} {}\"",
+                    SIGNATURE_HEADER.to_ascii_lowercase(),
+                    TIMESTAMP_HEADER.to_ascii_lowercase(),
+                    NONCE_HEADER.to_ascii_lowercase()
+                ),
+            )],
+            Reject::ReplayCacheFull { retry_after } => {
+                vec![("retry-after", retry_after.to_string())]
+            }
+            Reject::ReplayCheckUnavailable => vec![("retry-after", "1".to_string())],
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u32,
+    detail: String,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+}
+
+/// The complete local reply for a rejection.
+pub struct Response {
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Turns a rejection into the reply the client receives. `request_id` is Envoy's `x-request-id`.
+pub fn respond(reject: &Reject, request_id: Option<&str>) -> Response {
+    let problem = Problem {
+        kind: format!("urn:edge-warden:problem:{}", reject.code()),
+        title: reject.title(),
+        status: reject.status(),
+        detail: reject.detail(),
+        code: reject.code(),
+        request_id: request_id.filter(|id| is_printable_token(id)),
+    };
+    // Serialising a struct of strings and integers cannot fail; fall back to a fixed body anyway so
+    // that no path here can panic.
+    let body = serde_json::to_vec(&problem).unwrap_or_else(|_| {
+        format!(
+            "{{\"status\":{},\"code\":\"{}\"}}",
+            reject.status(),
+            reject.code()
+        )
+        .into_bytes()
+    });
+    let mut headers = vec![
+        ("content-type", "application/problem+json".to_string()),
+        ("cache-control", "no-store".to_string()),
+    ];
+    headers.extend(reject.extra_headers());
+    Response {
+        status: reject.status(),
+        headers,
+        body,
+    }
+}
+
+/// Request ids are echoed back; only echo ones that look like ids, not arbitrary client text.
+fn is_printable_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Reject> {
+        vec![
+            Reject::MissingSignature {
+                header: SIGNATURE_HEADER,
+            },
+            Reject::MalformedHeader {
+                header: NONCE_HEADER,
+                reason: "is too short",
+            },
+            Reject::DuplicatedHeader {
+                header: NONCE_HEADER,
+            },
+            Reject::TimestampOutOfWindow {
+                skew: -412,
+                window: 300,
+            },
+            Reject::InvalidSignature,
+            Reject::NonceReplayed,
+            Reject::BodyTooLarge { limit: 10 },
+            Reject::ReplayCacheFull { retry_after: 7 },
+            Reject::ReplayCheckUnavailable,
+            Reject::NoMatchingPolicy,
+        ]
+    }
+
+    #[test]
+    fn every_rejection_is_problem_json_with_its_code_and_status() {
+        for r in all() {
+            let resp = respond(&r, Some("abc-123"));
+            let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+            assert_eq!(v["code"], r.code());
+            assert_eq!(v["status"], r.status());
+            assert_eq!(v["request_id"], "abc-123");
+            assert!(v["type"].as_str().unwrap().ends_with(r.code()));
+            assert!(resp
+                .headers
+                .contains(&("content-type", "application/problem+json".to_string())));
+        }
+    }
+
+    #[test]
+    fn authentication_failures_are_401_with_a_challenge() {
+        for r in [Reject::InvalidSignature, Reject::NonceReplayed] {
+            let resp = respond(&r, None);
+            assert_eq!(resp.status, 401);
+            assert!(resp.headers.iter().any(|(n, _)| *n == "www-authenticate"));
+        }
+    }
+
+    #[test]
+    fn stale_timestamp_detail_says_how_old_it_is() {
+        let r = Reject::TimestampOutOfWindow {
+            skew: -412,
+            window: 300,
+        };
+        assert!(r.detail().contains("412 s old"));
+        let r = Reject::TimestampOutOfWindow {
+            skew: 301,
+            window: 300,
+        };
+        assert!(r.detail().contains("301 s in the future"));
+    }
+
+    #[test]
+    fn odd_request_ids_are_not_echoed() {
+        let resp = respond(&Reject::InvalidSignature, Some("<script>"));
+        let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert!(v.get("request_id").is_none());
+    }
+}

@@ -1,0 +1,333 @@
+//! The shared-state seam. Envoy runs one VM per worker thread, so anything that must hold across
+//! requests lives in the host's shared data, reached through the small [`SharedStore`] trait. The
+//! filter implements it over proxy-wasm host calls; [`MemoryStore`] is its twin for native tests
+//! and mirrors the host's semantics (compare-and-swap, no "insert if absent", no deletion).
+//!
+//! # The replay cache
+//!
+//! Shared data never forgets a key and has no atomic insert-if-absent, so the cache is a fixed set
+//! of `capacity / 64` shard keys, created once at configuration time and reused forever. Each
+//! shard holds at most 64 records of 16 bytes: the first 12 bytes of SHA-256(nonce) and the unix
+//! second at which the record expires (the request timestamp plus the window, the last moment a
+//! replay could still pass the timestamp check). A nonce is recorded with get → modify →
+//! set-with-CAS, retried on a CAS mismatch, so concurrent workers cannot both accept it.
+//!
+//! Memory is bounded by design: `capacity × 16` bytes of records plus a per-key overhead, whatever
+//! the traffic. When a shard is full of live records, a new nonce for it is refused
+//! (`replay_cache_full`, 429 with `Retry-After`) rather than evicting a live record, which would
+//! re-open a replay.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::checks::signature::SignatureVerified;
+use crate::config::NONCES_PER_SHARD;
+use crate::reject::Reject;
+
+/// Why a write to shared data did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetError {
+    /// Someone else wrote the key since it was read.
+    CasMismatch,
+    /// The host refused for another reason.
+    Failed,
+}
+
+/// The host's shared key-value store with compare-and-swap.
+pub trait SharedStore {
+    /// The value and its CAS token. A missing key is `(None, None)`; an empty value is
+    /// `(None, Some(cas))`.
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), SetError>;
+    /// Writes `value` if the key's CAS still equals `cas` (`None`: unconditionally).
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError>;
+}
+
+/// An in-process store with the host's semantics, for native tests.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    map: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    next_cas: RefCell<u32>,
+}
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), SetError> {
+        Ok(match self.map.borrow().get(key) {
+            None => (None, None),
+            Some((v, cas)) if v.is_empty() => (None, Some(*cas)),
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+        })
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        let mut map = self.map.borrow_mut();
+        if let (Some(want), Some((_, have))) = (cas, map.get(key)) {
+            if want != *have {
+                return Err(SetError::CasMismatch);
+            }
+        }
+        let mut next = self.next_cas.borrow_mut();
+        *next += 1;
+        map.insert(key.to_string(), (value.to_vec(), *next));
+        Ok(())
+    }
+}
+
+const RECORD: usize = 16;
+const FINGERPRINT: usize = 12;
+/// CAS retries before giving up on a contended shard. Contention comes only from other workers
+/// writing the same shard at the same instant, so a few retries suffice.
+const MAX_ATTEMPTS: usize = 32;
+
+/// What recording a nonce changed, for the cache gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// Live records in the shard after the insert.
+    pub shard_len: usize,
+    /// Expired records dropped from the shard while inserting.
+    pub purged: usize,
+}
+
+/// The replay cache: see the module documentation.
+#[derive(Debug, Clone)]
+pub struct NonceCache {
+    shards: u32,
+}
+
+impl NonceCache {
+    pub fn new(capacity: u32) -> Self {
+        Self {
+            shards: (capacity / NONCES_PER_SHARD).max(1),
+        }
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    /// Most bytes of records the cache can ever hold.
+    pub fn max_record_bytes(&self) -> u64 {
+        u64::from(self.shards) * u64::from(NONCES_PER_SHARD) * RECORD as u64
+    }
+
+    fn shard_key(index: u32) -> String {
+        format!("edge-warden/nonce/{index}")
+    }
+
+    /// Creates missing shard keys. Run at configuration time, before traffic: the host has no
+    /// atomic "create", so creating keys on the request path could race and drop a record.
+    /// Existing keys (a filter reload) are left as they are.
+    pub fn ensure_shards(&self, store: &dyn SharedStore) -> Result<(), SetError> {
+        for i in 0..self.shards {
+            let key = Self::shard_key(i);
+            if let (None, None) = store.get(&key)? {
+                store.set(&key, &[], None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a verified nonce, or refuses it as a replay. `expires_at` is the unix second after
+    /// which the nonce's timestamp could no longer pass the window check.
+    pub fn record(
+        &self,
+        store: &dyn SharedStore,
+        _proof: &SignatureVerified,
+        nonce: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<Recorded, Reject> {
+        let digest = Sha256::digest(nonce.as_bytes());
+        let mut fingerprint = [0u8; FINGERPRINT];
+        fingerprint.copy_from_slice(&digest[..FINGERPRINT]);
+        let shard =
+            u32::from_be_bytes([digest[28], digest[29], digest[30], digest[31]]) % self.shards;
+        let key = Self::shard_key(shard);
+        let expires_at = u32::try_from(expires_at).unwrap_or(u32::MAX);
+
+        for _ in 0..MAX_ATTEMPTS {
+            let (value, cas) = store
+                .get(&key)
+                .map_err(|_| Reject::ReplayCheckUnavailable)?;
+            let value = value.unwrap_or_default();
+            let mut live = Vec::with_capacity(value.len() + RECORD);
+            let mut purged = 0;
+            let mut earliest = u32::MAX;
+            for record in value.chunks_exact(RECORD) {
+                let exp = u32::from_be_bytes([record[12], record[13], record[14], record[15]]);
+                if u64::from(exp) < now {
+                    purged += 1;
+                    continue;
+                }
+                if record[..FINGERPRINT] == fingerprint {
+                    return Err(Reject::NonceReplayed);
+                }
+                earliest = earliest.min(exp);
+                live.extend_from_slice(record);
+            }
+            let count = live.len() / RECORD;
+            if count >= NONCES_PER_SHARD as usize {
+                let retry_after = u64::from(earliest).saturating_sub(now).max(1);
+                return Err(Reject::ReplayCacheFull { retry_after });
+            }
+            live.extend_from_slice(&fingerprint);
+            live.extend_from_slice(&expires_at.to_be_bytes());
+            match store.set(&key, &live, cas) {
+                Ok(()) => {
+                    return Ok(Recorded {
+                        shard_len: count + 1,
+                        purged,
+                    })
+                }
+                Err(SetError::CasMismatch) => continue,
+                Err(SetError::Failed) => return Err(Reject::ReplayCheckUnavailable),
+            }
+        }
+        Err(Reject::ReplayCheckUnavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::signature::{parse_headers, sign, Verifier};
+    use crate::config::SigningKey;
+    use crate::headers::RequestHeaders;
+    use crate::secret::Secret;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    /// A real proof, made by verifying a real signature.
+    fn proof() -> SignatureVerified {
+        let nonce = "proof-nonce-0123456789";
+        let sig = sign(SECRET, b"", "1", nonce);
+        let h = RequestHeaders::new(vec![
+            ("x-request-signature".into(), sig.into_bytes()),
+            ("x-request-timestamp".into(), b"1".to_vec()),
+            ("x-request-nonce".into(), nonce.as_bytes().to_vec()),
+        ]);
+        let req = parse_headers(&h).unwrap();
+        let key = SigningKey {
+            id: "k".into(),
+            secret: Secret::new(SECRET.to_vec()),
+        };
+        Verifier::new(&[key]).finish(&req).unwrap()
+    }
+
+    fn cache(store: &MemoryStore, capacity: u32) -> NonceCache {
+        let c = NonceCache::new(capacity);
+        c.ensure_shards(store).unwrap();
+        c
+    }
+
+    #[test]
+    fn a_nonce_is_accepted_once_then_refused_as_replay() {
+        let store = MemoryStore::default();
+        let c = cache(&store, 1024);
+        let p = proof();
+        assert!(c
+            .record(&store, &p, "nonce-aaaaaaaaaaaaaaaa", 1300, 1000)
+            .is_ok());
+        assert_eq!(
+            c.record(&store, &p, "nonce-aaaaaaaaaaaaaaaa", 1300, 1100),
+            Err(Reject::NonceReplayed)
+        );
+        assert!(c
+            .record(&store, &p, "nonce-bbbbbbbbbbbbbbbb", 1300, 1100)
+            .is_ok());
+    }
+
+    #[test]
+    fn an_expired_record_is_purged_and_the_nonce_can_be_reused() {
+        let store = MemoryStore::default();
+        let c = cache(&store, 64);
+        let p = proof();
+        c.record(&store, &p, "nonce-aaaaaaaaaaaaaaaa", 1300, 1000)
+            .unwrap();
+        let r = c
+            .record(&store, &p, "nonce-aaaaaaaaaaaaaaaa", 1700, 1301)
+            .unwrap();
+        assert_eq!(
+            r,
+            Recorded {
+                shard_len: 1,
+                purged: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_flood_of_unique_nonces_never_grows_past_the_bound() {
+        let store = MemoryStore::default();
+        let c = cache(&store, 256);
+        let p = proof();
+        let mut accepted = 0;
+        let mut full = 0;
+        for i in 0..5_000 {
+            match c.record(&store, &p, &format!("flood-nonce-{i:08}"), 2000, 1000) {
+                Ok(_) => accepted += 1,
+                Err(Reject::ReplayCacheFull { retry_after }) => {
+                    assert_eq!(retry_after, 1000);
+                    full += 1
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert!(accepted <= 256 && accepted > 200, "{accepted}");
+        assert_eq!(accepted + full, 5_000);
+        let total: usize = store.map.borrow().values().map(|(v, _)| v.len()).sum();
+        assert!(total as u64 <= c.max_record_bytes());
+        assert_eq!(store.map.borrow().len(), 4);
+    }
+
+    #[test]
+    fn ensure_shards_keeps_existing_records() {
+        let store = MemoryStore::default();
+        let c = cache(&store, 64);
+        let p = proof();
+        c.record(&store, &p, "nonce-aaaaaaaaaaaaaaaa", 1300, 1000)
+            .unwrap();
+        c.ensure_shards(&store).unwrap();
+        assert_eq!(
+            c.record(&store, &p, "nonce-aaaaaaaaaaaaaaaa", 1300, 1000),
+            Err(Reject::NonceReplayed)
+        );
+    }
+
+    /// A store whose first write after each read loses a race, as when another worker writes the
+    /// same shard in between.
+    struct Contended {
+        inner: MemoryStore,
+        steal: RefCell<bool>,
+    }
+
+    impl SharedStore for Contended {
+        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), SetError> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+            if self.steal.replace(false) {
+                // The other worker records the same nonce first.
+                let (_, c) = self.inner.get(key)?;
+                self.inner.set(key, value, c)?;
+            }
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn losing_a_cas_race_to_the_same_nonce_is_a_replay() {
+        let store = Contended {
+            inner: MemoryStore::default(),
+            steal: RefCell::new(false),
+        };
+        let c = NonceCache::new(64);
+        c.ensure_shards(&store).unwrap();
+        store.steal.replace(true);
+        assert_eq!(
+            c.record(&store, &proof(), "nonce-aaaaaaaaaaaaaaaa", 1300, 1000),
+            Err(Reject::NonceReplayed)
+        );
+    }
+}

@@ -1,0 +1,258 @@
+//! The HTTP stream: turns Envoy's callbacks into calls of the pure checks. Host calls use the
+//! `Result`-returning `hostcalls` functions and read client data as bytes, so nothing a client
+//! sends can make this code panic (a panic would disable the filter on that worker).
+
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, MapType};
+
+use crate::checks::signature::{self, SignedRequest, Verifier};
+use crate::headers::RequestHeaders;
+use crate::plugin::{HostStore, Metrics, Shared};
+use crate::reject::{self, Reject};
+
+pub(crate) struct Stream {
+    shared: Option<Rc<Shared>>,
+    request_id: Option<String>,
+    policy: String,
+    state: State,
+}
+
+enum State {
+    /// Nothing (more) to check on this request.
+    Pass,
+    /// Waiting for the body; `read` bytes of it are already in the verifier.
+    Verifying {
+        request: SignedRequest,
+        verifier: Verifier,
+        limit: u64,
+        read: usize,
+    },
+    /// A local reply was sent; ignore the rest of the request.
+    Rejected,
+}
+
+impl Stream {
+    pub fn new(shared: Option<Rc<Shared>>) -> Self {
+        Self {
+            shared,
+            request_id: None,
+            policy: String::new(),
+            state: State::Pass,
+        }
+    }
+
+    fn reject(&mut self, why: Reject) -> Action {
+        let response = reject::respond(&why, self.request_id.as_deref());
+        let headers: Vec<(&str, &str)> = response
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
+        // One security event per rejection: the code and where, never a credential.
+        log::info!(
+            "edge-warden rejected request: code={} status={} policy={} request_id={}",
+            why.code(),
+            response.status,
+            if self.policy.is_empty() {
+                "-"
+            } else {
+                &self.policy
+            },
+            self.request_id.as_deref().unwrap_or("-"),
+        );
+        if let Some(shared) = &self.shared {
+            Metrics::add(shared.metrics.rejected, 1);
+        }
+        self.state = State::Rejected;
+        if hostcalls::send_http_response(response.status, headers, Some(&response.body)).is_err() {
+            log::error!("edge-warden could not send its rejection; the request stays paused");
+        }
+        Action::Pause
+    }
+
+    /// Verifies the signature over everything read, records the nonce, and lets the request go.
+    fn finish(&mut self, shared: &Shared, request: SignedRequest, verifier: Verifier) -> Action {
+        let proof = match verifier.finish(&request) {
+            Ok(proof) => proof,
+            Err(why) => return self.reject(why),
+        };
+        let config = &shared.config;
+        let expires_at = request.timestamp.saturating_add(config.window_seconds);
+        match shared
+            .cache
+            .record(&HostStore, &proof, &request.nonce, expires_at, now_unix())
+        {
+            Ok(recorded) => Metrics::add(
+                shared.metrics.replay_entries,
+                1 - i64::try_from(recorded.purged).unwrap_or(0),
+            ),
+            Err(why) => return self.reject(why),
+        }
+        let key_id = config
+            .keys
+            .get(proof.key_index)
+            .map(|k| k.id.as_str())
+            .unwrap_or_default();
+        if hostcalls::set_map_value(
+            MapType::HttpRequestHeaders,
+            &config.key_id_header,
+            Some(key_id),
+        )
+        .is_err()
+        {
+            // Fail closed: the upstream must be able to rely on the identity header.
+            return self.reject(Reject::ReplayCheckUnavailable);
+        }
+        Metrics::add(shared.metrics.allowed, 1);
+        self.state = State::Pass;
+        Action::Continue
+    }
+}
+
+fn now_unix() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return self.reject(Reject::NoMatchingPolicy);
+        };
+        let config = &shared.config;
+        // One host call for all headers; values stay bytes (client-controlled, maybe not UTF-8).
+        let headers = match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+            Ok(pairs) => RequestHeaders::new(pairs),
+            Err(_) => return self.reject(Reject::NoMatchingPolicy),
+        };
+        self.request_id = headers.first_str("x-request-id").map(str::to_string);
+
+        // The identity header is ours alone: drop any copy the client sent, on every route.
+        if headers.first(&config.key_id_header).is_some()
+            && hostcalls::set_map_value(MapType::HttpRequestHeaders, &config.key_id_header, None)
+                .is_err()
+        {
+            return self.reject(Reject::ReplayCheckUnavailable);
+        }
+
+        let method = headers.first_str(":method").unwrap_or("");
+        let path = headers.first_str(":path").unwrap_or("");
+        let route = if config.uses_route_names {
+            hostcalls::get_property(vec!["xds", "route_name"])
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok())
+        } else {
+            None
+        };
+        let Some(policy) = config.select(route.as_deref(), method, path) else {
+            return self.reject(Reject::NoMatchingPolicy);
+        };
+        self.policy = policy.name.clone();
+        if !policy.signature {
+            return Action::Continue;
+        }
+
+        // Every header-only check runs before any body is read.
+        let request = match signature::parse_headers(&headers) {
+            Ok(request) => request,
+            Err(why) => return self.reject(why),
+        };
+        if let Err(why) =
+            signature::check_window(request.timestamp, now_unix(), config.window_seconds)
+        {
+            return self.reject(why);
+        }
+        let limit = policy.max_body_bytes;
+        let declared = headers
+            .first_str("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return self.reject(Reject::BodyTooLarge { limit });
+        }
+
+        let verifier = Verifier::new(&config.keys);
+        if end_of_stream {
+            return self.finish(&shared, request, verifier);
+        }
+        self.state = State::Verifying {
+            request,
+            verifier,
+            limit,
+            read: 0,
+        };
+        // Hold the headers until the body is verified (needs `allow_on_headers_stop_iteration`).
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Pause;
+        };
+        match &mut self.state {
+            State::Pass => Action::Continue,
+            State::Rejected => Action::Pause,
+            State::Verifying {
+                verifier,
+                limit,
+                read,
+                ..
+            } => {
+                if body_size as u64 > *limit {
+                    let limit = *limit;
+                    return self.reject(Reject::BodyTooLarge { limit });
+                }
+                // `body_size` is everything buffered so far; read only the new bytes.
+                if body_size > *read {
+                    match hostcalls::get_buffer(
+                        BufferType::HttpRequestBody,
+                        *read,
+                        body_size - *read,
+                    ) {
+                        Ok(Some(chunk)) => {
+                            verifier.update(&chunk);
+                            *read += chunk.len();
+                        }
+                        Ok(None) => {}
+                        // Fail closed: a body we cannot read cannot be verified.
+                        Err(_) => return self.reject(Reject::InvalidSignature),
+                    }
+                }
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                match std::mem::replace(&mut self.state, State::Pass) {
+                    State::Verifying {
+                        request, verifier, ..
+                    } => self.finish(&shared, request, verifier),
+                    _ => Action::Continue,
+                }
+            }
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // A body followed by trailers ends here rather than with end_of_stream on the body.
+        let Some(shared) = self.shared.clone() else {
+            return Action::Pause;
+        };
+        match std::mem::replace(&mut self.state, State::Pass) {
+            State::Verifying {
+                request, verifier, ..
+            } => self.finish(&shared, request, verifier),
+            State::Rejected => {
+                self.state = State::Rejected;
+                Action::Pause
+            }
+            State::Pass => Action::Continue,
+        }
+    }
+}
