@@ -249,9 +249,8 @@ impl Config {
         validate_header_name("signature.key_id_header", &sig.key_id_header)?;
         check_body_limit("max_body_bytes", raw.max_body_bytes)?;
         let capacity = raw.replay.capacity;
-        if capacity < NONCES_PER_SHARD
-            || capacity > MAX_REPLAY_CAPACITY
-            || capacity % NONCES_PER_SHARD != 0
+        if !(NONCES_PER_SHARD..=MAX_REPLAY_CAPACITY).contains(&capacity)
+            || !capacity.is_multiple_of(NONCES_PER_SHARD)
         {
             return Err(err(
                 "replay.capacity",

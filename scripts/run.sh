@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Starts the demo upstream and Envoy with edge-warden (envoy/envoy.yaml); Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The development secret documented in the README. Never use it outside your machine.
+DEV_SECRET="edge-warden-development-secret-do-not-use-in-production"
+if [[ -z "${HMAC_SHARED_SECRET:-}" ]]; then
+  echo "HMAC_SHARED_SECRET is not set: using the development secret from the README (not for production)."
+  export HMAC_SHARED_SECRET="$DEV_SECRET"
+else
+  echo "Using HMAC_SHARED_SECRET from your environment."
+fi
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+./target/release/demo-upstream --listen 127.0.0.1:8080 &
+pids+=($!)
+
+echo "edge-warden: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:9901); Ctrl-C stops everything."
+.venv/bin/envoy -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart -l "${ENVOY_LOG_LEVEL:-info}" &
+pids+=($!)
+wait -n "${pids[@]}"

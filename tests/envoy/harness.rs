@@ -1,0 +1,477 @@
+//! A real Envoy loading the built .wasm in front of the demo upstream, on free ports, rendered
+//! from the same `envoy/envoy.yaml` that `make run` starts. Stopped on drop; its log is printed
+//! when a test fails.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use edge_warden::checks::signature::sign;
+
+/// The secret most tests sign with (HMAC_SHARED_SECRET in Envoy's environment).
+pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn envoy_binary() -> PathBuf {
+    repo().join(".venv/bin/envoy")
+}
+
+pub fn wasm() -> PathBuf {
+    repo().join("target/wasm32-wasip1/release/edge_warden.wasm")
+}
+
+pub struct Options {
+    /// Plugin configuration JSON; `None` keeps the one in envoy/envoy.yaml.
+    pub plugin_config: Option<String>,
+    /// Environment of the Envoy process (and so of the VM, for the listed keys).
+    pub env: Vec<(String, String)>,
+    /// Variables the VM may read (`host_env_keys`).
+    pub host_env_keys: Vec<String>,
+    pub concurrency: u32,
+    pub buffer_limit: Option<u64>,
+    /// Extra Envoy arguments, e.g. log levels.
+    pub args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            plugin_config: None,
+            env: vec![("HMAC_SHARED_SECRET".into(), SECRET.into())],
+            host_env_keys: vec!["HMAC_SHARED_SECRET".into()],
+            concurrency: 2,
+            buffer_limit: None,
+            args: vec!["-l".into(), "info".into()],
+        }
+    }
+}
+
+impl Options {
+    pub fn with_config(config: &str) -> Self {
+        Self {
+            plugin_config: Some(config.to_string()),
+            ..Self::default()
+        }
+    }
+}
+
+/// The default envoy/envoy.yaml with ports, paths and the options applied.
+pub fn render(opts: &Options, upstream_port: u16) -> String {
+    let yaml = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml");
+    let mut out = replace_once(&yaml, "port_value: 10000", "port_value: 0");
+    out = replace_once(&out, "port_value: 9901", "port_value: 0");
+    out = replace_once(
+        &out,
+        "port_value: 8080",
+        &format!("port_value: {upstream_port}"),
+    );
+    out = replace_once(
+        &out,
+        "filename: target/wasm32-wasip1/release/edge_warden.wasm",
+        &format!("filename: {}", wasm().display()),
+    );
+    out = replace_once(
+        &out,
+        "host_env_keys: [HMAC_SHARED_SECRET]",
+        &format!("host_env_keys: [{}]", opts.host_env_keys.join(", ")),
+    );
+    if let Some(limit) = opts.buffer_limit {
+        out = replace_once(
+            &out,
+            "per_connection_buffer_limit_bytes: 2097152",
+            &format!("per_connection_buffer_limit_bytes: {limit}"),
+        );
+    }
+    if let Some(config) = &opts.plugin_config {
+        out = replace_plugin_config(&out, config);
+    }
+    out
+}
+
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "envoy/envoy.yaml changed: expected `{from}` exactly once"
+    );
+    text.replacen(from, to, 1)
+}
+
+/// The JSON under `configuration: … value: |` in envoy/envoy.yaml.
+pub fn default_plugin_config() -> String {
+    let yaml = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml");
+    let (_, block, _) = split_plugin_config(&yaml);
+    block.join("\n")
+}
+
+fn split_plugin_config(yaml: &str) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == "value: |")
+        .expect("a `value: |` block in envoy/envoy.yaml");
+    let indent = lines[start].len() - lines[start].trim_start().len();
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| !l.trim().is_empty() && l.len() - l.trim_start().len() <= indent)
+        .map_or(lines.len(), |p| start + 1 + p);
+    let block = lines[start + 1..end]
+        .iter()
+        .map(|l| l.get(indent + 2..).unwrap_or(""))
+        .collect();
+    (lines[..=start].to_vec(), block, lines[end..].to_vec())
+}
+
+fn replace_plugin_config(yaml: &str, config: &str) -> String {
+    let (head, _, tail) = split_plugin_config(yaml);
+    let indent = " ".repeat(head.last().map_or(0, |l| l.len() - l.trim_start().len()) + 2);
+    let mut out: Vec<String> = head.iter().map(|l| l.to_string()).collect();
+    out.extend(config.lines().map(|l| format!("{indent}{l}")));
+    out.extend(tail.iter().map(|l| l.to_string()));
+    out.join("\n") + "\n"
+}
+
+pub struct Upstream {
+    child: Child,
+    pub port: u16,
+}
+
+impl Upstream {
+    pub fn start() -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_demo-upstream"))
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start demo-upstream");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("demo-upstream address");
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected demo-upstream output: {line}"));
+        Self { child, port }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Envoy {
+    child: Child,
+    _upstream: Upstream,
+    dir: tempfile::TempDir,
+    pub port: u16,
+    pub admin_port: u16,
+}
+
+/// Envoy refused to start: its exit status and log.
+#[derive(Debug)]
+pub struct Refused {
+    pub log: String,
+    pub success: bool,
+}
+
+impl Envoy {
+    pub fn start(opts: Options) -> Self {
+        match Self::try_start(opts) {
+            Ok(envoy) => envoy,
+            Err(refused) => panic!("Envoy did not start:\n{}", refused.log),
+        }
+    }
+
+    pub fn try_start(opts: Options) -> Result<Self, Refused> {
+        assert!(
+            envoy_binary().exists(),
+            "no Envoy at .venv/bin/envoy: run `make test`"
+        );
+        assert!(wasm().exists(), "no .wasm: run `make wasm`");
+        let upstream = Upstream::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("envoy.yaml");
+        std::fs::write(&config, render(&opts, upstream.port)).expect("write config");
+        let admin_file = dir.path().join("admin");
+        let log = dir.path().join("envoy.log");
+        let mut cmd = Command::new(envoy_binary());
+        cmd.arg("-c")
+            .arg(&config)
+            .args(["--concurrency", &opts.concurrency.to_string()])
+            .arg("--disable-hot-restart")
+            // The log file is read by tests while Envoy runs: flush it often.
+            .args(["--file-flush-interval-msec", "20"])
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .arg("--log-path")
+            .arg(&log)
+            .args(&opts.args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start Envoy");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let admin_port = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(Refused {
+                    log: std::fs::read_to_string(&log).unwrap_or_default(),
+                    success: status.success(),
+                });
+            }
+            if let Some(port) = std::fs::read_to_string(&admin_file)
+                .ok()
+                .and_then(|a| a.trim().rsplit(':').next()?.parse::<u16>().ok())
+            {
+                break port;
+            }
+            assert!(Instant::now() < deadline, "Envoy did not start in 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut envoy = Envoy {
+            child,
+            _upstream: upstream,
+            dir,
+            port: 0,
+            admin_port,
+        };
+        loop {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                return Err(Refused {
+                    log: envoy.log(),
+                    success: status.success(),
+                });
+            }
+            let ready = try_request(envoy.admin_port, "GET", "/ready", &[], b"");
+            if ready.is_some_and(|r| r.body == b"LIVE\n" || r.body == b"LIVE") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Envoy not ready in 30 s:\n{}",
+                envoy.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let listeners: serde_json::Value =
+            serde_json::from_str(&envoy.admin("/listeners?format=json").1).expect("listeners");
+        envoy.port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+            ["port_value"]
+            .as_u64()
+            .expect("listener port") as u16;
+        Ok(envoy)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// GET on the admin interface: (status, body).
+    pub fn admin(&self, path: &str) -> (u16, String) {
+        let r = request(self.admin_port, "GET", path, &[], b"");
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    }
+
+    /// A counter or gauge from `/stats` (custom wasm metrics are `wasmcustom.NAME`).
+    pub fn stat(&self, name: &str) -> Option<i64> {
+        let (_, text) = self.admin(&format!("/stats?filter={name}$"));
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("wasmcustom.{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        request(self.port, method, path, headers, body)
+    }
+
+    /// A request signed with `secret`, timestamp now and a fresh nonce.
+    pub fn signed(&self, method: &str, path: &str, body: &[u8]) -> Resp {
+        let s = Signed::new(SECRET, body);
+        self.request(method, path, &s.headers(), body)
+    }
+
+    /// Raw bytes over one connection; returns what the server sent until it closed.
+    pub fn raw(&self, parts: &[&[u8]], pause: Duration) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        for part in parts {
+            if stream.write_all(part).is_err() {
+                break;
+            }
+            std::thread::sleep(pause);
+        }
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- Envoy log (last 60 lines) ----");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+pub fn fresh_nonce() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("random");
+    hex::encode(bytes)
+}
+
+/// The three signature headers for a body.
+#[derive(Clone, Debug)]
+pub struct Signed {
+    pub signature: String,
+    pub timestamp: String,
+    pub nonce: String,
+}
+
+impl Signed {
+    pub fn new(secret: &str, body: &[u8]) -> Self {
+        Self::at(secret, body, now(), &fresh_nonce())
+    }
+
+    pub fn at(secret: &str, body: &[u8], timestamp: u64, nonce: &str) -> Self {
+        let timestamp = timestamp.to_string();
+        Self {
+            signature: sign(secret.as_bytes(), body, &timestamp, nonce),
+            timestamp,
+            nonce: nonce.to_string(),
+        }
+    }
+
+    pub fn headers(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("x-request-signature", self.signature.as_str()),
+            ("x-request-timestamp", self.timestamp.as_str()),
+            ("x-request-nonce", self.nonce.as_str()),
+        ]
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response {} is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The rejection code, asserting the problem+json shape on the way.
+    pub fn code(&self) -> String {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "status {} body {}",
+            self.status,
+            String::from_utf8_lossy(&self.body)
+        );
+        let v = self.json();
+        assert_eq!(v["status"].as_u64(), Some(u64::from(self.status)));
+        for member in ["type", "title", "detail", "code"] {
+            assert!(
+                v[member].is_string(),
+                "problem member {member} missing: {v}"
+            );
+        }
+        v["code"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    try_request(port, method, path, headers, body)
+        .unwrap_or_else(|| panic!("{method} {path} on port {port} failed"))
+}
+
+/// `request`, or `None` when the connection fails.
+pub fn try_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Resp> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"));
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let req = req.body(body.to_vec()).expect("request");
+    let mut resp = agent.run(req).ok()?;
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_vec()
+        .ok()?;
+    Some(Resp {
+        status,
+        headers,
+        body,
+    })
+}

@@ -1,0 +1,7 @@
+//! Integration tests: a real Envoy loads the built .wasm (run `make test`, which builds it).
+
+mod harness;
+
+mod config;
+mod signature;
+mod tooling;

@@ -1,0 +1,242 @@
+//! The user's tooling: `warden`, and the README's signing snippets, run against a real Envoy.
+
+use std::process::{Command, Output};
+
+use crate::harness::{default_plugin_config, repo, Envoy, Options, Signed, SECRET};
+
+/// The code block that follows `<!-- snippet: NAME -->` in README.md.
+fn readme_snippet(name: &str) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let marker = format!("<!-- snippet: {name} -->");
+    let after = readme
+        .split_once(&marker)
+        .unwrap_or_else(|| panic!("README.md has no {marker}"))
+        .1;
+    let block = after.split_once("```").expect("code block").1;
+    let block = block.split_once('\n').expect("fence line").1;
+    block
+        .split_once("```")
+        .expect("closing fence")
+        .0
+        .to_string()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn assert_reached_upstream(out: &Output) {
+    let all = text(out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("200 "), "{all}");
+    assert!(
+        stdout.contains(r#""x-edge-warden-key-id": "primary""#),
+        "{all}"
+    );
+    assert!(stdout.contains(r#""path": "/process-clips""#), "{all}");
+}
+
+#[test]
+fn the_readme_python_snippet_signs_requests_that_pass() {
+    let envoy = Envoy::start(Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sign.py");
+    std::fs::write(&file, readme_snippet("sign-python")).unwrap();
+    let out = Command::new("python3")
+        .arg(&file)
+        .env("HMAC_SHARED_SECRET", SECRET)
+        .env(
+            "EDGE_WARDEN_URL",
+            format!("http://127.0.0.1:{}", envoy.port),
+        )
+        .output()
+        .expect("python3");
+    assert_reached_upstream(&out);
+}
+
+#[test]
+fn the_readme_typescript_snippet_signs_requests_that_pass() {
+    let envoy = Envoy::start(Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sign.ts");
+    std::fs::write(&file, readme_snippet("sign-typescript")).unwrap();
+    let out = Command::new("node")
+        .arg(repo().join("tests/node/run-ts.mjs"))
+        .arg(&file)
+        .current_dir(repo().join("tests/node"))
+        .env("HMAC_SHARED_SECRET", SECRET)
+        .env(
+            "EDGE_WARDEN_URL",
+            format!("http://127.0.0.1:{}", envoy.port),
+        )
+        .output()
+        .expect("node (run `make node-deps` first)");
+    assert_reached_upstream(&out);
+}
+
+#[test]
+fn the_readme_warden_commands_sign_requests_that_pass() {
+    let envoy = Envoy::start(Options::default());
+    let script = readme_snippet("sign-shell")
+        .replace("target/release/warden", env!("CARGO_BIN_EXE_warden"))
+        .replace("127.0.0.1:10000", &format!("127.0.0.1:{}", envoy.port));
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("HMAC_SHARED_SECRET", SECRET)
+        .output()
+        .expect("bash");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // First command: the three headers; second: the upstream's echo of the signed request.
+    assert!(stdout.contains("X-Request-Signature: "), "{all}");
+    assert!(
+        stdout.contains(r#""x-edge-warden-key-id": "primary""#),
+        "{all}"
+    );
+    assert!(
+        stdout.contains(r#""content-type": "application/json""#),
+        "{all}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 200"),
+        "{all}"
+    );
+}
+
+#[test]
+fn warden_sign_headers_match_the_filter_and_reproduce_with_fixed_inputs() {
+    let envoy = Envoy::start(Options::default());
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["sign", "-d", "hello"])
+        .env("HMAC_SHARED_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let headers: Vec<(&str, &str)> = stdout.lines().filter_map(|l| l.split_once(": ")).collect();
+    assert_eq!(headers.len(), 3, "{stdout}");
+    assert_eq!(
+        envoy.request("POST", "/api", &headers, b"hello").status,
+        200
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "sign",
+            "-d",
+            "hello",
+            "--timestamp",
+            "1700000000",
+            "--nonce",
+            "nonce-0123456789abcdef",
+        ])
+        .env("HMAC_SHARED_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let expected = Signed::at(SECRET, b"hello", 1_700_000_000, "nonce-0123456789abcdef");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&expected.signature),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn warden_sign_refuses_a_missing_or_short_secret() {
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["sign", "-d", "x"])
+        .env_remove("HMAC_SHARED_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HMAC_SHARED_SECRET is not set"));
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["sign", "-d", "x"])
+        .env("HMAC_SHARED_SECRET", "short")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("short\n"));
+}
+
+#[test]
+fn warden_check_config_accepts_the_shipped_config_and_names_bad_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, default_plugin_config()).unwrap();
+    let warden = env!("CARGO_BIN_EXE_warden");
+
+    let out = Command::new(warden)
+        .arg("check-config")
+        .arg(&good)
+        .env("HMAC_SHARED_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 2 policies (health, signed)"));
+
+    // Without the secret in the environment: refused, unless only the structure is checked.
+    let out = Command::new(warden)
+        .arg("check-config")
+        .arg(&good)
+        .env_remove("HMAC_SHARED_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("signature.secrets[0].env"));
+    let out = Command::new(warden)
+        .args(["check-config", "--skip-secrets"])
+        .arg(&good)
+        .env_remove("HMAC_SHARED_SECRET")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"policies": [{"name": "a", "signature": false, "match": {"path_prefix": "api"}}]}"#,
+    )
+    .unwrap();
+    let out = Command::new(warden)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("field `policies[0].match.path_prefix`"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_readme_configuration_example_is_valid() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split_once("## Plugin configuration reference")
+        .unwrap()
+        .1;
+    let json = section
+        .split_once("```json\n")
+        .unwrap()
+        .1
+        .split_once("```")
+        .unwrap()
+        .0;
+    let env = |name: &str| match name {
+        "HMAC_SHARED_SECRET" | "HMAC_PREVIOUS_SECRET" => Some(SECRET.to_string()),
+        _ => None,
+    };
+    let config = edge_warden::config::Config::from_json(json.as_bytes(), &env)
+        .unwrap_or_else(|e| panic!("README example: {e}"));
+    assert_eq!(config.policies.len(), 3);
+}
