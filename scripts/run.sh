@@ -12,6 +12,10 @@ else
   echo "Using HMAC_SHARED_SECRET from your environment."
 fi
 
+if [[ -n "${WORKERS_ORIGIN:-}" ]]; then
+  echo "CORS: allowing https://*.workers.dev and WORKERS_ORIGIN=${WORKERS_ORIGIN}."
+fi
+
 pids=()
 cleanup() {
   trap - INT TERM EXIT

@@ -10,6 +10,9 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::checks::cors::{Cors, Disallowed, OriginPattern};
+use crate::checks::host::HostPattern;
+use crate::checks::response_headers::{HeaderAction, Plan, Preset};
 use crate::secret::Secret;
 
 /// Shortest HMAC secret accepted, in bytes.
@@ -71,6 +74,9 @@ pub struct RawConfig {
     /// Body limit for policies that do not set their own, in bytes (default 1 MiB).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
+    /// Security headers added to every response.
+    #[serde(default)]
+    pub security_headers: RawSecurityHeaders,
     /// Ordered list of policies; the first whose `match` fits the request applies. A request
     /// that no policy matches is refused (`no_matching_policy`).
     pub policies: Vec<RawPolicy>,
@@ -142,6 +148,94 @@ pub struct RawPolicy {
     /// Body limit for this policy, in bytes; defaults to the top-level `max_body_bytes`.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// Cross-origin browser access; absent means no CORS headers and preflights refused.
+    #[serde(default)]
+    pub cors: Option<RawCors>,
+    /// Allowed `Host` / `:authority` values; empty means any.
+    #[serde(default)]
+    pub trusted_hosts: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// Exact origins (`https://app.example.com`), wildcard subdomains (`https://*.workers.dev`)
+    /// or `null`.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Environment variable holding one more allowed origin (used when set and non-empty). It
+    /// must be listed in `host_env_keys`.
+    #[serde(default)]
+    pub allow_origin_env: Option<String>,
+    /// Methods a cross-origin request may use (default GET, HEAD, POST).
+    #[serde(default = "default_cors_methods")]
+    pub allow_methods: Vec<String>,
+    /// Request headers a cross-origin request may send (default: content-type and the signature
+    /// and idempotency headers).
+    #[serde(default = "default_cors_headers")]
+    pub allow_headers: Vec<String>,
+    /// Response headers the browser may read beyond the safelisted ones.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Whether cookies and credentials may be sent (`Access-Control-Allow-Credentials: true`).
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer, in seconds (default 600).
+    #[serde(default = "default_max_age")]
+    pub max_age: u32,
+    /// An actual request from an origin not allowed: `reject` (403 `origin_not_allowed`,
+    /// default) or `omit` (pass without CORS headers).
+    #[serde(default = "default_disallowed")]
+    pub disallowed: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurityHeaders {
+    /// `owasp` (default), `compat` or `none`.
+    #[serde(default)]
+    pub preset: Preset,
+    /// Add `preload` to Strict-Transport-Security (owasp preset).
+    #[serde(default)]
+    pub hsts_preload: bool,
+    /// Remove X-Powered-By and similar banners (default true).
+    #[serde(default = "default_true")]
+    pub remove_banners: bool,
+    /// Per-header overrides: `{"set": "v"}`, `{"set_if_absent": "v"}` or `"remove"`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, HeaderAction>,
+}
+
+impl Default for RawSecurityHeaders {
+    fn default() -> Self {
+        Self {
+            preset: Preset::Owasp,
+            hsts_preload: false,
+            remove_banners: true,
+            headers: Default::default(),
+        }
+    }
+}
+
+fn default_cors_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST"].map(String::from).to_vec()
+}
+fn default_cors_headers() -> Vec<String> {
+    [
+        "content-type",
+        "x-request-signature",
+        "x-request-timestamp",
+        "x-request-nonce",
+        "x-idempotency-key",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_max_age() -> u32 {
+    600
+}
+fn default_disallowed() -> String {
+    "reject".to_string()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,6 +291,10 @@ pub struct Config {
     pub policies: Vec<Policy>,
     /// Whether any policy matches on the Envoy route name (read only then: it is a host call).
     pub uses_route_names: bool,
+    /// Response headers applied to every response.
+    pub response_headers: Plan,
+    /// Things that load but deserve the operator's attention; logged at load time.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +303,8 @@ pub struct Policy {
     matcher: Matcher,
     pub signature: bool,
     pub max_body_bytes: u64,
+    pub cors: Option<Cors>,
+    pub trusted_hosts: Vec<HostPattern>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -266,6 +366,8 @@ impl Config {
         if raw.policies.is_empty() {
             return Err(err("policies", "at least one policy is required"));
         }
+        let mut warnings = Vec::new();
+        let response_headers = compile_security_headers(&raw.security_headers)?;
         let mut names = HashSet::new();
         let mut policies = Vec::with_capacity(raw.policies.len());
         for (i, p) in raw.policies.into_iter().enumerate() {
@@ -290,11 +392,27 @@ impl Config {
                     ),
                 ));
             }
+            let cors = match &p.cors {
+                Some(c) => Some(compile_cors(c, &at("cors"), env, &p.name, &mut warnings)?),
+                None => None,
+            };
+            let trusted_hosts = p
+                .trusted_hosts
+                .iter()
+                .enumerate()
+                .map(|(j, h)| {
+                    HostPattern::parse(h).map_err(|why| {
+                        err(at(&format!("trusted_hosts[{j}]")), format!("`{h}` {why}"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             policies.push(Policy {
                 name: p.name,
                 matcher: compile_match(&p.matcher, &at("match"))?,
                 signature: p.signature,
                 max_body_bytes,
+                cors,
+                trusted_hosts,
             });
         }
         let uses_route_names = policies.iter().any(|p| p.matcher.route.is_some());
@@ -305,6 +423,8 @@ impl Config {
             replay_capacity: capacity,
             policies,
             uses_route_names,
+            response_headers,
+            warnings,
         })
     }
 
@@ -407,6 +527,136 @@ fn compile_secrets(
         });
     }
     Ok(keys)
+}
+
+fn compile_cors(
+    raw: &RawCors,
+    field: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    policy: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Cors, ConfigError> {
+    let mut origins = Vec::new();
+    for (i, o) in raw.allow_origins.iter().enumerate() {
+        let pattern = OriginPattern::parse(o).map_err(|why| {
+            err(
+                format!("{field}.allow_origins[{i}]"),
+                format!("`{o}` {why}"),
+            )
+        })?;
+        origins.push(pattern);
+    }
+    if let Some(name) = &raw.allow_origin_env {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(err(
+                format!("{field}.allow_origin_env"),
+                "must be an environment variable name",
+            ));
+        }
+        if let Some(value) = env(name).filter(|v| !v.trim().is_empty()) {
+            let pattern = OriginPattern::parse(value.trim()).map_err(|why| {
+                err(
+                    format!("{field}.allow_origin_env"),
+                    format!("the origin in {name} (`{}`) {why}", value.trim()),
+                )
+            })?;
+            origins.push(pattern);
+        }
+    }
+    for o in &origins {
+        if let Some(suffix) = o.wildcard_suffix() {
+            // `*.workers.dev` admits every tenant of that platform: anyone can host a page there.
+            if psl::suffix_str(suffix) == Some(suffix) {
+                warnings.push(format!(
+                    "policy `{policy}`: CORS origin wildcard `*.{suffix}` covers a public suffix, so \
+                     any site hosted under {suffix} (anyone can create one) is an allowed origin; \
+                     prefer exact origins, and require request signatures on these routes"
+                ));
+            }
+        }
+    }
+    for (i, m) in raw.allow_methods.iter().enumerate() {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(err(
+                format!("{field}.allow_methods[{i}]"),
+                format!("`{m}` is not an uppercase HTTP method"),
+            ));
+        }
+    }
+    let lower_tokens = |list: &[String], what: &str| -> Result<Vec<String>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let lower = h.to_ascii_lowercase();
+                if lower.is_empty()
+                    || !lower
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    Err(err(
+                        format!("{field}.{what}[{i}]"),
+                        format!("`{h}` is not a header name"),
+                    ))
+                } else {
+                    Ok(lower)
+                }
+            })
+            .collect()
+    };
+    let allow_headers = lower_tokens(&raw.allow_headers, "allow_headers")?;
+    let expose_headers = lower_tokens(&raw.expose_headers, "expose_headers")?;
+    let disallowed = match raw.disallowed.as_str() {
+        "reject" => Disallowed::Reject,
+        "omit" => Disallowed::Omit,
+        other => {
+            return Err(err(
+                format!("{field}.disallowed"),
+                format!("`{other}` must be `reject` or `omit`"),
+            ))
+        }
+    };
+    if raw.max_age > 86_400 {
+        return Err(err(
+            format!("{field}.max_age"),
+            "must be at most 86400 seconds",
+        ));
+    }
+    Ok(Cors {
+        origins,
+        allow_methods: raw.allow_methods.clone(),
+        allow_headers,
+        expose_headers,
+        allow_credentials: raw.allow_credentials,
+        max_age: raw.max_age,
+        disallowed,
+    })
+}
+
+fn compile_security_headers(raw: &RawSecurityHeaders) -> Result<Plan, ConfigError> {
+    let mut overrides = Vec::new();
+    for (name, action) in &raw.headers {
+        let field = format!("security_headers.headers.{name}");
+        let lower = name.to_ascii_lowercase();
+        if lower.is_empty()
+            || !lower
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(err(field, "is not a header name"));
+        }
+        if let HeaderAction::Set(v) | HeaderAction::SetIfAbsent(v) = action {
+            if v.bytes().any(|b| b.is_ascii_control()) {
+                return Err(err(field, "the value must not contain control characters"));
+            }
+        }
+        overrides.push((lower, action.clone()));
+    }
+    Ok(Plan::new(
+        raw.preset,
+        raw.hsts_preload,
+        raw.remove_banners,
+        overrides,
+    ))
 }
 
 fn compile_match(raw: &RawMatch, field: &str) -> Result<Matcher, ConfigError> {

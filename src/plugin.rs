@@ -78,6 +78,9 @@ impl RootContext for Root {
                 return false;
             }
         };
+        for warning in &config.warnings {
+            log::warn!("edge-warden: {warning}");
+        }
         let cache = NonceCache::new(config.replay_capacity);
         // Shard keys are created before any request can use them; see store.rs for why.
         if cache.ensure_shards(&HostStore).is_err() {

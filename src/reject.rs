@@ -35,6 +35,12 @@ pub enum Reject {
     ReplayCheckUnavailable,
     /// No policy in the configuration covers this route.
     NoMatchingPolicy,
+    /// The `Origin` is not in the route's CORS allow list.
+    OriginNotAllowed,
+    /// A preflight asked for a method or header the route's CORS settings do not allow.
+    CorsMethodNotAllowed { what: &'static str, allowed: String },
+    /// The `Host` / `:authority` is not one of the trusted hosts.
+    HostNotAllowed,
 }
 
 /// The headers a signed request carries; the names appear in details, so they are spelled as
@@ -53,7 +59,10 @@ impl Reject {
             Reject::MalformedHeader { .. } | Reject::DuplicatedHeader { .. } => 400,
             Reject::BodyTooLarge { .. } => 413,
             Reject::ReplayCacheFull { .. } | Reject::ReplayCheckUnavailable => 429,
-            Reject::NoMatchingPolicy => 403,
+            Reject::NoMatchingPolicy
+            | Reject::OriginNotAllowed
+            | Reject::CorsMethodNotAllowed { .. } => 403,
+            Reject::HostNotAllowed => 400,
         }
     }
 
@@ -69,6 +78,9 @@ impl Reject {
             Reject::ReplayCacheFull { .. } => "replay_cache_full",
             Reject::ReplayCheckUnavailable => "replay_check_unavailable",
             Reject::NoMatchingPolicy => "no_matching_policy",
+            Reject::OriginNotAllowed => "origin_not_allowed",
+            Reject::CorsMethodNotAllowed { .. } => "cors_method_not_allowed",
+            Reject::HostNotAllowed => "host_not_allowed",
         }
     }
 
@@ -83,6 +95,9 @@ impl Reject {
             Reject::ReplayCacheFull { .. } => "Replay cache full",
             Reject::ReplayCheckUnavailable => "Replay check unavailable",
             Reject::NoMatchingPolicy => "No policy for this route",
+            Reject::OriginNotAllowed => "Origin not allowed",
+            Reject::CorsMethodNotAllowed { .. } => "CORS request not allowed",
+            Reject::HostNotAllowed => "Host not allowed",
         }
     }
 
@@ -133,6 +148,16 @@ impl Reject {
             }
             Reject::NoMatchingPolicy => {
                 "No edge-warden policy covers this route, so the request is refused.".to_string()
+            }
+            Reject::OriginNotAllowed => {
+                "Requests from this Origin are not allowed on this route.".to_string()
+            }
+            Reject::CorsMethodNotAllowed { what, allowed } => format!(
+                "The preflight asked for a {what} this route does not allow cross-origin; \
+                 allowed: {allowed}."
+            ),
+            Reject::HostNotAllowed => {
+                "The Host header does not name a host this service answers for.".to_string()
             }
         }
     }
@@ -246,6 +271,12 @@ mod tests {
             Reject::ReplayCacheFull { retry_after: 7 },
             Reject::ReplayCheckUnavailable,
             Reject::NoMatchingPolicy,
+            Reject::OriginNotAllowed,
+            Reject::CorsMethodNotAllowed {
+                what: "method",
+                allowed: "GET".into(),
+            },
+            Reject::HostNotAllowed,
         ]
     }
 

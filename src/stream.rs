@@ -9,6 +9,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
+use crate::checks::cors;
+use crate::checks::host;
 use crate::checks::signature::{self, SignedRequest, Verifier};
 use crate::headers::RequestHeaders;
 use crate::plugin::{HostStore, Metrics, Shared};
@@ -19,6 +21,10 @@ pub(crate) struct Stream {
     request_id: Option<String>,
     policy: String,
     state: State,
+    /// CORS headers the response gets (an allowed cross-origin request).
+    cors_headers: Vec<(&'static str, String)>,
+    /// Whether the response varies by `Origin` (the policy has CORS settings).
+    vary_origin: bool,
 }
 
 enum State {
@@ -31,8 +37,9 @@ enum State {
         limit: u64,
         read: usize,
     },
-    /// A local reply was sent; ignore the rest of the request.
-    Rejected,
+    /// A local reply was sent (a rejection or a preflight answer); ignore the rest of the
+    /// request.
+    Answered,
 }
 
 impl Stream {
@@ -42,7 +49,20 @@ impl Stream {
             request_id: None,
             policy: String::new(),
             state: State::Pass,
+            cors_headers: Vec::new(),
+            vary_origin: false,
         }
+    }
+
+    /// Answers a CORS preflight itself: browsers cannot sign a preflight or attach an API key,
+    /// so it never goes upstream.
+    fn answer_preflight(&mut self, headers: Vec<(&'static str, String)>) -> Action {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        self.state = State::Answered;
+        if hostcalls::send_http_response(204, headers, None).is_err() {
+            log::error!("edge-warden could not answer a preflight; the request stays paused");
+        }
+        Action::Pause
     }
 
     fn reject(&mut self, why: Reject) -> Action {
@@ -67,7 +87,7 @@ impl Stream {
         if let Some(shared) = &self.shared {
             Metrics::add(shared.metrics.rejected, 1);
         }
-        self.state = State::Rejected;
+        self.state = State::Answered;
         if hostcalls::send_http_response(response.status, headers, Some(&response.body)).is_err() {
             log::error!("edge-warden could not send its rejection; the request stays paused");
         }
@@ -145,6 +165,17 @@ impl HttpContext for Stream {
 
         let method = headers.first_str(":method").unwrap_or("");
         let path = headers.first_str(":path").unwrap_or("");
+        let origin = headers.first("origin");
+        // A preflight (Fetch standard): OPTIONS with Origin and Access-Control-Request-Method.
+        // It is matched to the policy of the request it asks about, so by the requested method.
+        let requested_method = headers.first("access-control-request-method");
+        let preflight = match (method, origin, requested_method) {
+            ("OPTIONS", Some(_), Some(m)) => Some(m),
+            _ => None,
+        };
+        let select_method = preflight
+            .and_then(|m| std::str::from_utf8(m).ok())
+            .unwrap_or(method);
         let route = if config.uses_route_names {
             hostcalls::get_property(vec!["xds", "route_name"])
                 .ok()
@@ -153,10 +184,38 @@ impl HttpContext for Stream {
         } else {
             None
         };
-        let Some(policy) = config.select(route.as_deref(), method, path) else {
+        let Some(policy) = config.select(route.as_deref(), select_method, path) else {
             return self.reject(Reject::NoMatchingPolicy);
         };
         self.policy = policy.name.clone();
+
+        if !policy.trusted_hosts.is_empty() {
+            if let Err(why) = host::check(&policy.trusted_hosts, headers.first(":authority")) {
+                return self.reject(why);
+            }
+        }
+
+        if let Some(cors) = &policy.cors {
+            self.vary_origin = true;
+            if let (Some(origin), Some(requested_method)) = (origin, preflight) {
+                let asked_headers = headers.first("access-control-request-headers");
+                return match cors.preflight(origin, requested_method, asked_headers) {
+                    Ok(answer) => self.answer_preflight(answer),
+                    Err(why) => self.reject(why),
+                };
+            }
+            match cors.check(origin) {
+                Ok(cors::Outcome::Allow(origin)) => {
+                    self.cors_headers = cors.response_headers(&origin)
+                }
+                Ok(_) => {}
+                Err(why) => return self.reject(why),
+            }
+        } else if preflight.is_some() {
+            // No CORS settings on this route: cross-origin browser calls are not allowed.
+            return self.reject(Reject::OriginNotAllowed);
+        }
+
         if !policy.signature {
             return Action::Continue;
         }
@@ -199,7 +258,7 @@ impl HttpContext for Stream {
         };
         match &mut self.state {
             State::Pass => Action::Continue,
-            State::Rejected => Action::Pause,
+            State::Answered => Action::Pause,
             State::Verifying {
                 verifier,
                 limit,
@@ -239,6 +298,32 @@ impl HttpContext for Stream {
         }
     }
 
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let plan = &shared.config.response_headers;
+        // The answer depends on Origin wherever CORS applies (a preflight answer already lists
+        // it, and merging does not repeat it).
+        let vary: &[&str] = if self.vary_origin { &["Origin"] } else { &[] };
+        if plan.is_empty() && self.cors_headers.is_empty() && vary.is_empty() {
+            return Action::Continue;
+        }
+        // One read and one write of the whole map instead of a host call per header.
+        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpResponseHeaders) else {
+            return Action::Continue;
+        };
+        let headers = plan.apply(headers, &self.cors_headers, vary);
+        let pairs: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        if hostcalls::set_map_bytes(MapType::HttpResponseHeaders, pairs).is_err() {
+            log::warn!("edge-warden could not set response headers");
+        }
+        Action::Continue
+    }
+
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         // A body followed by trailers ends here rather than with end_of_stream on the body.
         let Some(shared) = self.shared.clone() else {
@@ -248,8 +333,8 @@ impl HttpContext for Stream {
             State::Verifying {
                 request, verifier, ..
             } => self.finish(&shared, request, verifier),
-            State::Rejected => {
-                self.state = State::Rejected;
+            State::Answered => {
+                self.state = State::Answered;
                 Action::Pause
             }
             State::Pass => Action::Continue,

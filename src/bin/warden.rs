@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 
 use edge_warden::checks::signature::sign;
-use edge_warden::config::{Config, MIN_SECRET_LEN};
+use edge_warden::config::{parse_raw, Config, MIN_SECRET_LEN};
 
 #[derive(Parser)]
 #[command(
@@ -177,18 +177,33 @@ fn run_sign(args: SignArgs) -> Result<ExitCode, String> {
 
 fn run_check_config(file: &PathBuf, skip_secrets: bool) -> Result<ExitCode, String> {
     let json = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
-    // With --skip-secrets every secret variable reads as a placeholder of the minimum length, so
-    // only the structure is checked.
-    let placeholder = "x".repeat(MIN_SECRET_LEN);
-    let lookup = |name: &str| {
-        if skip_secrets {
-            Some(placeholder.clone())
-        } else {
-            std::env::var(name).ok()
+    let raw = match parse_raw(&json) {
+        Ok(raw) => raw,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return Ok(ExitCode::from(1));
         }
     };
-    match Config::from_json(&json, &lookup) {
+    // With --skip-secrets the secrets' variables read as placeholders of the minimum length, so
+    // only the structure is checked; other variables (e.g. an allowed origin) are read as usual.
+    let secret_vars: Vec<String> = raw
+        .signature
+        .secrets
+        .iter()
+        .map(|s| s.env.clone())
+        .collect();
+    let placeholder = "x".repeat(MIN_SECRET_LEN);
+    let lookup = |name: &str| match std::env::var(name) {
+        Err(_) if skip_secrets && secret_vars.iter().any(|v| v == name) => {
+            Some(placeholder.clone())
+        }
+        value => value.ok(),
+    };
+    match Config::compile(raw, &lookup) {
         Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "ok: {} policies ({}), {} signing secrets, replay cache of {} nonces",
                 config.policies.len(),

@@ -1,3 +1,6 @@
 //! One pure module per concern: plain inputs in, a verdict out. Nothing here calls the host.
 
+pub mod cors;
+pub mod host;
+pub mod response_headers;
 pub mod signature;

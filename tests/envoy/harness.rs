@@ -34,6 +34,8 @@ pub struct Options {
     pub host_env_keys: Vec<String>,
     pub concurrency: u32,
     pub buffer_limit: Option<u64>,
+    /// Prefix of the catch-all route; anything outside it gets Envoy's own 404.
+    pub route_prefix: Option<String>,
     /// Extra Envoy arguments, e.g. log levels.
     pub args: Vec<String>,
 }
@@ -43,9 +45,10 @@ impl Default for Options {
         Self {
             plugin_config: None,
             env: vec![("HMAC_SHARED_SECRET".into(), SECRET.into())],
-            host_env_keys: vec!["HMAC_SHARED_SECRET".into()],
+            host_env_keys: vec!["HMAC_SHARED_SECRET".into(), "WORKERS_ORIGIN".into()],
             concurrency: 2,
             buffer_limit: None,
+            route_prefix: None,
             args: vec!["-l".into(), "info".into()],
         }
     }
@@ -77,7 +80,7 @@ pub fn render(opts: &Options, upstream_port: u16) -> String {
     );
     out = replace_once(
         &out,
-        "host_env_keys: [HMAC_SHARED_SECRET]",
+        "host_env_keys: [HMAC_SHARED_SECRET, WORKERS_ORIGIN]",
         &format!("host_env_keys: [{}]", opts.host_env_keys.join(", ")),
     );
     if let Some(limit) = opts.buffer_limit {
@@ -85,6 +88,13 @@ pub fn render(opts: &Options, upstream_port: u16) -> String {
             &out,
             "per_connection_buffer_limit_bytes: 2097152",
             &format!("per_connection_buffer_limit_bytes: {limit}"),
+        );
+    }
+    if let Some(prefix) = &opts.route_prefix {
+        out = replace_once(
+            &out,
+            "match: { prefix: \"/\" }",
+            &format!("match: {{ prefix: \"{prefix}\" }}"),
         );
     }
     if let Some(config) = &opts.plugin_config {

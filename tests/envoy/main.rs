@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod browser;
 mod config;
 mod signature;
 mod tooling;

@@ -181,6 +181,9 @@ fn warden_check_config_accepts_the_shipped_config_and_names_bad_fields() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 2 policies (health, signed)"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "warning: policy `signed`: CORS origin wildcard `*.workers.dev` covers a public suffix"
+    ));
 
     // Without the secret in the environment: refused, unless only the structure is checked.
     let out = Command::new(warden)

@@ -1,0 +1,288 @@
+//! Security headers on every response: the upstream's, edge-warden's own rejections and Envoy's
+//! local replies (404, 413, 429, 503) all pass through the filter's response path.
+//!
+//! The plan is computed once from the configuration; per response it is one pass over the
+//! headers Envoy hands over, and the result is written back in a single host call.
+
+use serde::Deserialize;
+
+/// What to do with one response header.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HeaderAction {
+    /// Replace whatever the upstream sent.
+    Set(String),
+    /// Set only if the upstream did not send the header.
+    SetIfAbsent(String),
+    /// Remove the header.
+    Remove,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// The OWASP Secure Headers Project's recommendations for an API.
+    #[default]
+    Owasp,
+    /// Exactly the eight headers of the reference services' audit document.
+    Compat,
+    /// No headers besides the explicit ones.
+    None,
+}
+
+/// Server banners that only help an attacker fingerprint the stack.
+pub const BANNERS: &[&str] = &[
+    "x-powered-by",
+    "x-aspnet-version",
+    "x-aspnetmvc-version",
+    "x-runtime",
+    "x-generator",
+];
+
+const HSTS: &str = "max-age=31536000; includeSubDomains";
+
+fn preset_rules(preset: Preset, hsts_preload: bool) -> Vec<(String, HeaderAction)> {
+    use HeaderAction::{Remove, Set};
+    let set = |n: &str, v: &str| (n.to_string(), Set(v.to_string()));
+    let hsts = if hsts_preload {
+        format!("{HSTS}; preload")
+    } else {
+        HSTS.to_string()
+    };
+    match preset {
+        Preset::Owasp => vec![
+            set("strict-transport-security", &hsts),
+            set("x-frame-options", "DENY"),
+            set("x-content-type-options", "nosniff"),
+            set("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+            set("x-permitted-cross-domain-policies", "none"),
+            set("referrer-policy", "no-referrer"),
+            set("cross-origin-opener-policy", "same-origin"),
+            set("cross-origin-resource-policy", "same-origin"),
+            set(
+                "permissions-policy",
+                "accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), \
+                 microphone=(), payment=(), usb=()",
+            ),
+            set("x-xss-protection", "0"),
+            ("server".to_string(), Remove),
+        ],
+        // The audit document's values verbatim (its HSTS carries `preload`), with the CSP of the
+        // reference services' default configuration.
+        Preset::Compat => vec![
+            set("strict-transport-security", "max-age=31536000; includeSubDomains; preload"),
+            set("x-frame-options", "DENY"),
+            set("x-content-type-options", "nosniff"),
+            set("x-xss-protection", "1; mode=block"),
+            set(
+                "content-security-policy",
+                "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline';",
+            ),
+            set("referrer-policy", "strict-origin-when-cross-origin"),
+            set(
+                "permissions-policy",
+                "geolocation=(), microphone=(), camera=(), payment=(), usb=(), magnetometer=()",
+            ),
+            set("server", "Unknown"),
+        ],
+        Preset::None => Vec::new(),
+    }
+}
+
+/// The compiled response-header rules.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    rules: Vec<(String, HeaderAction)>,
+    no_store_on_error: bool,
+}
+
+impl Plan {
+    /// `overrides` (lowercase names) replace the preset's rule for the same header.
+    pub fn new(
+        preset: Preset,
+        hsts_preload: bool,
+        remove_banners: bool,
+        overrides: Vec<(String, HeaderAction)>,
+    ) -> Plan {
+        let mut rules = preset_rules(preset, hsts_preload);
+        if remove_banners {
+            rules.extend(
+                BANNERS
+                    .iter()
+                    .map(|b| (b.to_string(), HeaderAction::Remove)),
+            );
+        }
+        for (name, action) in overrides {
+            rules.retain(|(n, _)| *n != name);
+            rules.push((name, action));
+        }
+        Plan {
+            rules,
+            no_store_on_error: preset == Preset::Owasp,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty() && !self.no_store_on_error
+    }
+
+    /// Applies the rules, then sets `cors` headers and merges `vary` tokens. Returns the new
+    /// header list (pseudo-headers kept in place).
+    pub fn apply(
+        &self,
+        mut headers: Vec<(String, Vec<u8>)>,
+        cors: &[(&'static str, String)],
+        vary: &[&str],
+    ) -> Vec<(String, Vec<u8>)> {
+        let status = headers
+            .iter()
+            .find(|(n, _)| n == ":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
+            .unwrap_or(0);
+        let set = |headers: &mut Vec<(String, Vec<u8>)>, name: &str, value: &str| {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            headers.push((name.to_string(), value.as_bytes().to_vec()));
+        };
+        for (name, action) in &self.rules {
+            match action {
+                HeaderAction::Set(v) => set(&mut headers, name, v),
+                HeaderAction::SetIfAbsent(v) => {
+                    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                        headers.push((name.clone(), v.as_bytes().to_vec()));
+                    }
+                }
+                HeaderAction::Remove => headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
+            }
+        }
+        // Error bodies are never worth caching, and may hold request-specific detail.
+        if self.no_store_on_error && status >= 400 {
+            set(&mut headers, "cache-control", "no-store");
+        }
+        for (name, value) in cors {
+            set(&mut headers, name, value);
+        }
+        if !vary.is_empty() {
+            merge_vary(&mut headers, vary);
+        }
+        headers
+    }
+}
+
+/// Adds tokens to `Vary` without duplicating what the upstream already listed.
+fn merge_vary(headers: &mut Vec<(String, Vec<u8>)>, tokens: &[&str]) {
+    let existing: Vec<String> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("vary"))
+        .flat_map(|(_, v)| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    if existing.iter().any(|t| t == "*") {
+        return;
+    }
+    let mut all = existing.clone();
+    for t in tokens {
+        if !all.iter().any(|e| e.eq_ignore_ascii_case(t)) {
+            all.push(t.to_string());
+        }
+    }
+    if all.len() == existing.len() {
+        return;
+    }
+    headers.retain(|(n, _)| !n.eq_ignore_ascii_case("vary"));
+    headers.push(("vary".to_string(), all.join(", ").into_bytes()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn get<'a>(h: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+        h.iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    #[test]
+    fn owasp_preset_sets_headers_removes_banners_and_server() {
+        let plan = Plan::new(Preset::Owasp, false, true, vec![]);
+        let h = plan.apply(
+            response(&[
+                (":status", "200"),
+                ("server", "gunicorn"),
+                ("x-powered-by", "PHP"),
+                ("x-frame-options", "ALLOW"),
+            ]),
+            &[],
+            &[],
+        );
+        assert_eq!(get(&h, "x-frame-options"), Some("DENY"));
+        assert_eq!(get(&h, "x-xss-protection"), Some("0"));
+        assert_eq!(get(&h, "strict-transport-security"), Some(HSTS));
+        assert_eq!(get(&h, "server"), None);
+        assert_eq!(get(&h, "x-powered-by"), None);
+        assert_eq!(get(&h, "cache-control"), None);
+        assert_eq!(get(&h, ":status"), Some("200"));
+    }
+
+    #[test]
+    fn compat_preset_is_exactly_the_eight_reference_headers() {
+        let plan = Plan::new(Preset::Compat, false, false, vec![]);
+        let h = plan.apply(response(&[(":status", "200")]), &[], &[]);
+        assert_eq!(h.len(), 9);
+        assert_eq!(get(&h, "x-xss-protection"), Some("1; mode=block"));
+        assert_eq!(get(&h, "server"), Some("Unknown"));
+    }
+
+    #[test]
+    fn overrides_set_remove_and_set_if_absent() {
+        let plan = Plan::new(
+            Preset::Owasp,
+            true,
+            true,
+            vec![
+                ("x-frame-options".into(), HeaderAction::Remove),
+                (
+                    "content-security-policy".into(),
+                    HeaderAction::SetIfAbsent("default-src 'self'".into()),
+                ),
+                ("server".into(), HeaderAction::Set("edge".into())),
+            ],
+        );
+        let h = plan.apply(
+            response(&[
+                (":status", "404"),
+                ("content-security-policy", "upstream's"),
+            ]),
+            &[],
+            &[],
+        );
+        assert_eq!(get(&h, "x-frame-options"), None);
+        assert_eq!(get(&h, "content-security-policy"), Some("upstream's"));
+        assert_eq!(get(&h, "server"), Some("edge"));
+        assert_eq!(get(&h, "cache-control"), Some("no-store"));
+        assert!(get(&h, "strict-transport-security")
+            .unwrap()
+            .ends_with("; preload"));
+    }
+
+    #[test]
+    fn vary_is_merged_not_duplicated() {
+        let plan = Plan::default();
+        let h = plan.apply(response(&[("vary", "Accept-Encoding")]), &[], &["Origin"]);
+        assert_eq!(get(&h, "vary"), Some("Accept-Encoding, Origin"));
+        let h = plan.apply(response(&[("vary", "origin")]), &[], &["Origin"]);
+        assert_eq!(get(&h, "vary"), Some("origin"));
+    }
+}
