@@ -250,6 +250,19 @@ fn security_headers_land_on_upstream_responses_rejections_and_envoy_404s() {
 }
 
 #[test]
+fn security_headers_land_on_envoys_503_when_the_upstream_is_down() {
+    let envoy = Envoy::start(Options {
+        dead_upstream: true,
+        ..Options::default()
+    });
+    let r = envoy.request("GET", "/health", &[], b"");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(r.header("server").is_none());
+}
+
+#[test]
 fn compat_preset_and_overrides_shape_the_headers() {
     let config = r#"{
       "policies": [{"name": "open", "signature": false}],

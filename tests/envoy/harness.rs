@@ -34,6 +34,8 @@ pub struct Options {
     pub host_env_keys: Vec<String>,
     pub concurrency: u32,
     pub buffer_limit: Option<u64>,
+    /// Point the cluster at a port nothing listens on (Envoy answers 503).
+    pub dead_upstream: bool,
     /// Prefix of the catch-all route; anything outside it gets Envoy's own 404.
     pub route_prefix: Option<String>,
     /// Extra Envoy arguments, e.g. log levels.
@@ -49,6 +51,7 @@ impl Default for Options {
             concurrency: 2,
             buffer_limit: None,
             route_prefix: None,
+            dead_upstream: false,
             args: vec!["-l".into(), "info".into()],
         }
     }
@@ -65,6 +68,14 @@ impl Options {
 
 /// The default envoy/envoy.yaml with ports, paths and the options applied.
 pub fn render(opts: &Options, upstream_port: u16) -> String {
+    let upstream_port = if opts.dead_upstream {
+        // A port that was free a moment ago: nothing listens there now.
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_or(1, |a| a.port())
+    } else {
+        upstream_port
+    };
     let yaml = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml");
     let mut out = replace_once(&yaml, "port_value: 10000", "port_value: 0");
     out = replace_once(&out, "port_value: 9901", "port_value: 0");

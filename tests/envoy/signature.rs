@@ -297,6 +297,12 @@ fn oversize_bodies_get_413_without_waiting() {
         "{}",
         &answer[..answer.len().min(300)]
     );
+    // Envoy's own 413 still passes through edge-warden's response path.
+    assert!(
+        answer.contains("x-frame-options: DENY"),
+        "{}",
+        &answer[..answer.len().min(600)]
+    );
 }
 
 /// A signed chunked POST as raw HTTP/1.1: the head, one chunk per piece, then (if `terminate`)
