@@ -10,8 +10,10 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::checks::api_key::{ApiKey, KeySource, Role};
 use crate::checks::cors::{Cors, Disallowed, OriginPattern};
 use crate::checks::host::HostPattern;
+use crate::checks::ip::{parse_net, IpRules};
 use crate::checks::response_headers::{HeaderAction, Plan, Preset};
 use crate::secret::Secret;
 
@@ -77,6 +79,15 @@ pub struct RawConfig {
     /// Security headers added to every response.
     #[serde(default)]
     pub security_headers: RawSecurityHeaders,
+    /// API keys (hashes only) and where clients send them.
+    #[serde(default)]
+    pub api_keys: RawApiKeys,
+    /// Brute-force lockout per client address.
+    #[serde(default)]
+    pub lockout: RawLockout,
+    /// Headers in which edge-warden tells the upstream (and Envoy's rate limits) who called.
+    #[serde(default)]
+    pub identity: RawIdentity,
     /// Ordered list of policies; the first whose `match` fits the request applies. A request
     /// that no policy matches is refused (`no_matching_policy`).
     pub policies: Vec<RawPolicy>,
@@ -154,6 +165,147 @@ pub struct RawPolicy {
     /// Allowed `Host` / `:authority` values; empty means any.
     #[serde(default)]
     pub trusted_hosts: Vec<String>,
+    /// API key requirement for this policy; absent means no key is needed.
+    #[serde(default)]
+    pub api_key: Option<RawPolicyApiKey>,
+    /// Client address allow and deny lists (CIDR or single addresses).
+    #[serde(default)]
+    pub ip: Option<RawIp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyApiKey {
+    /// Whether a valid key is required (default true).
+    #[serde(default = "default_true")]
+    pub required: bool,
+    /// Roles that may pass; empty admits every role.
+    #[serde(default)]
+    pub roles: Vec<Role>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIp {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeys {
+    /// Request header carrying the key (default `x-api-key`).
+    #[serde(default = "default_api_key_header")]
+    pub header: String,
+    /// Also accept `Authorization: Bearer <key>`.
+    #[serde(default)]
+    pub allow_bearer: bool,
+    /// Remove the raw key before the request goes upstream (default true).
+    #[serde(default = "default_true")]
+    pub strip: bool,
+    #[serde(default)]
+    pub keys: Vec<RawApiKey>,
+}
+
+impl Default for RawApiKeys {
+    fn default() -> Self {
+        Self {
+            header: default_api_key_header(),
+            allow_bearer: false,
+            strip: true,
+            keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    /// Public name of the key: logged and sent upstream, never secret.
+    pub id: String,
+    /// Lowercase hex SHA-256 of the key (`warden keygen` / `warden hash-key` print it).
+    pub sha256: String,
+    /// `admin` or `client`.
+    pub role: Role,
+    /// RFC 3339 time before which the key is refused.
+    #[serde(default)]
+    pub not_before: Option<String>,
+    /// RFC 3339 time from which the key is refused.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLockout {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Failed authentications (wrong key, wrong signature) that lock an address out (default 5).
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// Window from the first failure, in seconds (default 300); the lockout lasts until it ends.
+    #[serde(default = "default_window")]
+    pub window_seconds: u64,
+    /// Addresses tracked at most (a multiple of 64; default 65536).
+    #[serde(default = "default_lockout_capacity")]
+    pub capacity: u32,
+}
+
+impl Default for RawLockout {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_failures: default_max_failures(),
+            window_seconds: default_window(),
+            capacity: default_lockout_capacity(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// The matched API key's id (default `x-edge-warden-api-key-id`).
+    #[serde(default = "default_api_key_id_header")]
+    pub api_key_id_header: String,
+    /// The matched API key's role (default `x-edge-warden-role`).
+    #[serde(default = "default_role_header")]
+    pub role_header: String,
+    /// Who the caller is, for rate-limit descriptors: `key:<id>` when an API key matched, else
+    /// `ip:<address>` (default `x-edge-warden-client`).
+    #[serde(default = "default_client_header")]
+    pub client_header: String,
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        Self {
+            api_key_id_header: default_api_key_id_header(),
+            role_header: default_role_header(),
+            client_header: default_client_header(),
+        }
+    }
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".to_string()
+}
+fn default_api_key_id_header() -> String {
+    "x-edge-warden-api-key-id".to_string()
+}
+fn default_role_header() -> String {
+    "x-edge-warden-role".to_string()
+}
+fn default_client_header() -> String {
+    "x-edge-warden-client".to_string()
+}
+fn default_max_failures() -> u32 {
+    5
+}
+fn default_lockout_capacity() -> u32 {
+    65_536
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,6 +447,26 @@ pub struct Config {
     pub response_headers: Plan,
     /// Things that load but deserve the operator's attention; logged at load time.
     pub warnings: Vec<String>,
+    pub api_keys: Vec<ApiKey>,
+    pub key_source: KeySource,
+    pub strip_api_key: bool,
+    pub lockout: Option<LockoutSettings>,
+    pub api_key_id_header: String,
+    pub role_header: String,
+    pub client_header: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LockoutSettings {
+    pub max_failures: u32,
+    pub window_seconds: u64,
+    pub capacity: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyApiKey {
+    pub required: bool,
+    pub roles: Vec<Role>,
 }
 
 #[derive(Debug, Clone)]
@@ -305,6 +477,15 @@ pub struct Policy {
     pub max_body_bytes: u64,
     pub cors: Option<Cors>,
     pub trusted_hosts: Vec<HostPattern>,
+    pub api_key: Option<PolicyApiKey>,
+    pub ip: IpRules,
+}
+
+impl Policy {
+    /// Whether the policy asks for a credential (and so is subject to the lockout).
+    pub fn requires_credential(&self) -> bool {
+        self.signature || self.api_key.as_ref().is_some_and(|k| k.required)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -362,6 +543,39 @@ impl Config {
         }
 
         let keys = compile_secrets(&sig.secrets, env)?;
+        let api_keys = compile_api_keys(&raw.api_keys)?;
+        validate_header_name("api_keys.header", &raw.api_keys.header)?;
+        validate_header_name(
+            "identity.api_key_id_header",
+            &raw.identity.api_key_id_header,
+        )?;
+        validate_header_name("identity.role_header", &raw.identity.role_header)?;
+        validate_header_name("identity.client_header", &raw.identity.client_header)?;
+        let lockout = if raw.lockout.enabled {
+            let l = &raw.lockout;
+            if l.max_failures == 0 || l.max_failures > 1000 {
+                return Err(err("lockout.max_failures", "must be between 1 and 1000"));
+            }
+            if !(1..=86_400).contains(&l.window_seconds) {
+                return Err(err(
+                    "lockout.window_seconds",
+                    "must be between 1 and 86400 seconds",
+                ));
+            }
+            if !(64..=1_048_576).contains(&l.capacity) || !l.capacity.is_multiple_of(64) {
+                return Err(err(
+                    "lockout.capacity",
+                    "must be a multiple of 64 between 64 and 1048576",
+                ));
+            }
+            Some(LockoutSettings {
+                max_failures: l.max_failures,
+                window_seconds: l.window_seconds,
+                capacity: l.capacity,
+            })
+        } else {
+            None
+        };
 
         if raw.policies.is_empty() {
             return Err(err("policies", "at least one policy is required"));
@@ -406,6 +620,35 @@ impl Config {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let api_key = p.api_key.as_ref().map(|k| PolicyApiKey {
+                required: k.required,
+                roles: k.roles.clone(),
+            });
+            if api_key.as_ref().is_some_and(|k| k.required) && api_keys.is_empty() {
+                return Err(err(
+                    "api_keys.keys",
+                    format!(
+                        "policy `{}` requires an API key but no key is configured",
+                        p.name
+                    ),
+                ));
+            }
+            let mut ip = IpRules::default();
+            if let Some(raw_ip) = &p.ip {
+                for (list, out, name) in [
+                    (&raw_ip.allow, &mut ip.allow, "allow"),
+                    (&raw_ip.deny, &mut ip.deny, "deny"),
+                ] {
+                    for (j, entry) in list.iter().enumerate() {
+                        out.push(parse_net(entry).ok_or_else(|| {
+                            err(
+                                at(&format!("ip.{name}[{j}]")),
+                                format!("`{entry}` is not an IP address or CIDR range"),
+                            )
+                        })?);
+                    }
+                }
+            }
             policies.push(Policy {
                 name: p.name,
                 matcher: compile_match(&p.matcher, &at("match"))?,
@@ -413,6 +656,8 @@ impl Config {
                 max_body_bytes,
                 cors,
                 trusted_hosts,
+                api_key,
+                ip,
             });
         }
         let uses_route_names = policies.iter().any(|p| p.matcher.route.is_some());
@@ -425,6 +670,16 @@ impl Config {
             uses_route_names,
             response_headers,
             warnings,
+            api_keys,
+            key_source: KeySource {
+                header: raw.api_keys.header.clone(),
+                bearer: raw.api_keys.allow_bearer,
+            },
+            strip_api_key: raw.api_keys.strip,
+            lockout,
+            api_key_id_header: raw.identity.api_key_id_header.clone(),
+            role_header: raw.identity.role_header.clone(),
+            client_header: raw.identity.client_header.clone(),
         })
     }
 
@@ -474,24 +729,7 @@ fn compile_secrets(
     let mut keys = Vec::with_capacity(raw.len());
     for (i, s) in raw.iter().enumerate() {
         let at = |f: &str| format!("signature.secrets[{i}].{f}");
-        if s.id.is_empty()
-            || s.id.len() > 64
-            || !s
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
-            return Err(err(
-                at("id"),
-                "must be 1 to 64 characters of letters, digits, '-', '_' and '.'",
-            ));
-        }
-        if !ids.insert(s.id.as_str()) {
-            return Err(err(
-                at("id"),
-                format!("`{}` is used by an earlier secret", s.id),
-            ));
-        }
+        check_id(&mut ids, &s.id, at("id"), "secret")?;
         if s.env.is_empty()
             || !s
                 .env
@@ -524,6 +762,82 @@ fn compile_secrets(
         keys.push(SigningKey {
             id: s.id.clone(),
             secret: Secret::new(value.into_bytes()),
+        });
+    }
+    Ok(keys)
+}
+
+/// Ids are public names (logged, sent upstream): short, plain, and unique within their list.
+fn check_id<'a>(
+    seen: &mut HashSet<&'a str>,
+    id: &'a str,
+    field: String,
+    what: &str,
+) -> Result<(), ConfigError> {
+    let plain = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if id.is_empty() || id.len() > 64 || !plain {
+        return Err(err(
+            field,
+            "must be 1 to 64 characters of letters, digits, '-', '_' and '.'",
+        ));
+    }
+    if !seen.insert(id) {
+        return Err(err(field, format!("`{id}` is used by an earlier {what}")));
+    }
+    Ok(())
+}
+
+fn compile_api_keys(raw: &RawApiKeys) -> Result<Vec<ApiKey>, ConfigError> {
+    let mut ids = HashSet::new();
+    let mut hashes = HashSet::new();
+    let mut keys = Vec::with_capacity(raw.keys.len());
+    for (i, k) in raw.keys.iter().enumerate() {
+        let at = |f: &str| format!("api_keys.keys[{i}].{f}");
+        check_id(&mut ids, &k.id, at("id"), "key")?;
+        let mut sha256 = [0u8; 32];
+        if k.sha256.len() != 64 || hex::decode_to_slice(&k.sha256, &mut sha256).is_err() {
+            return Err(err(
+                at("sha256"),
+                "must be the 64-character hex SHA-256 of the key (see `warden hash-key`)",
+            ));
+        }
+        if !hashes.insert(sha256) {
+            return Err(err(at("sha256"), "the same key is listed twice"));
+        }
+        let time = |field: &str, value: &Option<String>| -> Result<Option<u64>, ConfigError> {
+            value
+                .as_deref()
+                .map(|v| {
+                    humantime::parse_rfc3339(v)
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs())
+                        .ok_or_else(|| {
+                            err(
+                                at(field),
+                                format!(
+                                    "`{v}` is not an RFC 3339 time such as 2026-12-01T00:00:00Z"
+                                ),
+                            )
+                        })
+                })
+                .transpose()
+        };
+        let not_before = time("not_before", &k.not_before)?;
+        let expires_at = time("expires_at", &k.expires_at)?;
+        if let (Some(a), Some(b)) = (not_before, expires_at) {
+            if a >= b {
+                return Err(err(at("expires_at"), "must be later than not_before"));
+            }
+        }
+        keys.push(ApiKey {
+            id: k.id.clone(),
+            sha256,
+            role: k.role,
+            not_before,
+            expires_at,
         });
     }
     Ok(keys)

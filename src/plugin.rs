@@ -9,7 +9,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType, Status};
 
 use crate::config::Config;
-use crate::store::{NonceCache, SetError, SharedStore};
+use crate::store::{Lockout, NonceCache, SetError, SharedStore};
 use crate::stream::Stream;
 
 pub fn start() {
@@ -48,6 +48,7 @@ impl Metrics {
 pub(crate) struct Shared {
     pub config: Config,
     pub cache: NonceCache,
+    pub lockout: Option<Lockout>,
     pub metrics: Metrics,
 }
 
@@ -87,6 +88,15 @@ impl RootContext for Root {
             log::error!("edge-warden: could not create the replay cache in shared data");
             return false;
         }
+        let lockout = config
+            .lockout
+            .map(|l| Lockout::new(l.capacity, l.max_failures, l.window_seconds));
+        if let Some(lockout) = &lockout {
+            if lockout.ensure_shards(&HostStore).is_err() {
+                log::error!("edge-warden: could not create the lockout counters in shared data");
+                return false;
+            }
+        }
         log::info!(
             "edge-warden configured: {} policies, {} signing secrets ({}), replay cache of {} \
              nonces in {} shards",
@@ -104,6 +114,7 @@ impl RootContext for Root {
         self.shared = Some(Rc::new(Shared {
             config,
             cache,
+            lockout,
             metrics: Metrics::define(),
         }));
         true

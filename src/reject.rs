@@ -41,6 +41,20 @@ pub enum Reject {
     CorsMethodNotAllowed { what: &'static str, allowed: String },
     /// The `Host` / `:authority` is not one of the trusted hosts.
     HostNotAllowed,
+    /// The route requires an API key and none was sent.
+    MissingApiKey,
+    /// The API key matches no configured key.
+    InvalidApiKey,
+    /// The API key's `expires_at` has passed.
+    ExpiredApiKey,
+    /// The API key's `not_before` has not come yet.
+    ApiKeyNotYetValid,
+    /// The API key is valid but its role may not use this route.
+    InsufficientRole,
+    /// The client address is denied or not in the allow list.
+    IpNotAllowed,
+    /// Too many failed authentications from this client address; retry after the window.
+    TooManyAuthFailures { retry_after: u64 },
 }
 
 /// The headers a signed request carries; the names appear in details, so they are spelled as
@@ -63,6 +77,12 @@ impl Reject {
             | Reject::OriginNotAllowed
             | Reject::CorsMethodNotAllowed { .. } => 403,
             Reject::HostNotAllowed => 400,
+            Reject::MissingApiKey
+            | Reject::InvalidApiKey
+            | Reject::ExpiredApiKey
+            | Reject::ApiKeyNotYetValid => 401,
+            Reject::InsufficientRole | Reject::IpNotAllowed => 403,
+            Reject::TooManyAuthFailures { .. } => 429,
         }
     }
 
@@ -81,6 +101,13 @@ impl Reject {
             Reject::OriginNotAllowed => "origin_not_allowed",
             Reject::CorsMethodNotAllowed { .. } => "cors_method_not_allowed",
             Reject::HostNotAllowed => "host_not_allowed",
+            Reject::MissingApiKey => "missing_api_key",
+            Reject::InvalidApiKey => "invalid_api_key",
+            Reject::ExpiredApiKey => "expired_api_key",
+            Reject::ApiKeyNotYetValid => "api_key_not_yet_valid",
+            Reject::InsufficientRole => "insufficient_role",
+            Reject::IpNotAllowed => "ip_not_allowed",
+            Reject::TooManyAuthFailures { .. } => "too_many_auth_failures",
         }
     }
 
@@ -98,6 +125,13 @@ impl Reject {
             Reject::OriginNotAllowed => "Origin not allowed",
             Reject::CorsMethodNotAllowed { .. } => "CORS request not allowed",
             Reject::HostNotAllowed => "Host not allowed",
+            Reject::MissingApiKey => "API key missing",
+            Reject::InvalidApiKey => "Invalid API key",
+            Reject::ExpiredApiKey => "API key expired",
+            Reject::ApiKeyNotYetValid => "API key not yet valid",
+            Reject::InsufficientRole => "Insufficient role",
+            Reject::IpNotAllowed => "Client address not allowed",
+            Reject::TooManyAuthFailures { .. } => "Too many failed authentications",
         }
     }
 
@@ -159,7 +193,29 @@ impl Reject {
             Reject::HostNotAllowed => {
                 "The Host header does not name a host this service answers for.".to_string()
             }
+            Reject::MissingApiKey => "This route requires an API key.".to_string(),
+            Reject::InvalidApiKey => "The API key is not valid.".to_string(),
+            Reject::ExpiredApiKey => "The API key has expired; use its replacement.".to_string(),
+            Reject::ApiKeyNotYetValid => {
+                "The API key is not valid yet; use the current key until its start date."
+                    .to_string()
+            }
+            Reject::InsufficientRole => {
+                "The API key is valid but its role may not use this route.".to_string()
+            }
+            Reject::IpNotAllowed => {
+                "Requests from this client address are not allowed on this route.".to_string()
+            }
+            Reject::TooManyAuthFailures { retry_after } => format!(
+                "Too many failed authentications from this address; retry in {retry_after} s."
+            ),
         }
+    }
+
+    /// Whether this rejection is a failed attempt at authenticating (a wrong credential), which
+    /// counts toward the brute-force lockout. Missing credentials do not count.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(self, Reject::InvalidSignature | Reject::InvalidApiKey)
     }
 
     /// Headers that belong to this rejection beyond the content type.
@@ -181,6 +237,18 @@ impl Reject {
                 vec![("retry-after", retry_after.to_string())]
             }
             Reject::ReplayCheckUnavailable => vec![("retry-after", "1".to_string())],
+            Reject::TooManyAuthFailures { retry_after } => {
+                vec![("retry-after", retry_after.to_string())]
+            }
+            Reject::MissingApiKey
+            | Reject::InvalidApiKey
+            | Reject::ExpiredApiKey
+            | Reject::ApiKeyNotYetValid => {
+                vec![(
+                    "www-authenticate",
+                    "ApiKey realm=\"edge-warden\"".to_string(),
+                )]
+            }
             _ => Vec::new(),
         }
     }
@@ -277,6 +345,13 @@ mod tests {
                 allowed: "GET".into(),
             },
             Reject::HostNotAllowed,
+            Reject::MissingApiKey,
+            Reject::InvalidApiKey,
+            Reject::ExpiredApiKey,
+            Reject::ApiKeyNotYetValid,
+            Reject::InsufficientRole,
+            Reject::IpNotAllowed,
+            Reject::TooManyAuthFailures { retry_after: 9 },
         ]
     }
 

@@ -74,6 +74,32 @@ impl SharedStore for MemoryStore {
     }
 }
 
+/// Creates the missing keys among `key(0..count)`. Run at configuration time, before traffic: the
+/// host has no atomic "create", so creating keys on the request path could race and drop a
+/// record. Existing keys (a filter reload) are left as they are.
+fn ensure_keys(
+    store: &dyn SharedStore,
+    key: fn(u32) -> String,
+    count: u32,
+) -> Result<(), SetError> {
+    for i in 0..count {
+        let key = key(i);
+        if let (None, None) = store.get(&key)? {
+            store.set(&key, &[], None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Which shard of `shards` a value belongs to, and a 12-byte fingerprint of it.
+fn locate(value: &[u8], shards: u32) -> (u32, [u8; FINGERPRINT]) {
+    let digest = Sha256::digest(value);
+    let mut fingerprint = [0u8; FINGERPRINT];
+    fingerprint.copy_from_slice(&digest[..FINGERPRINT]);
+    let shard = u32::from_be_bytes([digest[28], digest[29], digest[30], digest[31]]) % shards;
+    (shard, fingerprint)
+}
+
 const RECORD: usize = 16;
 const FINGERPRINT: usize = 12;
 /// CAS retries before giving up on a contended shard. Contention comes only from other workers
@@ -115,17 +141,9 @@ impl NonceCache {
         format!("edge-warden/nonce/{index}")
     }
 
-    /// Creates missing shard keys. Run at configuration time, before traffic: the host has no
-    /// atomic "create", so creating keys on the request path could race and drop a record.
-    /// Existing keys (a filter reload) are left as they are.
+    /// Creates missing shard keys; see [`ensure_keys`].
     pub fn ensure_shards(&self, store: &dyn SharedStore) -> Result<(), SetError> {
-        for i in 0..self.shards {
-            let key = Self::shard_key(i);
-            if let (None, None) = store.get(&key)? {
-                store.set(&key, &[], None)?;
-            }
-        }
-        Ok(())
+        ensure_keys(store, Self::shard_key, self.shards)
     }
 
     /// Records a verified nonce, or refuses it as a replay. `expires_at` is the unix second after
@@ -185,6 +203,140 @@ impl NonceCache {
             }
         }
         Err(Reject::ReplayCheckUnavailable)
+    }
+}
+
+/// Failed authentications per client IP, shared by all workers: after `max_failures` within
+/// `window` seconds of the first one, the IP is locked out until that window ends.
+///
+/// Same layout as the replay cache: `capacity / 64` fixed shard keys of at most 64 records of 20
+/// bytes (IP fingerprint, window start, count). When a shard is full, expired records go first,
+/// then the record whose window started earliest, so memory stays bounded under a flood of
+/// source addresses (at the cost of forgetting the oldest counts first).
+#[derive(Debug, Clone)]
+pub struct Lockout {
+    shards: u32,
+    pub max_failures: u32,
+    pub window: u64,
+}
+
+const FAILURE_RECORD: usize = 20;
+const FAILURES_PER_SHARD: usize = 64;
+
+struct FailureRecord {
+    fingerprint: [u8; FINGERPRINT],
+    start: u32,
+    count: u32,
+}
+
+fn failure_records(value: &[u8]) -> Vec<FailureRecord> {
+    value
+        .chunks_exact(FAILURE_RECORD)
+        .map(|r| {
+            let mut fingerprint = [0u8; FINGERPRINT];
+            fingerprint.copy_from_slice(&r[..FINGERPRINT]);
+            FailureRecord {
+                fingerprint,
+                start: u32::from_be_bytes([r[12], r[13], r[14], r[15]]),
+                count: u32::from_be_bytes([r[16], r[17], r[18], r[19]]),
+            }
+        })
+        .collect()
+}
+
+impl Lockout {
+    pub fn new(capacity: u32, max_failures: u32, window: u64) -> Self {
+        Self {
+            shards: (capacity / FAILURES_PER_SHARD as u32).max(1),
+            max_failures,
+            window,
+        }
+    }
+
+    fn shard_key(index: u32) -> String {
+        format!("edge-warden/lockout/{index}")
+    }
+
+    pub fn ensure_shards(&self, store: &dyn SharedStore) -> Result<(), SetError> {
+        ensure_keys(store, Self::shard_key, self.shards)
+    }
+
+    fn live(&self, r: &FailureRecord, now: u64) -> bool {
+        u64::from(r.start) + self.window > now
+    }
+
+    /// Refuses an IP that is locked out, with the seconds until its window ends. A store error
+    /// lets the request on to authentication (which still has to succeed): availability over a
+    /// counter we cannot read.
+    pub fn check(&self, store: &dyn SharedStore, ip: &str, now: u64) -> Result<(), Reject> {
+        let (shard, fingerprint) = locate(ip.as_bytes(), self.shards);
+        let Ok((Some(value), _)) = store.get(&Self::shard_key(shard)) else {
+            return Ok(());
+        };
+        for r in failure_records(&value) {
+            if r.fingerprint == fingerprint && self.live(&r, now) && r.count >= self.max_failures {
+                let retry_after = (u64::from(r.start) + self.window)
+                    .saturating_sub(now)
+                    .max(1);
+                return Err(Reject::TooManyAuthFailures { retry_after });
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts one failed authentication for `ip`; returns the count in the current window.
+    pub fn record_failure(&self, store: &dyn SharedStore, ip: &str, now: u64) -> Option<u32> {
+        let (shard, fingerprint) = locate(ip.as_bytes(), self.shards);
+        let key = Self::shard_key(shard);
+        let now32 = u32::try_from(now).unwrap_or(u32::MAX);
+        for _ in 0..MAX_ATTEMPTS {
+            let (value, cas) = store.get(&key).ok()?;
+            let mut records = failure_records(&value.unwrap_or_default());
+            let count = match records.iter_mut().find(|r| r.fingerprint == fingerprint) {
+                Some(r) if self.live(r, now) => {
+                    r.count = r.count.saturating_add(1);
+                    r.count
+                }
+                Some(r) => {
+                    r.start = now32;
+                    r.count = 1;
+                    1
+                }
+                None => {
+                    if records.len() >= FAILURES_PER_SHARD {
+                        records.retain(|r| self.live(r, now));
+                    }
+                    if records.len() >= FAILURES_PER_SHARD {
+                        if let Some(oldest) = records
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|(_, r)| r.start)
+                            .map(|(i, _)| i)
+                        {
+                            records.swap_remove(oldest);
+                        }
+                    }
+                    records.push(FailureRecord {
+                        fingerprint,
+                        start: now32,
+                        count: 1,
+                    });
+                    1
+                }
+            };
+            let mut out = Vec::with_capacity(records.len() * FAILURE_RECORD);
+            for r in &records {
+                out.extend_from_slice(&r.fingerprint);
+                out.extend_from_slice(&r.start.to_be_bytes());
+                out.extend_from_slice(&r.count.to_be_bytes());
+            }
+            match store.set(&key, &out, cas) {
+                Ok(()) => return Some(count),
+                Err(SetError::CasMismatch) => continue,
+                Err(SetError::Failed) => return None,
+            }
+        }
+        None
     }
 }
 
@@ -293,6 +445,45 @@ mod tests {
             c.record(&store, &p, "nonce-aaaaaaaaaaaaaaaa", 1300, 1000),
             Err(Reject::NonceReplayed)
         );
+    }
+
+    #[test]
+    fn lockout_after_max_failures_until_the_window_ends() {
+        let store = MemoryStore::default();
+        let l = Lockout::new(64, 3, 300);
+        l.ensure_shards(&store).unwrap();
+        for expected in 1..=3 {
+            assert!(l.check(&store, "10.0.0.1", 1000).is_ok());
+            assert_eq!(l.record_failure(&store, "10.0.0.1", 1000), Some(expected));
+        }
+        assert_eq!(
+            l.check(&store, "10.0.0.1", 1100),
+            Err(Reject::TooManyAuthFailures { retry_after: 200 })
+        );
+        // Another IP is unaffected.
+        assert!(l.check(&store, "10.0.0.2", 1100).is_ok());
+        // The window ends: the IP may try again, and counting restarts.
+        assert!(l.check(&store, "10.0.0.1", 1300).is_ok());
+        assert_eq!(l.record_failure(&store, "10.0.0.1", 1300), Some(1));
+    }
+
+    #[test]
+    fn lockout_memory_is_bounded_under_many_source_addresses() {
+        let store = MemoryStore::default();
+        let l = Lockout::new(128, 5, 300);
+        l.ensure_shards(&store).unwrap();
+        for i in 0..10_000 {
+            l.record_failure(
+                &store,
+                &format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
+                1000,
+            );
+        }
+        let map = store.map.borrow();
+        assert_eq!(map.len(), 2);
+        assert!(map
+            .values()
+            .all(|(v, _)| v.len() <= FAILURE_RECORD * FAILURES_PER_SHARD));
     }
 
     /// A store whose first write after each read loses a race, as when another worker writes the

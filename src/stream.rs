@@ -12,6 +12,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 use crate::checks::cors;
 use crate::checks::host;
 use crate::checks::signature::{self, SignedRequest, Verifier};
+use crate::checks::{api_key, ip};
 use crate::headers::RequestHeaders;
 use crate::plugin::{HostStore, Metrics, Shared};
 use crate::reject::{self, Reject};
@@ -25,6 +26,8 @@ pub(crate) struct Stream {
     cors_headers: Vec<(&'static str, String)>,
     /// Whether the response varies by `Origin` (the policy has CORS settings).
     vary_origin: bool,
+    /// The client address Envoy determined, canonical (for IP rules and the lockout).
+    client_ip: Option<String>,
 }
 
 enum State {
@@ -51,6 +54,7 @@ impl Stream {
             state: State::Pass,
             cors_headers: Vec::new(),
             vary_origin: false,
+            client_ip: None,
         }
     }
 
@@ -86,6 +90,12 @@ impl Stream {
         );
         if let Some(shared) = &self.shared {
             Metrics::add(shared.metrics.rejected, 1);
+            // A wrong credential counts toward the lockout of the address that sent it.
+            if let (true, Some(lockout), Some(ip)) =
+                (why.is_auth_failure(), &shared.lockout, &self.client_ip)
+            {
+                lockout.record_failure(&HostStore, ip, now_unix());
+            }
         }
         self.state = State::Answered;
         if hostcalls::send_http_response(response.status, headers, Some(&response.body)).is_err() {
@@ -155,13 +165,25 @@ impl HttpContext for Stream {
         };
         self.request_id = headers.first_str("x-request-id").map(str::to_string);
 
-        // The identity header is ours alone: drop any copy the client sent, on every route.
-        if headers.first(&config.key_id_header).is_some()
-            && hostcalls::set_map_value(MapType::HttpRequestHeaders, &config.key_id_header, None)
-                .is_err()
-        {
-            return self.reject(Reject::ReplayCheckUnavailable);
+        // The identity headers are ours alone: drop any copy the client sent, on every route.
+        for name in [
+            &config.key_id_header,
+            &config.api_key_id_header,
+            &config.role_header,
+            &config.client_header,
+        ] {
+            if headers.first(name).is_some()
+                && hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_err()
+            {
+                return self.reject(Reject::ReplayCheckUnavailable);
+            }
         }
+        let client_ip = hostcalls::get_property(vec!["source", "address"])
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|a| ip::parse_source(&a));
+        self.client_ip = client_ip.map(|ip| ip.to_string());
 
         let method = headers.first_str(":method").unwrap_or("");
         let path = headers.first_str(":path").unwrap_or("");
@@ -195,6 +217,10 @@ impl HttpContext for Stream {
             }
         }
 
+        if let Err(why) = policy.ip.check(client_ip) {
+            return self.reject(why);
+        }
+
         if let Some(cors) = &policy.cors {
             self.vary_origin = true;
             if let (Some(origin), Some(requested_method)) = (origin, preflight) {
@@ -216,6 +242,66 @@ impl HttpContext for Stream {
             return self.reject(Reject::OriginNotAllowed);
         }
 
+        let now = now_unix();
+        if let (true, Some(lockout), Some(ip)) = (
+            policy.requires_credential(),
+            &shared.lockout,
+            &self.client_ip,
+        ) {
+            // Locked out even with a valid credential, so guessing cannot go on.
+            if let Err(why) = lockout.check(&HostStore, ip, now) {
+                return self.reject(why);
+            }
+        }
+
+        let mut client = self.client_ip.as_ref().map(|ip| format!("ip:{ip}"));
+        if let Some(requirement) = &policy.api_key {
+            let presented = match config.key_source.find(&headers) {
+                Ok(p) => p,
+                Err(why) => return self.reject(why),
+            };
+            match presented {
+                None if requirement.required => return self.reject(Reject::MissingApiKey),
+                None => {}
+                Some(presented) => {
+                    let key = match api_key::authenticate(&config.api_keys, presented.key, now) {
+                        Ok(found) => &config.api_keys[found.index],
+                        Err(why) => return self.reject(why),
+                    };
+                    if let Err(why) = api_key::authorize(&requirement.roles, key) {
+                        return self.reject(why);
+                    }
+                    client = Some(format!("key:{}", key.id));
+                    let mut writes = vec![
+                        (config.api_key_id_header.as_str(), Some(key.id.as_str())),
+                        (config.role_header.as_str(), Some(key.role.as_str())),
+                    ];
+                    // By default the raw key never reaches the upstream (or its logs).
+                    if config.strip_api_key {
+                        writes.push((presented.header.as_str(), None));
+                    }
+                    for (name, value) in writes {
+                        if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value)
+                            .is_err()
+                        {
+                            return self.reject(Reject::ReplayCheckUnavailable);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(client) = &client {
+            if hostcalls::set_map_value(
+                MapType::HttpRequestHeaders,
+                &config.client_header,
+                Some(client),
+            )
+            .is_err()
+            {
+                return self.reject(Reject::ReplayCheckUnavailable);
+            }
+        }
+
         if !policy.signature {
             return Action::Continue;
         }
@@ -225,9 +311,7 @@ impl HttpContext for Stream {
             Ok(request) => request,
             Err(why) => return self.reject(why),
         };
-        if let Err(why) =
-            signature::check_window(request.timestamp, now_unix(), config.window_seconds)
-        {
+        if let Err(why) = signature::check_window(request.timestamp, now, config.window_seconds) {
             return self.reject(why);
         }
         let limit = policy.max_body_bytes;

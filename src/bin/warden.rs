@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 
+use edge_warden::checks::api_key::hash_key;
 use edge_warden::checks::signature::sign;
 use edge_warden::config::{parse_raw, Config, MIN_SECRET_LEN};
 
@@ -28,6 +29,17 @@ struct Cli {
 enum Command {
     /// Sign a request: print the X-Request-* headers, or send the request with --url.
     Sign(SignArgs),
+    /// Generate new API keys and the config entries (hashes only) to paste into `api_keys.keys`.
+    Keygen(KeygenArgs),
+    /// Hash an existing API key (read from standard input) for `api_keys.keys`.
+    HashKey {
+        /// Also print a complete config entry with this id.
+        #[arg(long)]
+        id: Option<String>,
+        /// Role for the entry: client or admin.
+        #[arg(long, default_value = "client")]
+        role: String,
+    },
     /// Validate a plugin configuration (JSON) exactly as the filter does at load time.
     CheckConfig {
         /// The JSON plugin configuration (the `configuration` value of the Envoy wasm filter).
@@ -67,10 +79,28 @@ struct SignArgs {
     headers: Vec<String>,
 }
 
+#[derive(clap::Args)]
+struct KeygenArgs {
+    /// Keys with the admin role (default: client).
+    #[arg(long)]
+    admin: bool,
+    /// How many keys.
+    #[arg(short = 'n', default_value_t = 1)]
+    count: u32,
+    /// Prefix of every key, so keys are recognisable in secret scanners.
+    #[arg(long, default_value = "ew_")]
+    prefix: String,
+    /// Valid from now for this many days (sets not_before and expires_at), e.g. 90 for rotation.
+    #[arg(long)]
+    valid_days: Option<u64>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sign(args) => run_sign(args),
+        Command::Keygen(args) => run_keygen(args),
+        Command::HashKey { id, role } => run_hash_key(id, &role),
         Command::CheckConfig { file, skip_secrets } => run_check_config(&file, skip_secrets),
     };
     match result {
@@ -173,6 +203,87 @@ fn run_sign(args: SignArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness available: {e}"))?;
+    Ok(bytes)
+}
+
+fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(unix)).to_string()
+}
+
+fn run_keygen(args: KeygenArgs) -> Result<ExitCode, String> {
+    use base64::Engine;
+    if args.count == 0 || args.count > 1000 {
+        return Err("-n must be between 1 and 1000".to_string());
+    }
+    if !args
+        .prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err("--prefix may only hold letters, digits, '_' and '-'".to_string());
+    }
+    let role = if args.admin { "admin" } else { "client" };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| "the system clock is before 1970".to_string())?
+        .as_secs();
+    let mut entries = Vec::new();
+    println!("API keys (shown once: hand each to its client through a secret store; edge-warden keeps only the hash):");
+    for _ in 0..args.count {
+        let key = format!(
+            "{}{}",
+            args.prefix,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?)
+        );
+        let id = format!("{role}-{}", hex::encode(random_bytes::<4>()?));
+        println!("  {id}  {key}");
+        let mut entry = serde_json::json!({
+            "id": id,
+            "sha256": hash_key(&key),
+            "role": role,
+        });
+        if let Some(days) = args.valid_days {
+            entry["not_before"] = rfc3339(now).into();
+            entry["expires_at"] = rfc3339(now + days * 86_400).into();
+        }
+        entries.push(entry);
+    }
+    println!("Config entries for \"api_keys\": {{\"keys\": [...]}} in the plugin configuration:");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&entries).map_err(|e| e.to_string())?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_hash_key(id: Option<String>, role: &str) -> Result<ExitCode, String> {
+    if role != "client" && role != "admin" {
+        return Err(format!("--role must be client or admin, not {role}"));
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the key from standard input: {e}"))?;
+    let key = line.trim();
+    if key.is_empty() {
+        return Err(
+            "no key on standard input (e.g. `printenv MY_KEY | warden hash-key`)".to_string(),
+        );
+    }
+    let hash = hash_key(key);
+    match id {
+        None => println!("{hash}"),
+        Some(id) => println!(
+            "{}",
+            serde_json::json!({"id": id, "sha256": hash, "role": role})
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_check_config(file: &PathBuf, skip_secrets: bool) -> Result<ExitCode, String> {

@@ -1,6 +1,8 @@
 //! One pure module per concern: plain inputs in, a verdict out. Nothing here calls the host.
 
+pub mod api_key;
 pub mod cors;
 pub mod host;
+pub mod ip;
 pub mod response_headers;
 pub mod signature;

@@ -228,3 +228,88 @@ fn the_origin_from_the_environment_is_added_and_validated() {
     let e = Config::from_json(json("BAD_ORIGIN").as_bytes(), &env).unwrap_err();
     assert_eq!(e.field, "policies[0].cors.allow_origin_env");
 }
+
+#[test]
+fn api_key_ip_and_lockout_settings_name_the_bad_field() {
+    let hash = "a".repeat(64);
+    let cases = [
+        (
+            format!(r#"{{"policies": [{{"name": "a", "signature": false, "api_key": {{}}}}]}}"#),
+            "api_keys.keys",
+        ),
+        (
+            format!(
+                r#"{{"api_keys": {{"keys": [{{"id": "k", "sha256": "abc", "role": "client"}}]}}, "policies": [{{"name": "a", "signature": false}}]}}"#
+            ),
+            "api_keys.keys[0].sha256",
+        ),
+        (
+            format!(
+                r#"{{"api_keys": {{"keys": [{{"id": "k", "sha256": "{hash}", "role": "root"}}]}}, "policies": [{{"name": "a", "signature": false}}]}}"#
+            ),
+            "api_keys.keys[0].role",
+        ),
+        (
+            format!(
+                r#"{{"api_keys": {{"keys": [{{"id": "k", "sha256": "{hash}", "role": "client", "expires_at": "next year"}}]}}, "policies": [{{"name": "a", "signature": false}}]}}"#
+            ),
+            "api_keys.keys[0].expires_at",
+        ),
+        (
+            format!(
+                r#"{{"api_keys": {{"keys": [{{"id": "k", "sha256": "{hash}", "role": "client", "not_before": "2027-01-01T00:00:00Z", "expires_at": "2026-01-01T00:00:00Z"}}]}}, "policies": [{{"name": "a", "signature": false}}]}}"#
+            ),
+            "api_keys.keys[0].expires_at",
+        ),
+        (
+            format!(
+                r#"{{"api_keys": {{"keys": [{{"id": "k", "sha256": "{hash}", "role": "client"}}, {{"id": "k", "sha256": "{}", "role": "client"}}]}}, "policies": [{{"name": "a", "signature": false}}]}}"#,
+                "b".repeat(64)
+            ),
+            "api_keys.keys[1].id",
+        ),
+        (
+            format!(
+                r#"{{"policies": [{{"name": "a", "signature": false, "ip": {{"allow": ["10.0.0.0/8", "10.0.0.0/33"]}}}}]}}"#
+            ),
+            "policies[0].ip.allow[1]",
+        ),
+        (
+            format!(
+                r#"{{"policies": [{{"name": "a", "signature": false, "ip": {{"deny": ["nope"]}}}}]}}"#
+            ),
+            "policies[0].ip.deny[0]",
+        ),
+        (
+            format!(
+                r#"{{"lockout": {{"max_failures": 0}}, "policies": [{{"name": "a", "signature": false}}]}}"#
+            ),
+            "lockout.max_failures",
+        ),
+        (
+            format!(
+                r#"{{"lockout": {{"capacity": 100}}, "policies": [{{"name": "a", "signature": false}}]}}"#
+            ),
+            "lockout.capacity",
+        ),
+    ];
+    for (json, field) in &cases {
+        let e = load(json).expect_err(json);
+        assert_eq!(&e.field, field, "{e}");
+    }
+}
+
+#[test]
+fn policies_with_keys_count_as_credentialed() {
+    let c = load(&format!(
+        r#"{{"api_keys": {{"keys": [{{"id": "k", "sha256": "{}", "role": "admin", "expires_at": "2030-01-01T00:00:00Z"}}]}},
+            "policies": [{{"name": "keyed", "signature": false, "api_key": {{"roles": ["admin"]}}}},
+                         {{"name": "open", "signature": false}}]}}"#,
+        "c".repeat(64)
+    ))
+    .unwrap();
+    assert!(c.policies[0].requires_credential());
+    assert!(!c.policies[1].requires_credential());
+    assert_eq!(c.api_keys[0].expires_at, Some(1_893_456_000));
+    assert!(c.lockout.is_some());
+}

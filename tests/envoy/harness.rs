@@ -36,6 +36,8 @@ pub struct Options {
     pub buffer_limit: Option<u64>,
     /// Point the cluster at a port nothing listens on (Envoy answers 503).
     pub dead_upstream: bool,
+    /// Listen on `[::]` with IPv4-mapped addresses too, so tests can connect over IPv4 and IPv6.
+    pub dual_stack: bool,
     /// Prefix of the catch-all route; anything outside it gets Envoy's own 404.
     pub route_prefix: Option<String>,
     /// Extra Envoy arguments, e.g. log levels.
@@ -52,6 +54,7 @@ impl Default for Options {
             buffer_limit: None,
             route_prefix: None,
             dead_upstream: false,
+            dual_stack: false,
             args: vec!["-l".into(), "info".into()],
         }
     }
@@ -77,7 +80,15 @@ pub fn render(opts: &Options, upstream_port: u16) -> String {
         upstream_port
     };
     let yaml = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml");
-    let mut out = replace_once(&yaml, "port_value: 10000", "port_value: 0");
+    let mut out = if opts.dual_stack {
+        replace_once(
+            &yaml,
+            "socket_address: { address: 127.0.0.1, port_value: 10000 }",
+            "socket_address: { address: \"::\", port_value: 0, ipv4_compat: true }",
+        )
+    } else {
+        replace_once(&yaml, "port_value: 10000", "port_value: 0")
+    };
     out = replace_once(&out, "port_value: 9901", "port_value: 0");
     out = replace_once(
         &out,
@@ -318,6 +329,12 @@ impl Envoy {
         request(self.port, method, path, headers, body)
     }
 
+    /// A request over IPv6 loopback (needs `dual_stack`).
+    pub fn request_v6(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        request_to(&format!("[::1]:{}", self.port), method, path, headers, b"")
+            .unwrap_or_else(|| panic!("{method} {path} over IPv6 failed"))
+    }
+
     /// A request signed with `secret`, timestamp now and a fresh nonce.
     pub fn signed(&self, method: &str, path: &str, body: &[u8]) -> Resp {
         let s = Signed::new(SECRET, body);
@@ -460,6 +477,16 @@ pub fn try_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<Resp> {
+    request_to(&format!("127.0.0.1:{port}"), method, path, headers, body)
+}
+
+fn request_to(
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Resp> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
@@ -467,7 +494,7 @@ pub fn try_request(
         .into();
     let mut req = ureq::http::Request::builder()
         .method(method)
-        .uri(format!("http://127.0.0.1:{port}{path}"));
+        .uri(format!("http://{authority}{path}"));
     for (n, v) in headers {
         req = req.header(*n, *v);
     }

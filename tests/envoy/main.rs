@@ -4,5 +4,6 @@ mod harness;
 
 mod browser;
 mod config;
+mod identity;
 mod signature;
 mod tooling;

@@ -1,0 +1,212 @@
+//! API keys. Configuration holds only the SHA-256 of each key, so a leaked configuration leaks
+//! no credential. A presented key is hashed once and compared in constant time against every
+//! configured hash (no early exit), so timing reveals neither which key nor how much matched.
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::headers::RequestHeaders;
+use crate::reject::Reject;
+
+/// Roles a key can carry. `admin` passes wherever `client` does only if the policy lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    Client,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Client => "client",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub id: String,
+    pub sha256: [u8; 32],
+    pub role: Role,
+    /// Unix seconds; the key is refused before this moment.
+    pub not_before: Option<u64>,
+    /// Unix seconds; the key is refused from this moment on.
+    pub expires_at: Option<u64>,
+}
+
+/// Where clients put the key.
+#[derive(Debug, Clone)]
+pub struct KeySource {
+    /// Lowercase header name (default `x-api-key`).
+    pub header: String,
+    /// Also accept `Authorization: Bearer <key>`.
+    pub bearer: bool,
+}
+
+/// A key that matched: its index, for identity headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authenticated {
+    pub index: usize,
+}
+
+/// Which header carried the key (so it can be removed before the request goes upstream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presented<'a> {
+    pub key: &'a [u8],
+    pub header: String,
+}
+
+impl KeySource {
+    /// Finds the presented key. Several copies, or a key in both places, are malformed.
+    pub fn find<'a>(&self, headers: &'a RequestHeaders) -> Result<Option<Presented<'a>>, Reject> {
+        let malformed = Reject::MalformedHeader {
+            header: "API key",
+            reason: "must be sent once, in one header",
+        };
+        let direct = headers
+            .unique(&self.header)
+            .map_err(|_| malformed.clone())?;
+        let bearer = if self.bearer {
+            match headers
+                .unique("authorization")
+                .map_err(|_| malformed.clone())?
+            {
+                Some(v) if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") => Some(&v[7..]),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        match (direct, bearer) {
+            (Some(_), Some(_)) => Err(malformed),
+            (Some(k), None) => Ok(Some(Presented {
+                key: k,
+                header: self.header.clone(),
+            })),
+            (None, Some(k)) => Ok(Some(Presented {
+                key: k,
+                header: "authorization".to_string(),
+            })),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Authenticates a presented key against the configured ones at time `now`.
+pub fn authenticate(keys: &[ApiKey], presented: &[u8], now: u64) -> Result<Authenticated, Reject> {
+    let digest = Sha256::digest(presented.trim_ascii());
+    let mut found: Option<usize> = None;
+    for (index, key) in keys.iter().enumerate() {
+        // Every entry is compared; the result is combined without branching on earlier matches.
+        let equal: bool = key.sha256.ct_eq(digest.as_slice()).into();
+        if equal && found.is_none() {
+            found = Some(index);
+        }
+    }
+    let index = found.ok_or(Reject::InvalidApiKey)?;
+    let key = &keys[index];
+    if key.not_before.is_some_and(|t| now < t) {
+        return Err(Reject::ApiKeyNotYetValid);
+    }
+    if key.expires_at.is_some_and(|t| now >= t) {
+        return Err(Reject::ExpiredApiKey);
+    }
+    Ok(Authenticated { index })
+}
+
+/// Whether the key's role may use the route; an empty list admits every role.
+pub fn authorize(roles: &[Role], key: &ApiKey) -> Result<(), Reject> {
+    if roles.is_empty() || roles.contains(&key.role) {
+        Ok(())
+    } else {
+        Err(Reject::InsufficientRole)
+    }
+}
+
+/// The hash a configuration stores for `key`.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.trim().as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, secret: &str, role: Role) -> ApiKey {
+        let mut sha256 = [0u8; 32];
+        hex::decode_to_slice(hash_key(secret), &mut sha256).unwrap();
+        ApiKey {
+            id: id.into(),
+            sha256,
+            role,
+            not_before: None,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn the_matching_key_is_found_and_others_refused() {
+        let keys = [
+            key("a", "ew_aaaa", Role::Client),
+            key("b", "ew_bbbb", Role::Admin),
+        ];
+        assert_eq!(
+            authenticate(&keys, b"ew_bbbb", 0),
+            Ok(Authenticated { index: 1 })
+        );
+        assert_eq!(
+            authenticate(&keys, b"ew_cccc", 0),
+            Err(Reject::InvalidApiKey)
+        );
+        assert_eq!(authenticate(&keys, b"", 0), Err(Reject::InvalidApiKey));
+    }
+
+    #[test]
+    fn validity_window_is_enforced_at_both_ends() {
+        let mut k = key("a", "ew_aaaa", Role::Client);
+        k.not_before = Some(100);
+        k.expires_at = Some(200);
+        let keys = [k];
+        assert_eq!(
+            authenticate(&keys, b"ew_aaaa", 99),
+            Err(Reject::ApiKeyNotYetValid)
+        );
+        assert!(authenticate(&keys, b"ew_aaaa", 100).is_ok());
+        assert!(authenticate(&keys, b"ew_aaaa", 199).is_ok());
+        assert_eq!(
+            authenticate(&keys, b"ew_aaaa", 200),
+            Err(Reject::ExpiredApiKey)
+        );
+    }
+
+    #[test]
+    fn roles_gate_routes() {
+        let admin = key("b", "x", Role::Admin);
+        let client = key("a", "y", Role::Client);
+        assert!(authorize(&[], &client).is_ok());
+        assert!(authorize(&[Role::Admin], &admin).is_ok());
+        assert_eq!(
+            authorize(&[Role::Admin], &client),
+            Err(Reject::InsufficientRole)
+        );
+    }
+
+    #[test]
+    fn keys_are_found_in_the_header_or_as_a_bearer_token() {
+        let source = KeySource {
+            header: "x-api-key".into(),
+            bearer: true,
+        };
+        let h = RequestHeaders::new(vec![("authorization".into(), b"Bearer ew_x".to_vec())]);
+        assert_eq!(source.find(&h).unwrap().unwrap().key, b"ew_x");
+        let h = RequestHeaders::new(vec![
+            ("authorization".into(), b"Bearer ew_x".to_vec()),
+            ("x-api-key".into(), b"ew_y".to_vec()),
+        ]);
+        assert!(source.find(&h).is_err());
+        let h = RequestHeaders::new(vec![("authorization".into(), b"Basic abc".to_vec())]);
+        assert_eq!(source.find(&h), Ok(None));
+    }
+}
