@@ -55,6 +55,9 @@ pub enum Reject {
     IpNotAllowed,
     /// Too many failed authentications from this client address; retry after the window.
     TooManyAuthFailures { retry_after: u64 },
+    /// A rate limiter after edge-warden (Envoy's local_ratelimit or ratelimit filter) refused
+    /// the request; edge-warden only gives its reply the common shape.
+    RateLimited,
 }
 
 /// The headers a signed request carries; the names appear in details, so they are spelled as
@@ -82,7 +85,7 @@ impl Reject {
             | Reject::ExpiredApiKey
             | Reject::ApiKeyNotYetValid => 401,
             Reject::InsufficientRole | Reject::IpNotAllowed => 403,
-            Reject::TooManyAuthFailures { .. } => 429,
+            Reject::TooManyAuthFailures { .. } | Reject::RateLimited => 429,
         }
     }
 
@@ -108,6 +111,7 @@ impl Reject {
             Reject::InsufficientRole => "insufficient_role",
             Reject::IpNotAllowed => "ip_not_allowed",
             Reject::TooManyAuthFailures { .. } => "too_many_auth_failures",
+            Reject::RateLimited => "rate_limited",
         }
     }
 
@@ -132,6 +136,7 @@ impl Reject {
             Reject::InsufficientRole => "Insufficient role",
             Reject::IpNotAllowed => "Client address not allowed",
             Reject::TooManyAuthFailures { .. } => "Too many failed authentications",
+            Reject::RateLimited => "Too many requests",
         }
     }
 
@@ -209,6 +214,9 @@ impl Reject {
             Reject::TooManyAuthFailures { retry_after } => format!(
                 "Too many failed authentications from this address; retry in {retry_after} s."
             ),
+            Reject::RateLimited => "This caller exceeded the rate limit of this route; retry \
+                                    after the seconds in Retry-After."
+                .to_string(),
         }
     }
 
@@ -352,6 +360,7 @@ mod tests {
             Reject::InsufficientRole,
             Reject::IpNotAllowed,
             Reject::TooManyAuthFailures { retry_after: 9 },
+            Reject::RateLimited,
         ]
     }
 

@@ -28,6 +28,8 @@ pub(crate) struct Stream {
     vary_origin: bool,
     /// The client address Envoy determined, canonical (for IP rules and the lockout).
     client_ip: Option<String>,
+    /// A body that replaces the response body (a rate limiter's 429 in problem+json).
+    replacement_body: Option<Vec<u8>>,
 }
 
 enum State {
@@ -55,6 +57,7 @@ impl Stream {
             cors_headers: Vec::new(),
             vary_origin: false,
             client_ip: None,
+            replacement_body: None,
         }
     }
 
@@ -140,6 +143,42 @@ impl Stream {
         Metrics::add(shared.metrics.allowed, 1);
         self.state = State::Pass;
         Action::Continue
+    }
+}
+
+fn is_status(headers: &[(String, Vec<u8>)], status: &[u8]) -> bool {
+    headers
+        .iter()
+        .any(|(n, v)| n == ":status" && v.as_slice() == status)
+}
+
+impl Stream {
+    /// A 429 that Envoy's rate limiters produced (not the upstream's) gets edge-warden's
+    /// problem+json body, so clients see one error shape everywhere.
+    fn reshape_rate_limited(&mut self, headers: &mut Vec<(String, Vec<u8>)>) {
+        let details = hostcalls::get_property(vec!["response", "code_details"])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if details != b"local_rate_limited" && details != b"request_rate_limited" {
+            return;
+        }
+        let response = reject::respond(&Reject::RateLimited, self.request_id.as_deref());
+        headers.retain(|(n, _)| n != "content-type" && n != "content-length");
+        for (name, value) in response.headers {
+            headers.retain(|(n, _)| n != name);
+            headers.push((name.to_string(), value.into_bytes()));
+        }
+        log::info!(
+            "edge-warden: rate limited: policy={} request_id={}",
+            if self.policy.is_empty() {
+                "-"
+            } else {
+                &self.policy
+            },
+            self.request_id.as_deref().unwrap_or("-"),
+        );
+        self.replacement_body = Some(response.body);
     }
 }
 
@@ -390,13 +429,14 @@ impl HttpContext for Stream {
         // The answer depends on Origin wherever CORS applies (a preflight answer already lists
         // it, and merging does not repeat it).
         let vary: &[&str] = if self.vary_origin { &["Origin"] } else { &[] };
-        if plan.is_empty() && self.cors_headers.is_empty() && vary.is_empty() {
-            return Action::Continue;
-        }
+        // (Even an empty plan rewrites: a rate limiter's 429 still gets its Retry-After.)
         // One read and one write of the whole map instead of a host call per header.
-        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpResponseHeaders) else {
+        let Ok(mut headers) = hostcalls::get_map_bytes(MapType::HttpResponseHeaders) else {
             return Action::Continue;
         };
+        if is_status(&headers, b"429") && !matches!(self.state, State::Answered) {
+            self.reshape_rate_limited(&mut headers);
+        }
         let headers = plan.apply(headers, &self.cors_headers, vary);
         let pairs: Vec<(&str, &[u8])> = headers
             .iter()
@@ -405,6 +445,20 @@ impl HttpContext for Stream {
         if hostcalls::set_map_bytes(MapType::HttpResponseHeaders, pairs).is_err() {
             log::warn!("edge-warden could not set response headers");
         }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(body) = &self.replacement_body else {
+            return Action::Continue;
+        };
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, body).is_err() {
+            log::warn!("edge-warden could not reshape a rate-limited reply");
+        }
+        self.replacement_body = None;
         Action::Continue
     }
 

@@ -122,10 +122,6 @@ impl Plan {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty() && !self.no_store_on_error
-    }
-
     /// Applies the rules, then sets `cors` headers and merges `vary` tokens. Returns the new
     /// header list (pseudo-headers kept in place).
     pub fn apply(
@@ -152,6 +148,22 @@ impl Plan {
                     }
                 }
                 HeaderAction::Remove => headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
+            }
+        }
+        // A rate limiter's 429 (Envoy's local_ratelimit) says when its bucket refills in
+        // x-ratelimit-reset; clients and SDKs look for the standard Retry-After.
+        if status == 429
+            && !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("retry-after"))
+        {
+            let reset = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("x-ratelimit-reset"))
+                .map(|(_, v)| v.clone())
+                .filter(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit));
+            if let Some(reset) = reset {
+                headers.push(("retry-after".to_string(), reset));
             }
         }
         // Error bodies are never worth caching, and may hold request-specific detail.
@@ -275,6 +287,33 @@ mod tests {
         assert!(get(&h, "strict-transport-security")
             .unwrap()
             .ends_with("; preload"));
+    }
+
+    #[test]
+    fn a_rate_limited_reply_gets_retry_after_from_the_reset() {
+        let plan = Plan::default();
+        let h = plan.apply(
+            response(&[(":status", "429"), ("x-ratelimit-reset", "42")]),
+            &[],
+            &[],
+        );
+        assert_eq!(get(&h, "retry-after"), Some("42"));
+        let h = plan.apply(
+            response(&[
+                (":status", "429"),
+                ("retry-after", "7"),
+                ("x-ratelimit-reset", "42"),
+            ]),
+            &[],
+            &[],
+        );
+        assert_eq!(get(&h, "retry-after"), Some("7"));
+        let h = plan.apply(
+            response(&[(":status", "200"), ("x-ratelimit-reset", "42")]),
+            &[],
+            &[],
+        );
+        assert_eq!(get(&h, "retry-after"), None);
     }
 
     #[test]

@@ -111,12 +111,12 @@ fn envoy_validate_mode_catches_a_bad_plugin_config() {
 
 #[test]
 fn route_names_select_policies() {
-    // The shipped envoy.yaml names its routes `health` and `api`.
+    // The shipped envoy.yaml names its routes `health`, `auth`, `sensitive`, `standard`, `general`.
     let config = r#"{
       "signature": {"secrets": [{"id": "primary", "env": "HMAC_SHARED_SECRET"}]},
       "policies": [
         {"name": "public-health", "match": {"route": "health"}, "signature": false},
-        {"name": "signed-api", "match": {"route": "api"}}
+        {"name": "signed-api", "match": {"route": "general"}}
       ]
     }"#;
     let envoy = Envoy::start(Options::with_config(config));

@@ -5,5 +5,6 @@ mod harness;
 mod browser;
 mod config;
 mod identity;
+mod ratelimit;
 mod signature;
 mod tooling;
