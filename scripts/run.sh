@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts the demo upstream and Envoy with edge-warden (envoy/envoy.yaml); Ctrl-C stops both.
+# Usage: scripts/run.sh [ENVOY_CONFIG]   (default envoy/envoy.yaml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+config="${1:-envoy/envoy.yaml}"
 
 # The development secret documented in the README. Never use it outside your machine.
 DEV_SECRET="edge-warden-development-secret-do-not-use-in-production"
@@ -27,7 +29,11 @@ trap cleanup INT TERM EXIT
 ./target/release/demo-upstream --listen 127.0.0.1:8080 &
 pids+=($!)
 
-echo "edge-warden: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:9901); Ctrl-C stops everything."
-.venv/bin/envoy -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart -l "${ENVOY_LOG_LEVEL:-info}" &
+if [[ "$config" == *tls* ]]; then
+  echo "edge-warden: Envoy on https://localhost:10443 (CA: certs/ca.pem), http://127.0.0.1:10080 redirects; admin http://127.0.0.1:9901. Ctrl-C stops everything."
+else
+  echo "edge-warden: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:9901); Ctrl-C stops everything."
+fi
+.venv/bin/envoy -c "$config" --concurrency 2 --disable-hot-restart -l "${ENVOY_LOG_LEVEL:-info}" &
 pids+=($!)
 wait -n "${pids[@]}"

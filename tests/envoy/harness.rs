@@ -26,6 +26,10 @@ pub fn wasm() -> PathBuf {
 }
 
 pub struct Options {
+    /// The Envoy config to render, relative to the repository (default `envoy/envoy.yaml`).
+    pub config_file: &'static str,
+    /// Where `certs/…` paths point (for `envoy/envoy-tls.yaml`).
+    pub certs_dir: Option<PathBuf>,
     /// Plugin configuration JSON; `None` keeps the one in envoy/envoy.yaml.
     pub plugin_config: Option<String>,
     /// Environment of the Envoy process (and so of the VM, for the listed keys).
@@ -47,6 +51,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            config_file: "envoy/envoy.yaml",
+            certs_dir: None,
             plugin_config: None,
             env: vec![("HMAC_SHARED_SECRET".into(), SECRET.into())],
             host_env_keys: vec!["HMAC_SHARED_SECRET".into(), "WORKERS_ORIGIN".into()],
@@ -79,7 +85,7 @@ pub fn render(opts: &Options, upstream_port: u16) -> String {
     } else {
         upstream_port
     };
-    let yaml = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml");
+    let yaml = std::fs::read_to_string(repo().join(opts.config_file)).expect(opts.config_file);
     let mut out = if opts.dual_stack {
         replace_once(
             &yaml,
@@ -87,8 +93,21 @@ pub fn render(opts: &Options, upstream_port: u16) -> String {
             "socket_address: { address: \"::\", port_value: 0, ipv4_compat: true }",
         )
     } else {
-        replace_once(&yaml, "port_value: 10000", "port_value: 0")
+        let mut out = yaml.clone();
+        for listener in [
+            "port_value: 10000",
+            "port_value: 10443",
+            "port_value: 10080",
+        ] {
+            if out.contains(listener) {
+                out = replace_once(&out, listener, "port_value: 0");
+            }
+        }
+        out
     };
+    if let Some(dir) = &opts.certs_dir {
+        out = out.replace("filename: certs/", &format!("filename: {}/", dir.display()));
+    }
     out = replace_once(&out, "port_value: 9901", "port_value: 0");
     out = replace_once(
         &out,
@@ -136,7 +155,12 @@ fn replace_once(text: &str, from: &str, to: &str) -> String {
 
 /// The JSON under `configuration: … value: |` in envoy/envoy.yaml.
 pub fn default_plugin_config() -> String {
-    let yaml = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).expect("envoy/envoy.yaml");
+    plugin_config_of("envoy/envoy.yaml")
+}
+
+/// The JSON under `configuration: … value: |` in an Envoy config of the repository.
+pub fn plugin_config_of(file: &str) -> String {
+    let yaml = std::fs::read_to_string(repo().join(file)).expect(file);
     let (_, block, _) = split_plugin_config(&yaml);
     block.join("\n")
 }
@@ -207,6 +231,8 @@ pub struct Envoy {
     dir: tempfile::TempDir,
     pub port: u16,
     pub admin_port: u16,
+    /// Every listener's bound port, by listener name.
+    pub ports: Vec<(String, u16)>,
 }
 
 /// Envoy refused to start: its exit status and log.
@@ -279,6 +305,7 @@ impl Envoy {
             dir,
             port: 0,
             admin_port,
+            ports: Vec::new(),
         };
         loop {
             if let Ok(Some(status)) = envoy.child.try_wait() {
@@ -300,11 +327,26 @@ impl Envoy {
         }
         let listeners: serde_json::Value =
             serde_json::from_str(&envoy.admin("/listeners?format=json").1).expect("listeners");
-        envoy.port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
-            ["port_value"]
-            .as_u64()
-            .expect("listener port") as u16;
+        for l in listeners["listener_statuses"]
+            .as_array()
+            .expect("listeners")
+        {
+            let name = l["name"].as_str().unwrap_or_default().to_string();
+            let port = l["local_address"]["socket_address"]["port_value"]
+                .as_u64()
+                .expect("listener port") as u16;
+            envoy.ports.push((name, port));
+        }
+        envoy.port = envoy.ports[0].1;
         Ok(envoy)
+    }
+
+    pub fn port_of(&self, listener: &str) -> u16 {
+        self.ports
+            .iter()
+            .find(|(n, _)| n == listener)
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| panic!("no listener {listener}: {:?}", self.ports))
     }
 
     pub fn log(&self) -> String {

@@ -7,4 +7,5 @@ mod config;
 mod identity;
 mod ratelimit;
 mod signature;
+mod tls;
 mod tooling;
