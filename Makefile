@@ -29,6 +29,12 @@ $(ENVOY):
 
 envoy: $(ENVOY)
 
+# PyYAML in the same venv: the packaging tests read docker-compose and Istio manifests with it.
+PYYAML := $(VENV)/.pyyaml-installed
+$(PYYAML): $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'pyyaml>=6,<7'
+	@touch $@
+
 $(NODE_DEPS): tests/node/package.json tests/node/package-lock.json
 	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
@@ -38,7 +44,7 @@ node-deps: $(NODE_DEPS)
 browser-deps: node-deps
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null)
 
-deps: wasm-target envoy node-deps browser-deps
+deps: wasm-target envoy $(PYYAML) node-deps browser-deps
 
 wasm: wasm-target
 	cargo build --release --target wasm32-wasip1 --lib

@@ -5,6 +5,7 @@ mod harness;
 mod browser;
 mod config;
 mod identity;
+mod packaging;
 mod ratelimit;
 mod signature;
 mod tls;

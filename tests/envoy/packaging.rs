@@ -1,0 +1,183 @@
+//! What ships around the filter: every Envoy config under envoy/ validates with this Envoy, the
+//! fleet's docker-compose stack references files that exist, and the Istio manifest carries a
+//! plugin configuration the filter accepts. (No docker engine runs here: nothing is started.)
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::{plugin_config_of, repo, SECRET};
+
+/// YAML (all documents) as JSON, through PyYAML in the project venv.
+fn yaml_docs(path: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(path)
+        .output()
+        .expect("python with PyYAML (make deps)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[test]
+fn every_envoy_config_under_envoy_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Command::new(repo().join("scripts/certs.sh"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(certs.status.success());
+    let mut validated = Vec::new();
+    for entry in std::fs::read_dir(repo().join("envoy")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if !text.contains("static_resources:") {
+            continue;
+        }
+        // Paths as a local run sees them: the built .wasm and a certificate directory.
+        let text = text
+            .replace(
+                "/etc/envoy/edge_warden.wasm",
+                "target/wasm32-wasip1/release/edge_warden.wasm",
+            )
+            .replace(
+                "filename: certs/",
+                &format!("filename: {}/", dir.path().display()),
+            );
+        let rendered = dir.path().join(path.file_name().unwrap());
+        std::fs::write(&rendered, text).unwrap();
+        let out = Command::new(repo().join(".venv/bin/envoy"))
+            .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+            .arg(&rendered)
+            .current_dir(repo())
+            .env("HMAC_SHARED_SECRET", SECRET)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && log.contains("OK"),
+            "{}:\n{log}",
+            path.display()
+        );
+        validated.push(path.file_name().unwrap().to_string_lossy().to_string());
+    }
+    validated.sort();
+    assert_eq!(
+        validated,
+        ["envoy-fleet.yaml", "envoy-tls.yaml", "envoy.yaml"]
+    );
+}
+
+#[test]
+fn the_fleet_config_carries_the_same_plugin_configuration() {
+    assert_eq!(
+        plugin_config_of("envoy/envoy-fleet.yaml"),
+        plugin_config_of("envoy/envoy.yaml")
+    );
+}
+
+#[test]
+fn the_compose_stack_parses_and_references_files_that_exist() {
+    let envoy_dir = repo().join("envoy");
+    let compose = &yaml_docs(&envoy_dir.join("docker-compose.yaml"))[0];
+    let services = compose["services"].as_object().expect("services");
+    for name in ["envoy", "ratelimit", "redis", "upstream"] {
+        assert!(services.contains_key(name), "service {name} missing");
+    }
+    assert!(compose["services"]["envoy"]["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("envoyproxy/envoy:v1.40"));
+    assert!(compose["services"]["ratelimit"]["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("envoyproxy/ratelimit"));
+    // Every bind mount's source exists (the .wasm once `make wasm` ran, as here).
+    let mut mounts = 0;
+    for service in services.values() {
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            let source = volume.as_str().unwrap().split(':').next().unwrap();
+            assert!(
+                envoy_dir.join(source).exists(),
+                "missing mount source {source}"
+            );
+            mounts += 1;
+        }
+    }
+    assert_eq!(mounts, 3);
+    let build = &compose["services"]["upstream"]["build"];
+    let context = envoy_dir.join(build["context"].as_str().unwrap());
+    assert!(context.join(build["dockerfile"].as_str().unwrap()).exists());
+
+    // The ratelimit service's domain is the one Envoy sends, with the four tiers and hourly limits.
+    let rl = &yaml_docs(&envoy_dir.join("ratelimit/config.yaml"))[0];
+    assert_eq!(rl["domain"], "edge-warden");
+    let fleet = std::fs::read_to_string(envoy_dir.join("envoy-fleet.yaml")).unwrap();
+    assert!(fleet.contains("domain: edge-warden"));
+    let tiers: Vec<(String, u64)> = rl["descriptors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["key"] == "tier")
+        .map(|d| {
+            (
+                d["value"].as_str().unwrap().to_string(),
+                d["descriptors"][0]["rate_limit"]["requests_per_unit"]
+                    .as_u64()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tiers,
+        [
+            ("auth".into(), 5),
+            ("sensitive".into(), 10),
+            ("standard".into(), 30),
+            ("general".into(), 60)
+        ]
+    );
+    for tier in ["auth", "sensitive", "standard", "general"] {
+        assert!(
+            fleet.contains(&format!("descriptor_value: {tier}")),
+            "envoy-fleet.yaml lacks tier {tier}"
+        );
+    }
+}
+
+#[test]
+fn the_istio_wasmplugin_carries_a_configuration_the_filter_accepts() {
+    let docs = yaml_docs(&repo().join("envoy/istio/wasmplugin.yaml"));
+    let plugin = docs
+        .iter()
+        .find(|d| d["kind"] == "WasmPlugin")
+        .expect("WasmPlugin");
+    assert_eq!(plugin["spec"]["phase"], "AUTHN");
+    assert_eq!(plugin["spec"]["failStrategy"], "FAIL_CLOSE");
+    assert!(plugin["spec"]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("oci://"));
+    let env: Vec<&str> = plugin["spec"]["vmConfig"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(env.contains(&"HMAC_SHARED_SECRET"));
+    let json = serde_json::to_vec(&plugin["spec"]["pluginConfig"]).unwrap();
+    let lookup = |name: &str| (name == "HMAC_SHARED_SECRET").then(|| SECRET.to_string());
+    let config = edge_warden::config::Config::from_json(&json, &lookup)
+        .unwrap_or_else(|e| panic!("Istio pluginConfig: {e}"));
+    assert_eq!(config.policies.len(), 2);
+    assert!(docs.iter().any(|d| d["kind"] == "Secret"));
+    let dockerfile = std::fs::read_to_string(repo().join("envoy/istio/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("FROM scratch") && dockerfile.contains("edge_warden.wasm"));
+}
