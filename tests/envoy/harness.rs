@@ -367,6 +367,30 @@ impl Envoy {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// Connections each worker thread accepted, from `/stats` (`worker_N.downstream_cx_total`
+    /// of every listener): proof that a test's requests really spread over the workers.
+    pub fn connections_per_worker(&self) -> Vec<u64> {
+        let (_, text) = self.admin("/stats?filter=worker_[0-9]+\\.downstream_cx_total$");
+        let mut per_worker = Vec::new();
+        for line in text.lines() {
+            let Some((name, value)) = line.split_once(": ") else {
+                continue;
+            };
+            let Some(worker) = name
+                .split('.')
+                .find_map(|part| part.strip_prefix("worker_"))
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if per_worker.len() <= worker {
+                per_worker.resize(worker + 1, 0);
+            }
+            per_worker[worker] += value.trim().parse::<u64>().unwrap_or(0);
+        }
+        per_worker
+    }
+
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
         request(self.port, method, path, headers, body)
     }

@@ -185,7 +185,12 @@ fn repeated_failures_lock_the_address_out_until_the_window_ends() {
         401
     );
 
-    // Now even a valid key is refused, with Retry-After.
+    // Now even a valid key is refused, with Retry-After, on whichever worker takes the
+    // connection (30 connections: both workers get some, checked below).
+    for _ in 0..29 {
+        let r = envoy.request("GET", "/data", &[("x-api-key", CLIENT_KEY)], b"");
+        assert_eq!((r.status, r.code()), (429, "too_many_auth_failures".into()));
+    }
     let r = envoy.request("GET", "/data", &[("x-api-key", CLIENT_KEY)], b"");
     assert_eq!((r.status, r.code()), (429, "too_many_auth_failures".into()));
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
@@ -198,6 +203,13 @@ fn repeated_failures_lock_the_address_out_until_the_window_ends() {
             .request_v6("GET", "/data", &[("x-api-key", CLIENT_KEY)])
             .status,
         200
+    );
+
+    // The failures and the refusals above were spread over both workers: the count is shared.
+    let per_worker = envoy.connections_per_worker();
+    assert!(
+        per_worker.len() == 2 && per_worker.iter().all(|n| *n > 0),
+        "{per_worker:?}"
     );
 
     std::thread::sleep(Duration::from_secs(retry + 1));

@@ -142,6 +142,11 @@ fn concurrent_replays_across_workers_let_exactly_one_through() {
         let replayed = results.iter().filter(|r| *r == "nonce_replayed").count();
         assert_eq!((passed, replayed), (1, n - 1), "round {round}: {results:?}");
     }
+    let per_worker = envoy.connections_per_worker();
+    assert!(
+        per_worker.len() == 2 && per_worker.iter().all(|n| *n > 0),
+        "{per_worker:?}"
+    );
 }
 
 #[test]
