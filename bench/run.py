@@ -105,7 +105,7 @@ def wasm_filter(path, configuration):
                 },
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": json.dumps(configuration),
+                    "value": configuration if isinstance(configuration, str) else json.dumps(configuration),
                 },
             },
         },

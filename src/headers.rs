@@ -37,6 +37,21 @@ impl RequestHeaders {
             .map(|(_, v)| v.as_slice())
     }
 
+    /// The pairs, for writing the map back after edits.
+    pub fn into_pairs(self) -> Vec<(String, Vec<u8>)> {
+        self.pairs
+    }
+
+    /// Applies edits (`None` removes every copy, `Some` replaces them with one value).
+    pub fn apply(pairs: &mut Vec<(String, Vec<u8>)>, edits: &[(String, Option<String>)]) {
+        for (name, value) in edits {
+            pairs.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            if let Some(value) = value {
+                pairs.push((name.clone(), value.as_bytes().to_vec()));
+            }
+        }
+    }
+
     /// `first`, as text; `None` when absent or not UTF-8.
     pub fn first_str(&self, name: &str) -> Option<&str> {
         self.first(name).and_then(|v| std::str::from_utf8(v).ok())
@@ -62,6 +77,28 @@ mod tests {
         assert_eq!(h.unique("x-a"), Ok(Some(&b"1"[..])));
         assert_eq!(h.unique("x-b"), Err(Duplicated));
         assert_eq!(h.unique("x-c"), Ok(None));
+    }
+
+    #[test]
+    fn edits_replace_and_remove_every_copy() {
+        let mut pairs = headers(&[
+            ("x-id", b"spoofed"),
+            ("x-id", b"again"),
+            ("x-key", b"k"),
+            ("a", b"1"),
+        ])
+        .into_pairs();
+        RequestHeaders::apply(
+            &mut pairs,
+            &[("x-id".into(), Some("real".into())), ("x-key".into(), None)],
+        );
+        assert_eq!(
+            pairs,
+            vec![
+                ("a".to_string(), b"1".to_vec()),
+                ("x-id".to_string(), b"real".to_vec())
+            ]
+        );
     }
 
     #[test]

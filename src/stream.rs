@@ -30,6 +30,10 @@ pub(crate) struct Stream {
     client_ip: Option<String>,
     /// A body that replaces the response body (a rate limiter's 429 in problem+json).
     replacement_body: Option<Vec<u8>>,
+    /// The request headers as read, and the edits (identity headers set, client copies and the
+    /// raw API key removed) written back in one host call when the request passes.
+    request_headers: Vec<(String, Vec<u8>)>,
+    edits: Vec<(String, Option<String>)>,
 }
 
 enum State {
@@ -58,7 +62,29 @@ impl Stream {
             vary_origin: false,
             client_ip: None,
             replacement_body: None,
+            request_headers: Vec::new(),
+            edits: Vec::new(),
         }
+    }
+
+    /// Lets the request go upstream, writing the header edits first. Every path that passes a
+    /// request goes through here, so client copies of identity headers can never slip through.
+    fn pass(&mut self) -> Action {
+        if !self.edits.is_empty() {
+            let mut pairs = std::mem::take(&mut self.request_headers);
+            RequestHeaders::apply(&mut pairs, &self.edits);
+            let map: Vec<(&str, &[u8])> = pairs
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_slice()))
+                .collect();
+            if hostcalls::set_map_bytes(MapType::HttpRequestHeaders, map).is_err() {
+                // Fail closed: the upstream must be able to rely on the identity headers.
+                return self.reject(Reject::ReplayCheckUnavailable);
+            }
+            self.edits.clear();
+        }
+        self.state = State::Pass;
+        Action::Continue
     }
 
     /// Answers a CORS preflight itself: browsers cannot sign a preflight or attach an API key,
@@ -128,21 +154,12 @@ impl Stream {
         let key_id = config
             .keys
             .get(proof.key_index)
-            .map(|k| k.id.as_str())
+            .map(|k| k.id.clone())
             .unwrap_or_default();
-        if hostcalls::set_map_value(
-            MapType::HttpRequestHeaders,
-            &config.key_id_header,
-            Some(key_id),
-        )
-        .is_err()
-        {
-            // Fail closed: the upstream must be able to rely on the identity header.
-            return self.reject(Reject::ReplayCheckUnavailable);
-        }
+        self.edits
+            .push((config.key_id_header.clone(), Some(key_id)));
         Metrics::add(shared.metrics.allowed, 1);
-        self.state = State::Pass;
-        Action::Continue
+        self.pass()
     }
 }
 
@@ -211,10 +228,8 @@ impl HttpContext for Stream {
             &config.role_header,
             &config.client_header,
         ] {
-            if headers.first(name).is_some()
-                && hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_err()
-            {
-                return self.reject(Reject::ReplayCheckUnavailable);
+            if headers.first(name).is_some() {
+                self.edits.push((name.clone(), None));
             }
         }
         let client_ip = hostcalls::get_property(vec!["source", "address"])
@@ -250,6 +265,7 @@ impl HttpContext for Stream {
         };
         self.policy = policy.name.clone();
 
+        let policy_signature = policy.signature;
         if !policy.trusted_hosts.is_empty() {
             if let Err(why) = host::check(&policy.trusted_hosts, headers.first(":authority")) {
                 return self.reject(why);
@@ -311,38 +327,27 @@ impl HttpContext for Stream {
                         return self.reject(why);
                     }
                     client = Some(format!("key:{}", key.id));
-                    let mut writes = vec![
-                        (config.api_key_id_header.as_str(), Some(key.id.as_str())),
-                        (config.role_header.as_str(), Some(key.role.as_str())),
-                    ];
+                    self.edits
+                        .push((config.api_key_id_header.clone(), Some(key.id.clone())));
+                    self.edits.push((
+                        config.role_header.clone(),
+                        Some(key.role.as_str().to_string()),
+                    ));
                     // By default the raw key never reaches the upstream (or its logs).
                     if config.strip_api_key {
-                        writes.push((presented.header.as_str(), None));
-                    }
-                    for (name, value) in writes {
-                        if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value)
-                            .is_err()
-                        {
-                            return self.reject(Reject::ReplayCheckUnavailable);
-                        }
+                        self.edits.push((presented.header.clone(), None));
                     }
                 }
             }
         }
-        if let Some(client) = &client {
-            if hostcalls::set_map_value(
-                MapType::HttpRequestHeaders,
-                &config.client_header,
-                Some(client),
-            )
-            .is_err()
-            {
-                return self.reject(Reject::ReplayCheckUnavailable);
-            }
+        if let Some(client) = client {
+            self.edits
+                .push((config.client_header.clone(), Some(client)));
         }
 
-        if !policy.signature {
-            return Action::Continue;
+        if !policy_signature {
+            self.request_headers = headers.into_pairs();
+            return self.pass();
         }
 
         // Every header-only check runs before any body is read.
@@ -361,6 +366,7 @@ impl HttpContext for Stream {
             return self.reject(Reject::BodyTooLarge { limit });
         }
 
+        self.request_headers = headers.into_pairs();
         let verifier = Verifier::new(&config.keys);
         if end_of_stream {
             return self.finish(&shared, request, verifier);

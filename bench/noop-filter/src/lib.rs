@@ -1,22 +1,96 @@
-//! The do-nothing filter: every callback continues at once.
+//! The do-nothing filter: every callback continues at once. For profiling, its plugin
+//! configuration may name host calls to make per request (the calls edge-warden makes), so
+//! `bench/profile.py` can price each one: ["request_headers", "source_address",
+//! "set_request_headers", "response_headers", "set_response_headers", "shared_data", "time"].
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| Box::new(Root));
+    proxy_wasm::set_root_context(|_| Box::new(Root { calls: Vec::new() }));
 }}
 
-struct Root;
+struct Root {
+    calls: Vec<String>,
+}
 impl Context for Root {}
 impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        if let Ok(Some(bytes)) =
+            hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        {
+            let text = String::from_utf8_lossy(&bytes);
+            self.calls = text
+                .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
+        let _ = hostcalls::set_shared_data("noop/probe", Some(b""), None);
+        true
+    }
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream))
+        Some(Box::new(Stream {
+            calls: self.calls.clone(),
+        }))
     }
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
 }
 
-struct Stream;
+struct Stream {
+    calls: Vec<String>,
+}
 impl Context for Stream {}
-impl HttpContext for Stream {}
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        for call in &self.calls {
+            match call.as_str() {
+                "request_headers" => {
+                    let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
+                }
+                "source_address" => {
+                    let _ = hostcalls::get_property(vec!["source", "address"]);
+                }
+                "set_request_headers" => {
+                    if let Ok(map) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+                        let pairs: Vec<(&str, &[u8])> = map
+                            .iter()
+                            .map(|(n, v)| (n.as_str(), v.as_slice()))
+                            .collect();
+                        let _ = hostcalls::set_map_bytes(MapType::HttpRequestHeaders, pairs);
+                    }
+                }
+                "shared_data" => {
+                    let _ = hostcalls::get_shared_data("noop/probe");
+                }
+                "time" => {
+                    let _ = hostcalls::get_current_time();
+                }
+                _ => {}
+            }
+        }
+        Action::Continue
+    }
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        for call in &self.calls {
+            match call.as_str() {
+                "response_headers" => {
+                    let _ = hostcalls::get_map_bytes(MapType::HttpResponseHeaders);
+                }
+                "set_response_headers" => {
+                    if let Ok(map) = hostcalls::get_map_bytes(MapType::HttpResponseHeaders) {
+                        let pairs: Vec<(&str, &[u8])> = map
+                            .iter()
+                            .map(|(n, v)| (n.as_str(), v.as_slice()))
+                            .collect();
+                        let _ = hostcalls::set_map_bytes(MapType::HttpResponseHeaders, pairs);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Action::Continue
+    }
+}
