@@ -459,8 +459,10 @@ def report(s, sizes, floods, memory):
         lines += ["", "## Memory", "",
                   f"Envoy RSS with edge-warden (default replay capacity 524288): {memory['rss_start_mib']:.0f} MiB "
                   f"after warm-up, {memory['rss_after_mib']:.0f} MiB after {memory['requests']} signed requests with "
-                  f"unique nonces in {memory['seconds']} s ({memory['non_2xx']} refused once the cache was full: "
-                  f"`replay_cache_full`); replay cache entries at the end: {memory['cache_entries']}."]
+                  f"pre-signed nonces in {memory['seconds']} s; {memory['non_2xx']} of them refused: "
+                  f"`replay_cache_full` once the cache was full, and `nonce_replayed` where wrk ran past "
+                  f"the pre-signed set and repeated it. Replay cache entries at the end: "
+                  f"{memory['cache_entries']} (the configured capacity)."]
     text = "\n".join(lines) + "\n"
     (ROOT / "bench/results.md").write_text(text)
     print()
