@@ -27,14 +27,18 @@ SECURITY_HEADERS = [
 ]
 
 
-async def app(scope, receive, send):
-    """The trivial handler: read the body, answer a small JSON document."""
+async def read_body(receive):
     body = b""
     while True:
         message = await receive()
         body += message.get("body", b"")
         if not message.get("more_body"):
-            break
+            return body
+
+
+async def app(scope, receive, send):
+    """The trivial handler: read the body, answer a small JSON document."""
+    body = await read_body(receive)
     payload = json.dumps({"ok": True, "body_length": len(body)}).encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json")]})
@@ -71,12 +75,7 @@ class SecurityMiddleware:
         now = time.time()
         if abs(int(ts) - now) > WINDOW:
             return await reject(401, "timestamp_out_of_window")(send)
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         expected = hmac.new(SECRET, body + ts.encode() + nonce.encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, sig):
             return await reject(401, "invalid_signature")(send)
