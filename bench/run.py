@@ -10,6 +10,7 @@ the server under test). Results go to stdout and bench/results.md.
 Knobs (environment): BENCH_SECONDS (5 per run), BENCH_ROUNDS (3), BENCH_MEMORY_REQUESTS
 (1000000; 0 skips the memory run).
 """
+import atexit
 import datetime
 import hashlib
 import hmac
@@ -182,6 +183,16 @@ def envoy_config(filters, port, admin, upstream, native_cors=False):
     }
 
 
+RUNNING = []
+
+
+@atexit.register
+def _stop_everything():
+    """Nothing outlives the bench, also when a scenario fails half-way."""
+    for server in RUNNING:
+        server.stop()
+
+
 class Server:
     """A process under test: started pinned, stopped on exit; CPU time read from /proc."""
 
@@ -189,6 +200,7 @@ class Server:
         self.port = port
         self.proc = subprocess.Popen(pinned(cpu, cmd), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+        RUNNING.append(self)
         wait_port(port)
 
     def cpu_seconds(self):
@@ -202,6 +214,8 @@ class Server:
         return 0.0
 
     def stop(self):
+        if self.proc.poll() is not None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(5)
