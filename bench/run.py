@@ -8,7 +8,7 @@ uvicorn server under test take CPU 1 where the machine has it (uvicorn takes CPU
 the server under test). Results go to stdout and bench/results.md.
 
 Knobs (environment): BENCH_SECONDS (5 per run), BENCH_ROUNDS (3), BENCH_MEMORY_REQUESTS
-(1000000; 0 skips the memory run).
+(1000000; 0 skips the memory run), BENCH_OUT (bench/results.md).
 """
 import atexit
 import datetime
@@ -478,7 +478,7 @@ def report(s, sizes, floods, memory):
                   f"the pre-signed set and repeated it. Replay cache entries at the end: "
                   f"{memory['cache_entries']} (the configured capacity)."]
     text = "\n".join(lines) + "\n"
-    (ROOT / "bench/results.md").write_text(text)
+    Path(os.environ.get("BENCH_OUT", ROOT / "bench/results.md")).write_text(text)
     print()
     print(text)
 
