@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::harness::{plugin_config_of, repo, Envoy, Options};
+use crate::harness::{plugin_config_of, repo, Envoy, Options, Signed, SECRET};
 
 fn certs(dir: &Path) {
     let out = Command::new(repo().join("scripts/certs.sh"))
@@ -129,4 +129,49 @@ fn https_reaches_the_filter_and_plain_http_redirects_keeping_path_and_query() {
 fn every_shipped_envoy_config_carries_the_same_plugin_configuration() {
     let main = plugin_config_of("envoy/envoy.yaml");
     assert_eq!(plugin_config_of("envoy/envoy-tls.yaml"), main);
+}
+
+#[test]
+fn a_signed_post_over_http2_is_verified_and_reaches_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let envoy = tls_envoy(dir.path());
+    let ca = dir.path().join("ca.pem");
+    let url = format!("https://localhost:{}/orders", envoy.port_of("https"));
+    // 100 KiB: HTTP/2 delivers it in several DATA frames, so the body arrives in pieces.
+    let body = "h2".repeat(50 * 1024);
+    let s = Signed::new(SECRET, body.as_bytes());
+    let signed = |sig: &str| {
+        curl(&[
+            "--http2",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-H",
+            &format!("X-Request-Signature: {sig}"),
+            "-H",
+            &format!("X-Request-Timestamp: {}", s.timestamp),
+            "-H",
+            &format!("X-Request-Nonce: {}", s.nonce),
+            "--data-binary",
+            &body,
+            &url,
+        ])
+    };
+    let answer = signed(&"0".repeat(64));
+    assert!(
+        answer.starts_with("HTTP/2 401") && answer.contains("invalid_signature"),
+        "{}",
+        &answer[..answer.len().min(400)]
+    );
+    let answer = signed(&s.signature);
+    assert!(
+        answer.starts_with("HTTP/2 200"),
+        "{}",
+        &answer[..answer.len().min(400)]
+    );
+    assert!(
+        answer.contains(r#""body_length": 102400"#),
+        "{}",
+        &answer[..answer.len().min(800)]
+    );
+    assert!(answer.contains(r#""x-edge-warden-key-id": "primary""#));
 }
