@@ -14,6 +14,9 @@ pub mod reject;
 pub mod secret;
 pub mod store;
 
+#[cfg(test)]
+mod robustness;
+
 #[cfg(target_arch = "wasm32")]
 mod plugin;
 #[cfg(target_arch = "wasm32")]
