@@ -1,6 +1,15 @@
 //! A read-only view of the request headers as the host hands them over: names lowercase (Envoy
 //! normalises them), values as raw bytes because the client controls them and they need not be UTF-8.
 
+/// Sets one header in a header list (request or response), replacing every copy whatever its
+/// case; `None` only removes. The one way edge-warden edits a header map it writes back whole.
+pub fn replace(pairs: &mut Vec<(String, Vec<u8>)>, name: &str, value: Option<&[u8]>) {
+    pairs.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    if let Some(value) = value {
+        pairs.push((name.to_string(), value.to_vec()));
+    }
+}
+
 /// A header that was sent more than once where exactly one copy is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Duplicated;
@@ -45,10 +54,7 @@ impl RequestHeaders {
     /// Applies edits (`None` removes every copy, `Some` replaces them with one value).
     pub fn apply(pairs: &mut Vec<(String, Vec<u8>)>, edits: &[(String, Option<String>)]) {
         for (name, value) in edits {
-            pairs.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-            if let Some(value) = value {
-                pairs.push((name.clone(), value.as_bytes().to_vec()));
-            }
+            replace(pairs, name, value.as_deref().map(str::as_bytes));
         }
     }
 

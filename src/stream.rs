@@ -13,7 +13,7 @@ use crate::checks::cors;
 use crate::checks::host;
 use crate::checks::signature::{self, SignedRequest, Verifier};
 use crate::checks::{api_key, ip};
-use crate::headers::RequestHeaders;
+use crate::headers::{self, RequestHeaders};
 use crate::plugin::{HostStore, Metrics, Shared};
 use crate::reject::{self, Reject};
 
@@ -87,6 +87,15 @@ impl Stream {
         Action::Continue
     }
 
+    /// The selected policy's name for log lines, `-` before one is selected.
+    fn policy_label(&self) -> &str {
+        if self.policy.is_empty() {
+            "-"
+        } else {
+            &self.policy
+        }
+    }
+
     /// Answers a CORS preflight itself: browsers cannot sign a preflight or attach an API key,
     /// so it never goes upstream.
     fn answer_preflight(&mut self, headers: Vec<(&'static str, String)>) -> Action {
@@ -110,11 +119,7 @@ impl Stream {
             "edge-warden rejected request: code={} status={} policy={} request_id={}",
             why.code(),
             response.status,
-            if self.policy.is_empty() {
-                "-"
-            } else {
-                &self.policy
-            },
+            self.policy_label(),
             self.request_id.as_deref().unwrap_or("-"),
         );
         if let Some(shared) = &self.shared {
@@ -161,15 +166,7 @@ impl Stream {
         Metrics::add(shared.metrics.allowed, 1);
         self.pass()
     }
-}
 
-fn is_status(headers: &[(String, Vec<u8>)], status: &[u8]) -> bool {
-    headers
-        .iter()
-        .any(|(n, v)| n == ":status" && v.as_slice() == status)
-}
-
-impl Stream {
     /// A 429 that Envoy's rate limiters produced (not the upstream's) gets edge-warden's
     /// problem+json body, so clients see one error shape everywhere.
     fn reshape_rate_limited(&mut self, headers: &mut Vec<(String, Vec<u8>)>) {
@@ -181,22 +178,23 @@ impl Stream {
             return;
         }
         let response = reject::respond(&Reject::RateLimited, self.request_id.as_deref());
-        headers.retain(|(n, _)| n != "content-type" && n != "content-length");
-        for (name, value) in response.headers {
-            headers.retain(|(n, _)| n != name);
-            headers.push((name.to_string(), value.into_bytes()));
+        headers::replace(headers, "content-length", None);
+        for (name, value) in &response.headers {
+            headers::replace(headers, name, Some(value.as_bytes()));
         }
         log::info!(
             "edge-warden: rate limited: policy={} request_id={}",
-            if self.policy.is_empty() {
-                "-"
-            } else {
-                &self.policy
-            },
+            self.policy_label(),
             self.request_id.as_deref().unwrap_or("-"),
         );
         self.replacement_body = Some(response.body);
     }
+}
+
+fn is_status(headers: &[(String, Vec<u8>)], status: &[u8]) -> bool {
+    headers
+        .iter()
+        .any(|(n, v)| n == ":status" && v.as_slice() == status)
 }
 
 fn now_unix() -> u64 {

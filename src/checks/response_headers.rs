@@ -6,6 +6,8 @@
 
 use serde::Deserialize;
 
+use crate::headers::replace;
+
 /// What to do with one response header.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -136,8 +138,7 @@ impl Plan {
             .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
             .unwrap_or(0);
         let set = |headers: &mut Vec<(String, Vec<u8>)>, name: &str, value: &str| {
-            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-            headers.push((name.to_string(), value.as_bytes().to_vec()));
+            replace(headers, name, Some(value.as_bytes()));
         };
         for (name, action) in &self.rules {
             match action {
@@ -147,7 +148,7 @@ impl Plan {
                         headers.push((name.clone(), v.as_bytes().to_vec()));
                     }
                 }
-                HeaderAction::Remove => headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
+                HeaderAction::Remove => replace(&mut headers, name, None),
             }
         }
         // A rate limiter's 429 (Envoy's local_ratelimit) says when its bucket refills in

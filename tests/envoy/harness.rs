@@ -17,6 +17,19 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A development CA and server certificate in `dir` (scripts/certs.sh, as `make certs` runs it).
+pub fn certs(dir: &std::path::Path) {
+    let out = Command::new(repo().join("scripts/certs.sh"))
+        .arg(dir)
+        .output()
+        .expect("certs.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn envoy_binary() -> PathBuf {
     repo().join(".venv/bin/envoy")
 }

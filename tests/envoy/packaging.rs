@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{plugin_config_of, repo, SECRET};
+use crate::harness::{certs, plugin_config_of, repo, SECRET};
 
 /// YAML (all documents) as JSON, through PyYAML in the project venv.
 fn yaml_docs(path: &Path) -> Vec<serde_json::Value> {
@@ -28,11 +28,7 @@ fn yaml_docs(path: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn every_envoy_config_under_envoy_validates() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = Command::new(repo().join("scripts/certs.sh"))
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(certs.status.success());
+    certs(dir.path());
     let mut validated = Vec::new();
     for entry in std::fs::read_dir(repo().join("envoy")).unwrap() {
         let path = entry.unwrap().path();

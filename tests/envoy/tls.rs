@@ -4,19 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::harness::{plugin_config_of, repo, Envoy, Options, Signed, SECRET};
-
-fn certs(dir: &Path) {
-    let out = Command::new(repo().join("scripts/certs.sh"))
-        .arg(dir)
-        .output()
-        .expect("certs.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use crate::harness::{certs, plugin_config_of, Envoy, Options, Signed, SECRET};
 
 fn tls_envoy(dir: &Path) -> Envoy {
     certs(dir);
