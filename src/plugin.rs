@@ -2,12 +2,15 @@
 //! cache, and hands each HTTP stream what it needs. With `stream.rs`, the only code that calls
 //! the host.
 
+use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType, Status};
 
+use crate::checks::signature::Keyring;
 use crate::config::Config;
 use crate::store::{Lockout, NonceCache, SetError, SharedStore};
 use crate::stream::Stream;
@@ -18,28 +21,51 @@ pub fn start() {
     proxy_wasm::set_root_context(|_| Box::<Root>::default());
 }
 
+/// How often each VM hands its metric deltas to Envoy.
+const METRICS_FLUSH: Duration = Duration::from_secs(1);
+
 /// Counters and gauges, summed by Envoy across VMs; `/stats/prometheus` shows them by name.
-#[derive(Debug, Default, Clone, Copy)]
+/// Requests add to plain in-VM numbers, and the root context hands the deltas to Envoy once
+/// per [`METRICS_FLUSH`]: a host call per metric per request would cost more than the rest of
+/// the bookkeeping.
+#[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    pub allowed: Option<u32>,
-    pub rejected: Option<u32>,
-    pub replay_entries: Option<u32>,
+    ids: [Option<u32>; 3],
+    pending: [Cell<i64>; 3],
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Metric {
+    Allowed = 0,
+    Rejected = 1,
+    ReplayEntries = 2,
 }
 
 impl Metrics {
     fn define() -> Self {
         let define = |t, name| hostcalls::define_metric(t, name).ok();
         Self {
-            allowed: define(MetricType::Counter, "edge_warden_requests_allowed"),
-            rejected: define(MetricType::Counter, "edge_warden_requests_rejected"),
-            replay_entries: define(MetricType::Gauge, "edge_warden_replay_cache_entries"),
+            ids: [
+                define(MetricType::Counter, "edge_warden_requests_allowed"),
+                define(MetricType::Counter, "edge_warden_requests_rejected"),
+                define(MetricType::Gauge, "edge_warden_replay_cache_entries"),
+            ],
+            pending: Default::default(),
         }
     }
 
+    pub fn add(&self, metric: Metric, delta: i64) {
+        let pending = &self.pending[metric as usize];
+        pending.set(pending.get().saturating_add(delta));
+    }
+
     /// Metrics are observability, never a reason to fail a request: errors are ignored.
-    pub fn add(id: Option<u32>, delta: i64) {
-        if let Some(id) = id {
-            let _ = hostcalls::increment_metric(id, delta);
+    fn flush(&self) {
+        for (id, pending) in self.ids.iter().zip(&self.pending) {
+            let delta = pending.replace(0);
+            if let (Some(id), true) = (id, delta != 0) {
+                let _ = hostcalls::increment_metric(*id, delta);
+            }
         }
     }
 }
@@ -47,6 +73,8 @@ impl Metrics {
 /// What every stream of this VM shares.
 pub(crate) struct Shared {
     pub config: Config,
+    /// The signing secrets as ready HMAC states.
+    pub keyring: Keyring,
     pub cache: NonceCache,
     pub lockout: Option<Lockout>,
     pub metrics: Metrics,
@@ -112,12 +140,20 @@ impl RootContext for Root {
             cache.shards()
         );
         self.shared = Some(Rc::new(Shared {
+            keyring: Keyring::new(&config.keys),
             config,
             cache,
             lockout,
             metrics: Metrics::define(),
         }));
+        self.set_tick_period(METRICS_FLUSH);
         true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.metrics.flush();
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -213,6 +213,10 @@ impl NonceCache {
 /// bytes (IP fingerprint, window start, count). When a shard is full, expired records go first,
 /// then the record whose window started earliest, so memory stays bounded under a flood of
 /// source addresses (at the cost of forgetting the oldest counts first).
+///
+/// One more key holds the moment the latest lockout ends. While it lies in the past nobody is
+/// locked out, so [`Lockout::check`] answers from those 8 bytes without reading the client's
+/// address or its shard: the common case costs one small read per request.
 #[derive(Debug, Clone)]
 pub struct Lockout {
     shards: u32,
@@ -257,18 +261,66 @@ impl Lockout {
         format!("edge-warden/lockout/{index}")
     }
 
+    /// The unix second at which the latest lockout ends (empty: none yet).
+    const ACTIVE_UNTIL_KEY: &'static str = "edge-warden/lockout/active-until";
+
+    /// Creates the shard keys and the summary key (created here, like the shards, so that every
+    /// later write of it is a compare-and-swap).
     pub fn ensure_shards(&self, store: &dyn SharedStore) -> Result<(), SetError> {
-        ensure_keys(store, Self::shard_key, self.shards)
+        ensure_keys(store, Self::shard_key, self.shards)?;
+        ensure_keys(store, |_| Self::ACTIVE_UNTIL_KEY.to_string(), 1)
+    }
+
+    /// Whether some address may be locked out at `now`. A store error answers yes, so the
+    /// per-address check runs.
+    fn any_active(&self, store: &dyn SharedStore, now: u64) -> bool {
+        match store.get(Self::ACTIVE_UNTIL_KEY) {
+            Ok((None, _)) => false,
+            Ok((Some(value), _)) => <[u8; 8]>::try_from(value.as_slice())
+                .map_or(true, |until| u64::from_be_bytes(until) > now),
+            Err(_) => true,
+        }
+    }
+
+    /// Moves the summary's end forward to `until` (never back), with CAS like the shards.
+    fn extend_active(&self, store: &dyn SharedStore, until: u64) {
+        for _ in 0..MAX_ATTEMPTS {
+            let Ok((value, cas)) = store.get(Self::ACTIVE_UNTIL_KEY) else {
+                return;
+            };
+            let current = value
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map_or(0, u64::from_be_bytes);
+            if current >= until {
+                return;
+            }
+            match store.set(Self::ACTIVE_UNTIL_KEY, &until.to_be_bytes(), cas) {
+                Err(SetError::CasMismatch) => continue,
+                _ => return,
+            }
+        }
     }
 
     fn live(&self, r: &FailureRecord, now: u64) -> bool {
         u64::from(r.start) + self.window > now
     }
 
-    /// Refuses an IP that is locked out, with the seconds until its window ends. A store error
-    /// lets the request on to authentication (which still has to succeed): availability over a
-    /// counter we cannot read.
-    pub fn check(&self, store: &dyn SharedStore, ip: &str, now: u64) -> Result<(), Reject> {
+    /// Refuses an IP that is locked out, with the seconds until its window ends. `ip` is asked
+    /// for only when some lockout is in force (reading the client address is a host call). A
+    /// store error lets the request on to authentication (which still has to succeed):
+    /// availability over a counter we cannot read.
+    pub fn check(
+        &self,
+        store: &dyn SharedStore,
+        ip: impl FnOnce() -> Option<String>,
+        now: u64,
+    ) -> Result<(), Reject> {
+        if !self.any_active(store, now) {
+            return Ok(());
+        }
+        let Some(ip) = ip() else {
+            return Ok(());
+        };
         let (shard, fingerprint) = locate(ip.as_bytes(), self.shards);
         let Ok((Some(value), _)) = store.get(&Self::shard_key(shard)) else {
             return Ok(());
@@ -331,7 +383,16 @@ impl Lockout {
                 out.extend_from_slice(&r.count.to_be_bytes());
             }
             match store.set(&key, &out, cas) {
-                Ok(()) => return Some(count),
+                Ok(()) => {
+                    if count >= self.max_failures {
+                        let start = records
+                            .iter()
+                            .find(|r| r.fingerprint == fingerprint)
+                            .map_or(now, |r| u64::from(r.start));
+                        self.extend_active(store, start + self.window);
+                    }
+                    return Some(count);
+                }
                 Err(SetError::CasMismatch) => continue,
                 Err(SetError::Failed) => return None,
             }
@@ -343,7 +404,7 @@ impl Lockout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks::signature::{parse_headers, sign, Verifier};
+    use crate::checks::signature::{parse_headers, sign, Keyring, Verifier};
     use crate::config::SigningKey;
     use crate::headers::RequestHeaders;
     use crate::secret::Secret;
@@ -364,7 +425,7 @@ mod tests {
             id: "k".into(),
             secret: Secret::new(SECRET.to_vec()),
         };
-        Verifier::new(&[key]).finish(&req).unwrap()
+        Verifier::new(&Keyring::new(&[key])).finish(&req).unwrap()
     }
 
     fn cache(store: &MemoryStore, capacity: u32) -> NonceCache {
@@ -453,18 +514,63 @@ mod tests {
         let l = Lockout::new(64, 3, 300);
         l.ensure_shards(&store).unwrap();
         for expected in 1..=3 {
-            assert!(l.check(&store, "10.0.0.1", 1000).is_ok());
+            assert!(l.check(&store, ip("10.0.0.1"), 1000).is_ok());
             assert_eq!(l.record_failure(&store, "10.0.0.1", 1000), Some(expected));
         }
         assert_eq!(
-            l.check(&store, "10.0.0.1", 1100),
+            l.check(&store, ip("10.0.0.1"), 1100),
             Err(Reject::TooManyAuthFailures { retry_after: 200 })
         );
         // Another IP is unaffected.
-        assert!(l.check(&store, "10.0.0.2", 1100).is_ok());
+        assert!(l.check(&store, ip("10.0.0.2"), 1100).is_ok());
         // The window ends: the IP may try again, and counting restarts.
-        assert!(l.check(&store, "10.0.0.1", 1300).is_ok());
+        assert!(l.check(&store, ip("10.0.0.1"), 1300).is_ok());
         assert_eq!(l.record_failure(&store, "10.0.0.1", 1300), Some(1));
+    }
+
+    /// The client address as the stream would supply it.
+    fn ip(addr: &'static str) -> impl FnOnce() -> Option<String> {
+        move || Some(addr.to_string())
+    }
+
+    #[test]
+    fn the_address_is_read_only_while_some_lockout_is_in_force() {
+        let store = MemoryStore::default();
+        let l = Lockout::new(64, 2, 300);
+        l.ensure_shards(&store).unwrap();
+        let asked = std::cell::Cell::new(0);
+        let counted = |addr: &'static str| {
+            let asked = &asked;
+            move || {
+                asked.set(asked.get() + 1);
+                Some(addr.to_string())
+            }
+        };
+        // Failures below the limit lock nobody out: no address needed.
+        l.record_failure(&store, "10.0.0.1", 1000);
+        assert!(l.check(&store, counted("10.0.0.1"), 1000).is_ok());
+        assert_eq!(asked.get(), 0);
+        // A lockout starts: every check now looks the address up, and only it is refused.
+        l.record_failure(&store, "10.0.0.1", 1010);
+        assert_eq!(
+            l.check(&store, counted("10.0.0.1"), 1100),
+            Err(Reject::TooManyAuthFailures { retry_after: 200 })
+        );
+        assert!(l.check(&store, counted("10.0.0.2"), 1100).is_ok());
+        assert_eq!(asked.get(), 2);
+        // A later lockout of another address moves the end forward, never back.
+        l.record_failure(&store, "10.0.0.3", 1200);
+        l.record_failure(&store, "10.0.0.3", 1200);
+        assert!(l.check(&store, counted("10.0.0.1"), 1300).is_ok());
+        assert_eq!(
+            l.check(&store, counted("10.0.0.3"), 1300),
+            Err(Reject::TooManyAuthFailures { retry_after: 200 })
+        );
+        assert_eq!(asked.get(), 4);
+        // Once the last lockout ends, checks are back to the summary alone, also after a reload.
+        l.ensure_shards(&store).unwrap();
+        assert!(l.check(&store, counted("10.0.0.3"), 1500).is_ok());
+        assert_eq!(asked.get(), 4);
     }
 
     #[test]
@@ -480,7 +586,8 @@ mod tests {
             );
         }
         let map = store.map.borrow();
-        assert_eq!(map.len(), 2);
+        // Two shards plus the summary of when the latest lockout ends.
+        assert_eq!(map.len(), 3);
         assert!(map
             .values()
             .all(|(v, _)| v.len() <= FAILURE_RECORD * FAILURES_PER_SHARD));

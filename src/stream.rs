@@ -2,6 +2,7 @@
 //! `Result`-returning `hostcalls` functions and read client data as bytes, so nothing a client
 //! sends can make this code panic (a panic would disable the filter on that worker).
 
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
@@ -14,7 +15,7 @@ use crate::checks::host;
 use crate::checks::signature::{self, SignedRequest, Verifier};
 use crate::checks::{api_key, ip};
 use crate::headers::{self, RequestHeaders};
-use crate::plugin::{HostStore, Metrics, Shared};
+use crate::plugin::{HostStore, Metric, Shared};
 use crate::reject::{self, Reject};
 
 pub(crate) struct Stream {
@@ -26,8 +27,11 @@ pub(crate) struct Stream {
     cors_headers: Vec<(&'static str, String)>,
     /// Whether the response varies by `Origin` (the policy has CORS settings).
     vary_origin: bool,
-    /// The client address Envoy determined, canonical (for IP rules and the lockout).
-    client_ip: Option<String>,
+    /// The client address Envoy determined, canonical (for IP rules, the lockout and the client
+    /// header); read on first use, as it costs a host call most requests do not need.
+    client_ip: Option<Option<IpAddr>>,
+    /// The unix second read when the headers arrived (0 before): one clock read per request.
+    now: u64,
     /// A body that replaces the response body (a rate limiter's 429 in problem+json).
     replacement_body: Option<Vec<u8>>,
     /// The request headers as read, and the edits (identity headers set, client copies and the
@@ -61,6 +65,7 @@ impl Stream {
             cors_headers: Vec::new(),
             vary_origin: false,
             client_ip: None,
+            now: 0,
             replacement_body: None,
             request_headers: Vec::new(),
             edits: Vec::new(),
@@ -85,6 +90,23 @@ impl Stream {
         }
         self.state = State::Pass;
         Action::Continue
+    }
+
+    fn client_ip(&mut self) -> Option<IpAddr> {
+        *self.client_ip.get_or_insert_with(|| {
+            hostcalls::get_property(vec!["source", "address"])
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|a| ip::parse_source(&a))
+        })
+    }
+
+    fn now(&mut self) -> u64 {
+        if self.now == 0 {
+            self.now = now_unix();
+        }
+        self.now
     }
 
     /// The selected policy's name for log lines, `-` before one is selected.
@@ -122,13 +144,14 @@ impl Stream {
             self.policy_label(),
             self.request_id.as_deref().unwrap_or("-"),
         );
-        if let Some(shared) = &self.shared {
-            Metrics::add(shared.metrics.rejected, 1);
+        if let Some(shared) = self.shared.clone() {
+            shared.metrics.add(Metric::Rejected, 1);
             // A wrong credential counts toward the lockout of the address that sent it.
-            if let (true, Some(lockout), Some(ip)) =
-                (why.is_auth_failure(), &shared.lockout, &self.client_ip)
-            {
-                lockout.record_failure(&HostStore, ip, now_unix());
+            if let (true, Some(lockout)) = (why.is_auth_failure(), &shared.lockout) {
+                if let Some(ip) = self.client_ip() {
+                    let now = self.now();
+                    lockout.record_failure(&HostStore, &ip.to_string(), now);
+                }
             }
         }
         self.state = State::Answered;
@@ -146,12 +169,15 @@ impl Stream {
         };
         let config = &shared.config;
         let expires_at = request.timestamp.saturating_add(config.window_seconds);
+        // The clock as read with the headers: purging by it only keeps expired records a little
+        // longer, and saves a host call.
+        let now = self.now();
         match shared
             .cache
-            .record(&HostStore, &proof, &request.nonce, expires_at, now_unix())
+            .record(&HostStore, &proof, &request.nonce, expires_at, now)
         {
-            Ok(recorded) => Metrics::add(
-                shared.metrics.replay_entries,
+            Ok(recorded) => shared.metrics.add(
+                Metric::ReplayEntries,
                 1 - i64::try_from(recorded.purged).unwrap_or(0),
             ),
             Err(why) => return self.reject(why),
@@ -163,7 +189,7 @@ impl Stream {
             .unwrap_or_default();
         self.edits
             .push((config.key_id_header.clone(), Some(key_id)));
-        Metrics::add(shared.metrics.allowed, 1);
+        shared.metrics.add(Metric::Allowed, 1);
         self.pass()
     }
 
@@ -230,13 +256,6 @@ impl HttpContext for Stream {
                 self.edits.push((name.clone(), None));
             }
         }
-        let client_ip = hostcalls::get_property(vec!["source", "address"])
-            .ok()
-            .flatten()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|a| ip::parse_source(&a));
-        self.client_ip = client_ip.map(|ip| ip.to_string());
-
         let method = headers.first_str(":method").unwrap_or("");
         let path = headers.first_str(":path").unwrap_or("");
         let origin = headers.first("origin");
@@ -270,8 +289,10 @@ impl HttpContext for Stream {
             }
         }
 
-        if let Err(why) = policy.ip.check(client_ip) {
-            return self.reject(why);
+        if !policy.ip.is_empty() {
+            if let Err(why) = policy.ip.check(self.client_ip()) {
+                return self.reject(why);
+            }
         }
 
         if let Some(cors) = &policy.cors {
@@ -295,19 +316,16 @@ impl HttpContext for Stream {
             return self.reject(Reject::OriginNotAllowed);
         }
 
-        let now = now_unix();
-        if let (true, Some(lockout), Some(ip)) = (
-            policy.requires_credential(),
-            &shared.lockout,
-            &self.client_ip,
-        ) {
+        let now = self.now();
+        if let (true, Some(lockout)) = (policy.requires_credential(), &shared.lockout) {
             // Locked out even with a valid credential, so guessing cannot go on.
-            if let Err(why) = lockout.check(&HostStore, ip, now) {
+            let client_ip = || self.client_ip().map(|ip| ip.to_string());
+            if let Err(why) = lockout.check(&HostStore, client_ip, now) {
                 return self.reject(why);
             }
         }
 
-        let mut client = self.client_ip.as_ref().map(|ip| format!("ip:{ip}"));
+        let mut client = None;
         if let Some(requirement) = &policy.api_key {
             let presented = match config.key_source.find(&headers) {
                 Ok(p) => p,
@@ -338,6 +356,9 @@ impl HttpContext for Stream {
                 }
             }
         }
+        if client.is_none() {
+            client = self.client_ip().map(|ip| format!("ip:{ip}"));
+        }
         if let Some(client) = client {
             self.edits
                 .push((config.client_header.clone(), Some(client)));
@@ -365,7 +386,7 @@ impl HttpContext for Stream {
         }
 
         self.request_headers = headers.into_pairs();
-        let verifier = Verifier::new(&config.keys);
+        let verifier = Verifier::new(&shared.keyring);
         if end_of_stream {
             return self.finish(&shared, request, verifier);
         }

@@ -133,6 +133,32 @@ pub fn check_window(timestamp: u64, now: u64, window: u64) -> Result<(), Reject>
     Ok(())
 }
 
+/// The signing secrets as keyed HMAC states, made once per configuration. Each request clones
+/// them instead of hashing the key pads again (two SHA-256 blocks per secret per request).
+#[derive(Clone)]
+pub struct Keyring {
+    macs: Vec<HmacSha256>,
+}
+
+impl Keyring {
+    pub fn new(keys: &[SigningKey]) -> Self {
+        let macs = keys
+            .iter()
+            // HMAC accepts keys of any length, so this never fails; keys that somehow did would
+            // simply never match (fail closed).
+            .filter_map(|k| HmacSha256::new_from_slice(k.secret.expose()).ok())
+            .collect();
+        Self { macs }
+    }
+}
+
+impl std::fmt::Debug for Keyring {
+    /// Keyed states are as secret as the keys: only their number is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keyring({} secrets)", self.macs.len())
+    }
+}
+
 /// Incremental verification against every active key (several during a rotation).
 #[derive(Clone)]
 pub struct Verifier {
@@ -141,14 +167,11 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(keys: &[SigningKey]) -> Self {
-        let macs = keys
-            .iter()
-            // HMAC accepts keys of any length, so this never fails; keys that somehow did would
-            // simply never match (fail closed).
-            .filter_map(|k| HmacSha256::new_from_slice(k.secret.expose()).ok())
-            .collect();
-        Self { macs, body_len: 0 }
+    pub fn new(keyring: &Keyring) -> Self {
+        Self {
+            macs: keyring.macs.clone(),
+            body_len: 0,
+        }
     }
 
     /// Feeds the next body bytes.
@@ -222,7 +245,7 @@ mod tests {
 
     fn verify(keys: &[SigningKey], body: &[u8], h: &RequestHeaders) -> Result<usize, Reject> {
         let req = parse_headers(h)?;
-        let mut v = Verifier::new(keys);
+        let mut v = Verifier::new(&Keyring::new(keys));
         v.update(body);
         v.finish(&req).map(|p| p.key_index)
     }
@@ -245,7 +268,7 @@ mod tests {
         let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let sig = sign(SECRET, &body, "1700000000", NONCE);
         let req = parse_headers(&headers(&sig, "1700000000", NONCE)).unwrap();
-        let mut v = Verifier::new(&[key("k", SECRET)]);
+        let mut v = Verifier::new(&Keyring::new(&[key("k", SECRET)]));
         for chunk in body.chunks(7) {
             v.update(chunk);
         }

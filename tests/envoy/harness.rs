@@ -372,6 +372,13 @@ impl Envoy {
         (r.status, String::from_utf8_lossy(&r.body).into_owned())
     }
 
+    /// A counter or gauge of edge-warden's once the filter has handed Envoy what it counted so
+    /// far: each VM flushes its metric deltas once a second, so this waits out one period.
+    pub fn settled_stat(&self, name: &str) -> Option<i64> {
+        std::thread::sleep(Duration::from_millis(1500));
+        self.stat(name)
+    }
+
     /// A counter or gauge from `/stats` (custom wasm metrics are `wasmcustom.NAME`).
     pub fn stat(&self, name: &str) -> Option<i64> {
         let (_, text) = self.admin(&format!("/stats?filter={name}$"));

@@ -388,10 +388,14 @@ fn a_flood_of_unique_nonces_stays_within_the_cache_bound() {
     assert!((200..=256).contains(&ok), "accepted {ok}");
     assert_eq!(ok + full, 600);
     let entries = envoy
-        .stat("edge_warden_replay_cache_entries")
+        .settled_stat("edge_warden_replay_cache_entries")
         .expect("gauge");
     assert_eq!(entries, ok as i64);
     assert_eq!(envoy.stat("edge_warden_requests_allowed"), Some(ok as i64));
+    assert_eq!(
+        envoy.stat("edge_warden_requests_rejected"),
+        Some(full as i64)
+    );
 }
 
 #[test]
