@@ -84,6 +84,7 @@ bench-deps: envoy
 
 bench: wasm-target envoy bench-deps wasm cli
 	cargo build --release --example hmac_speed
+	RUSTFLAGS='--cfg sha2_backend="soft"' cargo build --release --example hmac_speed --target-dir target/portable
 	cargo build --release --target wasm32-wasip1 --example hmac_speed
 	cargo build --release --target wasm32-wasip1 --manifest-path bench/noop-filter/Cargo.toml
 	$(VENV)/bin/python bench/run.py

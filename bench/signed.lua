@@ -2,11 +2,18 @@
 -- BENCH_SIGNED: a file whose first line is the timestamp and every further line "nonce signature".
 -- BENCH_BODY: the body file. BENCH_PATH: the path. BENCH_HEADERS: extra "name: value" lines.
 -- BENCH_TAMPER=1 flips the signature (a flood of invalid signatures).
+-- BENCH_DELAY_MS > 0: each connection waits that long after a response before its next request,
+-- for latency at a fixed, unsaturated rate (connections / (delay + latency)).
 local entries, body, ts = {}, "", nil
 local headers = {}
 local path = os.getenv("BENCH_PATH") or "/api/orders"
 local tamper = os.getenv("BENCH_TAMPER") == "1"
 local i = 0
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+
+if pause > 0 then
+  delay = function() return pause end
+end
 
 init = function(args)
   local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))

@@ -1,7 +1,10 @@
 //! The do-nothing filter: every callback continues at once. For profiling, its plugin
 //! configuration may name host calls to make per request (the calls edge-warden makes), so
 //! `bench/profile.py` can price each one: ["request_headers", "source_address",
-//! "set_request_headers", "response_headers", "set_response_headers", "shared_data", "time"].
+//! "set_request_headers", "response_headers", "set_response_headers", "shared_data", "time",
+//! "shared_data_cas", "read_body"]. `shared_data_cas` is a read and a compare-and-swap write, as
+//! for a nonce. `pause_for_body` holds the request headers until the body has arrived (what a
+//! body signature needs), without reading it.
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
@@ -44,7 +47,8 @@ struct Stream {
 }
 impl Context for Stream {}
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        let mut action = Action::Continue;
         for call in &self.calls {
             match call.as_str() {
                 "request_headers" => {
@@ -68,10 +72,29 @@ impl HttpContext for Stream {
                 "time" => {
                     let _ = hostcalls::get_current_time();
                 }
+                "shared_data_cas" => {
+                    if let Ok((_, cas)) = hostcalls::get_shared_data("noop/probe") {
+                        let _ = hostcalls::set_shared_data("noop/probe", Some(b""), cas);
+                    }
+                }
+                "pause_for_body" if !end_of_stream => action = Action::Pause,
                 _ => {}
             }
         }
-        Action::Continue
+        action
+    }
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        let paused = self.calls.iter().any(|c| c == "pause_for_body");
+        for call in &self.calls {
+            if call == "read_body" && end_of_stream {
+                let _ = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size);
+            }
+        }
+        if paused && !end_of_stream {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         for call in &self.calls {
