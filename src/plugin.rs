@@ -85,7 +85,16 @@ struct Root {
     shared: Option<Rc<Shared>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    /// The plugin is going away (a configuration update or shutdown): hand over what was
+    /// counted since the last tick.
+    fn on_done(&mut self) -> bool {
+        if let Some(shared) = &self.shared {
+            shared.metrics.flush();
+        }
+        true
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
