@@ -32,6 +32,8 @@ const METRICS_FLUSH: Duration = Duration::from_secs(1);
 pub(crate) struct Metrics {
     ids: [Option<u32>; 3],
     pending: [Cell<i64>; 3],
+    /// The root context is gone (no more ticks): streams still in flight hand over at once.
+    closed: Cell<bool>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -51,12 +53,22 @@ impl Metrics {
                 define(MetricType::Gauge, "edge_warden_replay_cache_entries"),
             ],
             pending: Default::default(),
+            closed: Cell::new(false),
         }
     }
 
     pub fn add(&self, metric: Metric, delta: i64) {
         let pending = &self.pending[metric as usize];
         pending.set(pending.get().saturating_add(delta));
+        if self.closed.get() {
+            self.flush();
+        }
+    }
+
+    /// The last flush from the root context: later additions are flushed as they come.
+    fn close(&self) {
+        self.closed.set(true);
+        self.flush();
     }
 
     /// Metrics are observability, never a reason to fail a request: errors are ignored.
@@ -90,7 +102,7 @@ impl Context for Root {
     /// counted since the last tick.
     fn on_done(&mut self) -> bool {
         if let Some(shared) = &self.shared {
-            shared.metrics.flush();
+            shared.metrics.close();
         }
         true
     }

@@ -265,10 +265,25 @@ impl Lockout {
     const ACTIVE_UNTIL_KEY: &'static str = "edge-warden/lockout/active-until";
 
     /// Creates the shard keys and the summary key (created here, like the shards, so that every
-    /// later write of it is a compare-and-swap).
+    /// later write of it is a compare-and-swap), then brings the summary up to the records
+    /// already there: after a reload with a longer window or a lower limit, or an upgrade from a
+    /// version without the summary, an address locked under the new settings stays locked.
     pub fn ensure_shards(&self, store: &dyn SharedStore) -> Result<(), SetError> {
         ensure_keys(store, Self::shard_key, self.shards)?;
-        ensure_keys(store, |_| Self::ACTIVE_UNTIL_KEY.to_string(), 1)
+        ensure_keys(store, |_| Self::ACTIVE_UNTIL_KEY.to_string(), 1)?;
+        let mut until = 0;
+        for shard in 0..self.shards {
+            let (value, _) = store.get(&Self::shard_key(shard))?;
+            for r in failure_records(&value.unwrap_or_default()) {
+                if r.count >= self.max_failures {
+                    until = until.max(u64::from(r.start) + self.window);
+                }
+            }
+        }
+        if until > 0 && !self.extend_active(store, until) {
+            return Err(SetError::Failed);
+        }
+        Ok(())
     }
 
     /// Whether some address may be locked out at `now`. A store error answers yes, so the
@@ -283,22 +298,25 @@ impl Lockout {
     }
 
     /// Moves the summary's end forward to `until` (never back), with CAS like the shards.
-    fn extend_active(&self, store: &dyn SharedStore, until: u64) {
+    /// False when the summary could not be brought that far.
+    fn extend_active(&self, store: &dyn SharedStore, until: u64) -> bool {
         for _ in 0..MAX_ATTEMPTS {
             let Ok((value, cas)) = store.get(Self::ACTIVE_UNTIL_KEY) else {
-                return;
+                return false;
             };
             let current = value
                 .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
                 .map_or(0, u64::from_be_bytes);
             if current >= until {
-                return;
+                return true;
             }
             match store.set(Self::ACTIVE_UNTIL_KEY, &until.to_be_bytes(), cas) {
+                Ok(()) => return true,
                 Err(SetError::CasMismatch) => continue,
-                _ => return,
+                Err(SetError::Failed) => return false,
             }
         }
+        false
     }
 
     fn live(&self, r: &FailureRecord, now: u64) -> bool {
@@ -337,6 +355,11 @@ impl Lockout {
     }
 
     /// Counts one failed authentication for `ip`; returns the count in the current window.
+    ///
+    /// A failure that locks the address out moves the summary forward *before* the shard is
+    /// written, so no worker can see the lock in the shard while the summary still says nobody is
+    /// locked (a summary ahead of the shards only costs a lookup). If the summary cannot be moved,
+    /// the failure is not recorded at all, as when the shard itself cannot be written.
     pub fn record_failure(&self, store: &dyn SharedStore, ip: &str, now: u64) -> Option<u32> {
         let (shard, fingerprint) = locate(ip.as_bytes(), self.shards);
         let key = Self::shard_key(shard);
@@ -376,6 +399,15 @@ impl Lockout {
                     1
                 }
             };
+            if count >= self.max_failures {
+                let start = records
+                    .iter()
+                    .find(|r| r.fingerprint == fingerprint)
+                    .map_or(now, |r| u64::from(r.start));
+                if !self.extend_active(store, start + self.window) {
+                    return None;
+                }
+            }
             let mut out = Vec::with_capacity(records.len() * FAILURE_RECORD);
             for r in &records {
                 out.extend_from_slice(&r.fingerprint);
@@ -383,16 +415,7 @@ impl Lockout {
                 out.extend_from_slice(&r.count.to_be_bytes());
             }
             match store.set(&key, &out, cas) {
-                Ok(()) => {
-                    if count >= self.max_failures {
-                        let start = records
-                            .iter()
-                            .find(|r| r.fingerprint == fingerprint)
-                            .map_or(now, |r| u64::from(r.start));
-                        self.extend_active(store, start + self.window);
-                    }
-                    return Some(count);
-                }
+                Ok(()) => return Some(count),
                 Err(SetError::CasMismatch) => continue,
                 Err(SetError::Failed) => return None,
             }
@@ -567,10 +590,77 @@ mod tests {
             Err(Reject::TooManyAuthFailures { retry_after: 200 })
         );
         assert_eq!(asked.get(), 4);
+        // A lockout that ends sooner does not move the end back.
+        l.record_failure(&store, "10.0.0.4", 1000);
+        l.record_failure(&store, "10.0.0.4", 1000);
+        assert_eq!(
+            l.check(&store, counted("10.0.0.3"), 1400),
+            Err(Reject::TooManyAuthFailures { retry_after: 100 })
+        );
+        assert_eq!(asked.get(), 5);
         // Once the last lockout ends, checks are back to the summary alone, also after a reload.
         l.ensure_shards(&store).unwrap();
         assert!(l.check(&store, counted("10.0.0.3"), 1500).is_ok());
-        assert_eq!(asked.get(), 4);
+        assert_eq!(asked.get(), 5);
+    }
+
+    #[test]
+    fn a_reload_with_stricter_settings_keeps_addresses_locked_that_they_lock() {
+        let store = MemoryStore::default();
+        let short = Lockout::new(64, 3, 300);
+        short.ensure_shards(&store).unwrap();
+        for _ in 0..3 {
+            short.record_failure(&store, "10.0.0.1", 1000);
+        }
+        // Under the old window the lockout ended at 1300.
+        assert!(short.check(&store, ip("10.0.0.1"), 1400).is_ok());
+        // A longer window: the same failures lock until 4600.
+        let long = Lockout::new(64, 3, 3600);
+        long.ensure_shards(&store).unwrap();
+        assert_eq!(
+            long.check(&store, ip("10.0.0.1"), 1400),
+            Err(Reject::TooManyAuthFailures { retry_after: 3200 })
+        );
+
+        // A lower limit: 4 failures were fine under 10, they lock under 3.
+        let store = MemoryStore::default();
+        let lenient = Lockout::new(64, 10, 300);
+        lenient.ensure_shards(&store).unwrap();
+        for _ in 0..4 {
+            lenient.record_failure(&store, "10.0.0.2", 1000);
+        }
+        assert!(lenient.check(&store, ip("10.0.0.2"), 1100).is_ok());
+        let strict = Lockout::new(64, 3, 300);
+        strict.ensure_shards(&store).unwrap();
+        assert!(strict.check(&store, ip("10.0.0.2"), 1100).is_err());
+    }
+
+    /// A store whose summary key cannot be written.
+    struct SummaryFails(MemoryStore);
+
+    impl SharedStore for SummaryFails {
+        fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), SetError> {
+            self.0.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+            if key == Lockout::ACTIVE_UNTIL_KEY {
+                return Err(SetError::Failed);
+            }
+            self.0.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_failure_that_would_lock_is_not_recorded_when_the_summary_cannot_be_written() {
+        let store = SummaryFails(MemoryStore::default());
+        let l = Lockout::new(64, 2, 300);
+        l.ensure_shards(&store.0).unwrap();
+        assert_eq!(l.record_failure(&store, "10.0.0.1", 1000), Some(1));
+        // The locking failure is dropped as a whole: the shard still holds one failure, so the
+        // summary and the shards never disagree.
+        assert_eq!(l.record_failure(&store, "10.0.0.1", 1000), None);
+        assert_eq!(l.record_failure(&store.0, "10.0.0.1", 1000), Some(2));
+        assert!(l.check(&store.0, ip("10.0.0.1"), 1000).is_err());
     }
 
     #[test]

@@ -88,6 +88,9 @@ impl Stream {
             }
             self.edits.clear();
         }
+        if let Some(shared) = &self.shared {
+            shared.metrics.add(Metric::Allowed, 1);
+        }
         self.state = State::Pass;
         Action::Continue
     }
@@ -149,8 +152,9 @@ impl Stream {
             // A wrong credential counts toward the lockout of the address that sent it.
             if let (true, Some(lockout)) = (why.is_auth_failure(), &shared.lockout) {
                 if let Some(ip) = self.client_ip() {
-                    let now = self.now();
-                    lockout.record_failure(&HostStore, &ip.to_string(), now);
+                    // A fresh clock: a failure found after a slow upload belongs to now, not to
+                    // when its headers arrived.
+                    lockout.record_failure(&HostStore, &ip.to_string(), now_unix());
                 }
             }
         }
@@ -189,7 +193,6 @@ impl Stream {
             .unwrap_or_default();
         self.edits
             .push((config.key_id_header.clone(), Some(key_id)));
-        shared.metrics.add(Metric::Allowed, 1);
         self.pass()
     }
 

@@ -69,7 +69,16 @@ fn preflight_is_answered_by_edge_warden_and_never_reaches_the_upstream() {
         r.header("vary"),
         Some("Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
     );
-    assert_eq!(envoy.settled_stat("edge_warden_requests_rejected"), Some(0));
+    // The preflight counts as neither allowed nor rejected; one real request after it does.
+    let r = envoy.request(
+        "GET",
+        "/browser/items",
+        &[("origin", "https://tenant.workers.dev")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(envoy.settled_stat("edge_warden_requests_allowed"), Some(1));
+    assert_eq!(envoy.stat("edge_warden_requests_rejected"), Some(0));
 
     // A signed route's preflight needs no signature either: browsers cannot sign preflights.
     let r = envoy.request(

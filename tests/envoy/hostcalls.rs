@@ -72,6 +72,11 @@ fn a_signed_api_key_request_makes_nine_host_calls_and_never_reads_the_address() 
         }),
         "{counts}"
     );
+    // And the calls did their job: identity headers set, the raw key gone.
+    let upstream = &counts["upstream_headers"];
+    assert_eq!(upstream["x-edge-warden-client"], "key:client-1", "{upstream}");
+    assert_eq!(upstream["x-edge-warden-key-id"], "test", "{upstream}");
+    assert!(upstream.get("x-api-key").is_none(), "{upstream}");
 }
 
 #[test]
@@ -81,6 +86,11 @@ fn a_keyless_signed_request_reads_the_address_once_for_its_client_header() {
     assert_eq!(
         counts["host_call_counts"]["proxy_get_property"],
         json!(1),
+        "{counts}"
+    );
+    assert_eq!(
+        counts["upstream_headers"]["x-edge-warden-client"],
+        "ip:127.0.0.1",
         "{counts}"
     );
 }

@@ -13,6 +13,8 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| Box::new(Root { calls: Vec::new() }));
 }}
 
+const SHARD: [u8; 64] = [0x5a; 64];
+
 struct Root {
     calls: Vec<String>,
 }
@@ -29,7 +31,10 @@ impl RootContext for Root {
                 .map(str::to_string)
                 .collect();
         }
-        let _ = hostcalls::set_shared_data("noop/probe", Some(b""), None);
+        // Values the size edge-warden's are in a bench run: the lockout summary (8 bytes) and a
+        // replay-cache shard holding 4 records of 16 bytes (a fresh Envoy per scenario).
+        let _ = hostcalls::set_shared_data("noop/summary", Some(&[0u8; 8]), None);
+        let _ = hostcalls::set_shared_data("noop/shard", Some(&SHARD), None);
         true
     }
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
@@ -67,14 +72,14 @@ impl HttpContext for Stream {
                     }
                 }
                 "shared_data" => {
-                    let _ = hostcalls::get_shared_data("noop/probe");
+                    let _ = hostcalls::get_shared_data("noop/summary");
                 }
                 "time" => {
                     let _ = hostcalls::get_current_time();
                 }
                 "shared_data_cas" => {
-                    if let Ok((_, cas)) = hostcalls::get_shared_data("noop/probe") {
-                        let _ = hostcalls::set_shared_data("noop/probe", Some(b""), cas);
+                    if let Ok((_, cas)) = hostcalls::get_shared_data("noop/shard") {
+                        let _ = hostcalls::set_shared_data("noop/shard", Some(&SHARD), cas);
                     }
                 }
                 "pause_for_body" if !end_of_stream => action = Action::Pause,
