@@ -74,7 +74,10 @@ fn a_signed_api_key_request_makes_nine_host_calls_and_never_reads_the_address() 
     );
     // And the calls did their job: identity headers set, the raw key gone.
     let upstream = &counts["upstream_headers"];
-    assert_eq!(upstream["x-edge-warden-client"], "key:client-1", "{upstream}");
+    assert_eq!(
+        upstream["x-edge-warden-client"], "key:client-1",
+        "{upstream}"
+    );
     assert_eq!(upstream["x-edge-warden-key-id"], "test", "{upstream}");
     assert!(upstream.get("x-api-key").is_none(), "{upstream}");
 }
@@ -89,8 +92,7 @@ fn a_keyless_signed_request_reads_the_address_once_for_its_client_header() {
         "{counts}"
     );
     assert_eq!(
-        counts["upstream_headers"]["x-edge-warden-client"],
-        "ip:127.0.0.1",
+        counts["upstream_headers"]["x-edge-warden-client"], "ip:127.0.0.1",
         "{counts}"
     );
 }
