@@ -30,7 +30,7 @@ pub(crate) struct Stream {
     /// The client address Envoy determined, canonical (for IP rules, the lockout and the client
     /// header); read on first use, as it costs a host call most requests do not need.
     client_ip: Option<Option<IpAddr>>,
-    /// The unix second read when the headers arrived (0 before): one clock read per request.
+    /// The unix second read when the headers arrived: one clock read per request.
     now: u64,
     /// A body that replaces the response body (a rate limiter's 429 in problem+json).
     replacement_body: Option<Vec<u8>>,
@@ -105,13 +105,6 @@ impl Stream {
         })
     }
 
-    fn now(&mut self) -> u64 {
-        if self.now == 0 {
-            self.now = now_unix();
-        }
-        self.now
-    }
-
     /// The selected policy's name for log lines, `-` before one is selected.
     fn policy_label(&self) -> &str {
         if self.policy.is_empty() {
@@ -175,7 +168,7 @@ impl Stream {
         let expires_at = request.timestamp.saturating_add(config.window_seconds);
         // The clock as read with the headers: purging by it only keeps expired records a little
         // longer, and saves a host call.
-        let now = self.now();
+        let now = self.now;
         match shared
             .cache
             .record(&HostStore, &proof, &request.nonce, expires_at, now)
@@ -292,10 +285,8 @@ impl HttpContext for Stream {
             }
         }
 
-        if !policy.ip.is_empty() {
-            if let Err(why) = policy.ip.check(self.client_ip()) {
-                return self.reject(why);
-            }
+        if let Err(why) = policy.ip.check(|| self.client_ip()) {
+            return self.reject(why);
         }
 
         if let Some(cors) = &policy.cors {
@@ -319,7 +310,8 @@ impl HttpContext for Stream {
             return self.reject(Reject::OriginNotAllowed);
         }
 
-        let now = self.now();
+        self.now = now_unix();
+        let now = self.now;
         if let (true, Some(lockout)) = (policy.requires_credential(), &shared.lockout) {
             // Locked out even with a valid credential, so guessing cannot go on.
             let client_ip = || self.client_ip().map(|ip| ip.to_string());

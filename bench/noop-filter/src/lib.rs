@@ -63,13 +63,7 @@ impl HttpContext for Stream {
                     let _ = hostcalls::get_property(vec!["source", "address"]);
                 }
                 "set_request_headers" => {
-                    if let Ok(map) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
-                        let pairs: Vec<(&str, &[u8])> = map
-                            .iter()
-                            .map(|(n, v)| (n.as_str(), v.as_slice()))
-                            .collect();
-                        let _ = hostcalls::set_map_bytes(MapType::HttpRequestHeaders, pairs);
-                    }
+                    rewrite(MapType::HttpRequestHeaders);
                 }
                 "shared_data" => {
                     let _ = hostcalls::get_shared_data("noop/summary");
@@ -89,13 +83,11 @@ impl HttpContext for Stream {
         action
     }
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        let paused = self.calls.iter().any(|c| c == "pause_for_body");
-        for call in &self.calls {
-            if call == "read_body" && end_of_stream {
-                let _ = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size);
-            }
+        let asked = |name: &str| self.calls.iter().any(|c| c == name);
+        if end_of_stream && asked("read_body") {
+            let _ = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size);
         }
-        if paused && !end_of_stream {
+        if asked("pause_for_body") && !end_of_stream {
             Action::Pause
         } else {
             Action::Continue
@@ -108,17 +100,22 @@ impl HttpContext for Stream {
                     let _ = hostcalls::get_map_bytes(MapType::HttpResponseHeaders);
                 }
                 "set_response_headers" => {
-                    if let Ok(map) = hostcalls::get_map_bytes(MapType::HttpResponseHeaders) {
-                        let pairs: Vec<(&str, &[u8])> = map
-                            .iter()
-                            .map(|(n, v)| (n.as_str(), v.as_slice()))
-                            .collect();
-                        let _ = hostcalls::set_map_bytes(MapType::HttpResponseHeaders, pairs);
-                    }
+                    rewrite(MapType::HttpResponseHeaders);
                 }
                 _ => {}
             }
         }
         Action::Continue
+    }
+}
+
+/// Reads a header map and writes it back unchanged: one read and one write, as edge-warden does.
+fn rewrite(map: MapType) {
+    if let Ok(pairs) = hostcalls::get_map_bytes(map) {
+        let pairs: Vec<(&str, &[u8])> = pairs
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        let _ = hostcalls::set_map_bytes(map, pairs);
     }
 }
