@@ -251,6 +251,10 @@ pub struct RawLockout {
     /// Addresses tracked at most (a multiple of 64; default 65536).
     #[serde(default = "default_lockout_capacity")]
     pub capacity: u32,
+    /// IPv6 clients are counted by network of this prefix length (default 64: one subscriber
+    /// usually holds a whole /64); 128 counts each address. IPv4 is counted per address.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
 }
 
 impl Default for RawLockout {
@@ -260,6 +264,7 @@ impl Default for RawLockout {
             max_failures: default_max_failures(),
             window_seconds: default_window(),
             capacity: default_lockout_capacity(),
+            ipv6_prefix: default_ipv6_prefix(),
         }
     }
 }
@@ -306,6 +311,9 @@ fn default_max_failures() -> u32 {
 }
 fn default_lockout_capacity() -> u32 {
     65_536
+}
+fn default_ipv6_prefix() -> u8 {
+    crate::store::DEFAULT_IPV6_PREFIX
 }
 
 #[derive(Debug, Deserialize)]
@@ -461,6 +469,7 @@ pub struct LockoutSettings {
     pub max_failures: u32,
     pub window_seconds: u64,
     pub capacity: u32,
+    pub ipv6_prefix: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -568,10 +577,20 @@ impl Config {
                     "must be a multiple of 64 between 64 and 1048576",
                 ));
             }
+            if !(16..=128).contains(&l.ipv6_prefix) {
+                return Err(err(
+                    "lockout.ipv6_prefix",
+                    format!(
+                        "must be a prefix length between 16 and 128, got {}",
+                        l.ipv6_prefix
+                    ),
+                ));
+            }
             Some(LockoutSettings {
                 max_failures: l.max_failures,
                 window_seconds: l.window_seconds,
                 capacity: l.capacity,
+                ipv6_prefix: l.ipv6_prefix,
             })
         } else {
             None
@@ -659,6 +678,18 @@ impl Config {
                 api_key,
                 ip,
             });
+        }
+        for (j, later) in policies.iter().enumerate() {
+            if let Some(earlier) = policies[..j]
+                .iter()
+                .find(|e| e.matcher.covers(&later.matcher))
+            {
+                warnings.push(format!(
+                    "policy `{}` (policies[{j}]) never applies: the earlier policy `{}` matches \
+                     every request it would, and the first match wins; move it above `{}`",
+                    later.name, earlier.name, earlier.name
+                ));
+            }
         }
         let uses_route_names = policies.iter().any(|p| p.matcher.route.is_some());
         Ok(Config {
@@ -1039,6 +1070,23 @@ fn validate_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
 }
 
 impl Matcher {
+    /// Whether every request `other` matches is matched by `self` too.
+    fn covers(&self, other: &Matcher) -> bool {
+        let route = self.route.is_none() || self.route == other.route;
+        let methods = self.methods.is_empty()
+            || (!other.methods.is_empty()
+                && other.methods.iter().all(|m| self.methods.contains(m)));
+        let path = match (&self.path, &other.path) {
+            (None, _) => true,
+            (Some(PathMatch::Exact(a)), Some(PathMatch::Exact(b))) => a == b,
+            (Some(PathMatch::Prefix(p)), Some(PathMatch::Exact(b) | PathMatch::Prefix(b))) => {
+                prefix_fits(p, b)
+            }
+            (Some(PathMatch::Exact(_)), Some(PathMatch::Prefix(_))) | (Some(_), None) => false,
+        };
+        route && methods && path
+    }
+
     fn fits(&self, route: Option<&str>, method: &str, path: &str) -> bool {
         if let Some(want) = &self.route {
             if route != Some(want.as_str()) {

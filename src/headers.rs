@@ -10,6 +10,20 @@ pub fn replace(pairs: &mut Vec<(String, Vec<u8>)>, name: &str, value: Option<&[u
     }
 }
 
+/// Whether a header name the client sent means `ours` (lowercase) to some server: the same name
+/// in any case, or spelled with `_` for `-`, as WSGI/CGI-style servers fold both into one.
+pub fn same_name(sent: &str, ours: &str) -> bool {
+    sent.len() == ours.len()
+        && sent.bytes().zip(ours.bytes()).all(|(s, o)| {
+            let s = if s == b'_' {
+                b'-'
+            } else {
+                s.to_ascii_lowercase()
+            };
+            s == o
+        })
+}
+
 /// A header that was sent more than once where exactly one copy is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Duplicated;
@@ -44,6 +58,11 @@ impl RequestHeaders {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_slice())
+    }
+
+    /// Every header name, in order (with repeats).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.pairs.iter().map(|(n, _)| n.as_str())
     }
 
     /// The pairs, for writing the map back after edits.
@@ -105,6 +124,15 @@ mod tests {
                 ("x-id".to_string(), b"real".to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn underscore_and_case_spellings_name_the_same_header() {
+        assert!(same_name("x_edge_warden_role", "x-edge-warden-role"));
+        assert!(same_name("X_Edge-Warden_ROLE", "x-edge-warden-role"));
+        assert!(same_name("x-edge-warden-role", "x-edge-warden-role"));
+        assert!(!same_name("x-edge-warden-roles", "x-edge-warden-role"));
+        assert!(!same_name("x.edge.warden.role", "x-edge-warden-role"));
     }
 
     #[test]

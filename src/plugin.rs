@@ -128,8 +128,10 @@ impl RootContext for Root {
                 return false;
             }
         };
-        for warning in &config.warnings {
-            log::warn!("edge-warden: {warning}");
+        if !config.warnings.is_empty() && first_to_warn(&json) {
+            for warning in &config.warnings {
+                log::warn!("edge-warden: {warning}");
+            }
         }
         let cache = NonceCache::new(config.replay_capacity);
         // Shard keys are created before any request can use them; see store.rs for why.
@@ -137,9 +139,10 @@ impl RootContext for Root {
             log::error!("edge-warden: could not create the replay cache in shared data");
             return false;
         }
-        let lockout = config
-            .lockout
-            .map(|l| Lockout::new(l.capacity, l.max_failures, l.window_seconds));
+        let lockout = config.lockout.map(|l| {
+            Lockout::new(l.capacity, l.max_failures, l.window_seconds)
+                .with_ipv6_prefix(l.ipv6_prefix)
+        });
         if let Some(lockout) = &lockout {
             if lockout.ensure_shards(&HostStore).is_err() {
                 log::error!("edge-warden: could not create the lockout counters in shared data");
@@ -185,6 +188,20 @@ impl RootContext for Root {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// Whether this VM is the first to load this configuration, so that a warning is logged once
+/// per configuration rather than once per VM (worker threads plus the main thread). Shared data
+/// has no atomic create, so two VMs starting at the same instant may both log: harmless.
+fn first_to_warn(json: &[u8]) -> bool {
+    use sha2::Digest;
+    const KEY: &str = "edge-warden/warned-config";
+    let digest = sha2::Sha256::digest(json);
+    match HostStore.get(KEY) {
+        Ok((Some(seen), _)) if seen == digest.as_slice() => false,
+        Ok((_, cas)) => HostStore.set(KEY, &digest, cas).is_ok(),
+        Err(_) => true,
     }
 }
 

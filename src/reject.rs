@@ -313,12 +313,21 @@ pub fn respond(reject: &Reject, request_id: Option<&str>) -> Response {
     }
 }
 
-/// Request ids are echoed back; only echo ones that look like ids, not arbitrary client text.
+/// A request id fit for a log line and a reply: 1 to 128 letters, digits, `-`, `_`, `.` or `:`
+/// (UUIDs, ULIDs, trace ids). Anything else (a forged `key=value` field, a 20 KB blob, control
+/// characters) is not used at all.
+pub fn usable_request_id(value: &[u8]) -> Option<&str> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    // Checked ASCII above, so this cannot fail.
+    ok.then(|| std::str::from_utf8(value).ok()).flatten()
+}
+
 fn is_printable_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    usable_request_id(s.as_bytes()).is_some()
 }
 
 #[cfg(test)]
@@ -400,6 +409,25 @@ mod tests {
             window: 300,
         };
         assert!(r.detail().contains("301 s in the future"));
+    }
+
+    #[test]
+    fn forged_fields_and_huge_ids_are_not_usable_request_ids() {
+        assert_eq!(
+            usable_request_id(b"0f8a7c1e-6b2d-4f3a-9e1c-2b7d9a4c5e6f"),
+            Some("0f8a7c1e-6b2d-4f3a-9e1c-2b7d9a4c5e6f")
+        );
+        for bad in [
+            &b"abc code=ok status=200"[..],
+            b"id\nedge-warden rejected request",
+            b"",
+            &[0xff, 0xfe],
+        ] {
+            assert_eq!(usable_request_id(bad), None, "{bad:?}");
+        }
+        assert_eq!(usable_request_id(&[b'a'; 128]).map(str::len), Some(128));
+        assert_eq!(usable_request_id(&[b'a'; 129]), None);
+        assert_eq!(usable_request_id(&[b'a'; 20_000]), None);
     }
 
     #[test]

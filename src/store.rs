@@ -222,9 +222,13 @@ pub struct Lockout {
     shards: u32,
     pub max_failures: u32,
     pub window: u64,
+    /// IPv6 addresses are counted by this prefix (see `ip::lockout_key`).
+    pub ipv6_prefix: u8,
 }
 
 const FAILURE_RECORD: usize = 20;
+/// One subscriber usually holds a whole /64.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 const FAILURES_PER_SHARD: usize = 64;
 
 struct FailureRecord {
@@ -254,7 +258,14 @@ impl Lockout {
             shards: (capacity / FAILURES_PER_SHARD as u32).max(1),
             max_failures,
             window,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
         }
+    }
+
+    /// Counts IPv6 clients by their `/prefix` network.
+    pub fn with_ipv6_prefix(mut self, prefix: u8) -> Self {
+        self.ipv6_prefix = prefix;
+        self
     }
 
     fn shard_key(index: u32) -> String {

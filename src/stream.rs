@@ -30,8 +30,6 @@ pub(crate) struct Stream {
     /// The client address Envoy determined, canonical (for IP rules, the lockout and the client
     /// header); read on first use, as it costs a host call most requests do not need.
     client_ip: Option<Option<IpAddr>>,
-    /// The unix second read when the headers arrived: one clock read per request.
-    now: u64,
     /// A body that replaces the response body (a rate limiter's 429 in problem+json).
     replacement_body: Option<Vec<u8>>,
     /// The request headers as read, and the edits (identity headers set, client copies and the
@@ -65,7 +63,6 @@ impl Stream {
             cors_headers: Vec::new(),
             vary_origin: false,
             client_ip: None,
-            now: 0,
             replacement_body: None,
             request_headers: Vec::new(),
             edits: Vec::new(),
@@ -147,7 +144,8 @@ impl Stream {
                 if let Some(ip) = self.client_ip() {
                     // A fresh clock: a failure found after a slow upload belongs to now, not to
                     // when its headers arrived.
-                    lockout.record_failure(&HostStore, &ip.to_string(), now_unix());
+                    let key = ip::lockout_key(ip, lockout.ipv6_prefix);
+                    lockout.record_failure(&HostStore, &key, now_unix());
                 }
             }
         }
@@ -159,16 +157,27 @@ impl Stream {
     }
 
     /// Verifies the signature over everything read, records the nonce, and lets the request go.
-    fn finish(&mut self, shared: &Shared, request: SignedRequest, verifier: Verifier) -> Action {
+    /// `now` is the clock when the request ended: for a body that came after the headers, read
+    /// anew, because a body can be held open until the timestamp has left the window and the
+    /// first use of its nonce has been purged from the cache.
+    fn finish(
+        &mut self,
+        shared: &Shared,
+        request: SignedRequest,
+        verifier: Verifier,
+        now: u64,
+    ) -> Action {
         let proof = match verifier.finish(&request) {
             Ok(proof) => proof,
             Err(why) => return self.reject(why),
         };
         let config = &shared.config;
+        // Decided at the end: the nonce's record stays in the cache until exactly the moment
+        // this check starts refusing its timestamp, so a replay is always caught by one of them.
+        if let Err(why) = signature::check_window(request.timestamp, now, config.window_seconds) {
+            return self.reject(why);
+        }
         let expires_at = request.timestamp.saturating_add(config.window_seconds);
-        // The clock as read with the headers: purging by it only keeps expired records a little
-        // longer, and saves a host call.
-        let now = self.now;
         match shared
             .cache
             .record(&HostStore, &proof, &request.nonce, expires_at, now)
@@ -239,18 +248,31 @@ impl HttpContext for Stream {
             Ok(pairs) => RequestHeaders::new(pairs),
             Err(_) => return self.reject(Reject::NoMatchingPolicy),
         };
-        self.request_id = headers.first_str("x-request-id").map(str::to_string);
+        // Envoy's id (it replaces a client's at the edge); anything that is not a plain token of
+        // at most 128 characters is not written into a log line or a reply.
+        self.request_id = headers
+            .first("x-request-id")
+            .and_then(reject::usable_request_id)
+            .map(str::to_string);
 
-        // The identity headers are ours alone: drop any copy the client sent, on every route.
-        for name in [
+        // The identity headers are ours alone: drop any copy the client sent, on every route,
+        // also spelled with underscores (`x_edge_warden_role`), which WSGI/CGI-style servers
+        // read as the same header.
+        let identity = [
             &config.key_id_header,
             &config.api_key_id_header,
             &config.role_header,
             &config.client_header,
-        ] {
-            if headers.first(name).is_some() {
-                self.edits.push((name.clone(), None));
+        ];
+        for name in headers.names() {
+            if identity.iter().any(|ours| headers::same_name(name, ours)) {
+                self.edits.push((name.to_string(), None));
             }
+        }
+        // The raw API key never reaches the upstream (or its logs), whatever the route,
+        // unless `api_keys.strip` is false.
+        if config.strip_api_key && headers.first(&config.key_source.header).is_some() {
+            self.edits.push((config.key_source.header.clone(), None));
         }
         let method = headers.first_str(":method").unwrap_or("");
         let path = headers.first_str(":path").unwrap_or("");
@@ -310,22 +332,30 @@ impl HttpContext for Stream {
             return self.reject(Reject::OriginNotAllowed);
         }
 
-        self.now = now_unix();
-        let now = self.now;
-        if let (true, Some(lockout)) = (policy.requires_credential(), &shared.lockout) {
-            // Locked out even with a valid credential, so guessing cannot go on.
-            let client_ip = || self.client_ip().map(|ip| ip.to_string());
-            if let Err(why) = lockout.check(&HostStore, client_ip, now) {
+        // The clock for the header-time checks; a body that follows is judged by a fresh one.
+        let now = now_unix();
+        let presented = match &policy.api_key {
+            Some(_) => match config.key_source.find(&headers) {
+                Ok(p) => p,
+                Err(why) => return self.reject(why),
+            },
+            None => None,
+        };
+        // Wherever a credential is checked (required, or presented to an optional key), a
+        // locked-out address is refused even with a valid one, so guessing cannot go on.
+        let checks_credential = policy.requires_credential() || presented.is_some();
+        if let (true, Some(lockout)) = (checks_credential, &shared.lockout) {
+            let client_key = || {
+                self.client_ip()
+                    .map(|ip| ip::lockout_key(ip, lockout.ipv6_prefix))
+            };
+            if let Err(why) = lockout.check(&HostStore, client_key, now) {
                 return self.reject(why);
             }
         }
 
         let mut client = None;
         if let Some(requirement) = &policy.api_key {
-            let presented = match config.key_source.find(&headers) {
-                Ok(p) => p,
-                Err(why) => return self.reject(why),
-            };
             match presented {
                 None if requirement.required => return self.reject(Reject::MissingApiKey),
                 None => {}
@@ -344,7 +374,7 @@ impl HttpContext for Stream {
                         config.role_header.clone(),
                         Some(key.role.as_str().to_string()),
                     ));
-                    // By default the raw key never reaches the upstream (or its logs).
+                    // A bearer key goes too (the key header was dropped above already).
                     if config.strip_api_key {
                         self.edits.push((presented.header.clone(), None));
                     }
@@ -383,7 +413,7 @@ impl HttpContext for Stream {
         self.request_headers = headers.into_pairs();
         let verifier = Verifier::new(&shared.keyring);
         if end_of_stream {
-            return self.finish(&shared, request, verifier);
+            return self.finish(&shared, request, verifier, now);
         }
         self.state = State::Verifying {
             request,
@@ -434,7 +464,7 @@ impl HttpContext for Stream {
                 match std::mem::replace(&mut self.state, State::Pass) {
                     State::Verifying {
                         request, verifier, ..
-                    } => self.finish(&shared, request, verifier),
+                    } => self.finish(&shared, request, verifier, now_unix()),
                     _ => Action::Continue,
                 }
             }
@@ -490,7 +520,7 @@ impl HttpContext for Stream {
         match std::mem::replace(&mut self.state, State::Pass) {
             State::Verifying {
                 request, verifier, ..
-            } => self.finish(&shared, request, verifier),
+            } => self.finish(&shared, request, verifier, now_unix()),
             State::Answered => {
                 self.state = State::Answered;
                 Action::Pause

@@ -50,6 +50,18 @@ pub fn parse_net(s: &str) -> Option<IpNet> {
         })
 }
 
+/// The key an address is counted under by the lockout: an IPv4 address itself, an IPv6 address
+/// by its `/v6_prefix` network (`2001:db8:1:2::/64` by default), because one subscriber usually
+/// holds a whole /64 and could otherwise try from 2^64 addresses.
+pub fn lockout_key(ip: IpAddr, v6_prefix: u8) -> String {
+    match canonical(ip) {
+        IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, v6_prefix.min(128))
+            .map(|net| net.trunc().to_string())
+            .unwrap_or_else(|_| v6.to_string()),
+        v4 => v4.to_string(),
+    }
+}
+
 impl IpRules {
     pub fn is_empty(&self) -> bool {
         self.allow.is_empty() && self.deny.is_empty()
@@ -109,6 +121,19 @@ mod tests {
         let r = rules(&["::ffff:192.0.2.0/120"], &[]);
         assert!(r.check(|| parse_source("192.0.2.7:1")).is_ok());
         assert!(r.check(|| parse_source("192.0.3.7:1")).is_err());
+    }
+
+    #[test]
+    fn ipv6_addresses_of_one_prefix_share_a_lockout_key() {
+        let key = |s: &str, prefix| lockout_key(s.parse().unwrap(), prefix);
+        assert_eq!(key("2001:db8:1:2::a", 64), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:ffff::1", 64), key("2001:db8:1:2::b", 64));
+        assert_ne!(key("2001:db8:1:3::a", 64), key("2001:db8:1:2::a", 64));
+        assert_eq!(key("2001:db8:1:3::a", 48), key("2001:db8:1:2::a", 48));
+        assert_eq!(key("2001:db8::1", 128), "2001:db8::1/128");
+        // IPv4 (also IPv4-mapped) is counted per address.
+        assert_eq!(key("10.1.2.3", 64), "10.1.2.3");
+        assert_eq!(key("::ffff:10.1.2.3", 64), "10.1.2.3");
     }
 
     #[test]

@@ -93,6 +93,14 @@ fn parse_timestamp(value: &[u8]) -> Result<u64, Reject> {
     if value.len() > 12 || !value.iter().all(u8::is_ascii_digit) {
         return Err(malformed("must be the unix time in whole seconds"));
     }
+    // Only the canonical form: the timestamp is signed as sent, right after the body, so with
+    // leading zeros allowed a signature over body `B0` and timestamp `T` would also hold for body
+    // `B` and timestamp `0T`.
+    if value.len() > 1 && value[0] == b'0' {
+        return Err(malformed(
+            "must be the unix time in whole seconds, without leading zeros",
+        ));
+    }
     value
         .iter()
         .try_fold(0u64, |acc, d| {
@@ -342,6 +350,8 @@ mod tests {
             (headers(&good_sig, "17e8", NONCE), TIMESTAMP_HEADER),
             (headers(&good_sig, "-1", NONCE), TIMESTAMP_HEADER),
             (headers(&good_sig, "1700000000.5", NONCE), TIMESTAMP_HEADER),
+            (headers(&good_sig, "01700000000", NONCE), TIMESTAMP_HEADER),
+            (headers(&good_sig, "00", NONCE), TIMESTAMP_HEADER),
             (
                 headers(&good_sig, "99999999999999999999", NONCE),
                 TIMESTAMP_HEADER,
@@ -366,6 +376,28 @@ mod tests {
                 other => panic!("expected malformed {header}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_signature_cannot_move_a_body_digit_into_the_timestamp() {
+        // Signed: body `amount=10` ‖ `1700000000`. Replayed as body `amount=1` with timestamp
+        // `01700000000`: the same signed bytes, but not the canonical timestamp.
+        let sig = sign(SECRET, b"amount=10", "1700000000", NONCE);
+        let keys = [key("k", SECRET)];
+        assert_eq!(
+            sign(SECRET, b"amount=1", "01700000000", NONCE),
+            sig,
+            "the forgery this test is about"
+        );
+        let forged = headers(&sig, "01700000000", NONCE);
+        assert!(matches!(
+            verify(&keys, b"amount=1", &forged),
+            Err(Reject::MalformedHeader {
+                header: TIMESTAMP_HEADER,
+                ..
+            })
+        ));
+        assert!(parse_headers(&headers(&sig, "0", NONCE)).is_ok());
     }
 
     #[test]

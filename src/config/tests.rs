@@ -315,3 +315,51 @@ fn policies_with_keys_count_as_credentialed() {
     assert_eq!(c.api_keys[0].expires_at, Some(1_893_456_000));
     assert!(c.lockout.is_some());
 }
+
+#[test]
+fn a_policy_after_one_that_covers_it_is_warned_about() {
+    let c = load(
+        r#"{"policies": [
+            {"name": "api", "match": {"path_prefix": "/api"}, "signature": false},
+            {"name": "api-orders", "match": {"path_prefix": "/api/orders"}, "signature": false},
+            {"name": "posts", "match": {"methods": ["POST"]}, "signature": false},
+            {"name": "post-put", "match": {"methods": ["POST", "PUT"]}, "signature": false},
+            {"name": "all", "signature": false},
+            {"name": "health", "match": {"path": "/health"}, "signature": false}
+        ]}"#,
+    )
+    .unwrap();
+    let never: Vec<&str> = c
+        .warnings
+        .iter()
+        .filter_map(|w| w.strip_prefix("policy `")?.split('`').next())
+        .collect();
+    // `post-put` is not covered (PUT is not in `posts`), but `all` catches it afterwards.
+    assert_eq!(never, ["api-orders", "health"], "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].contains("the earlier policy `api`"),
+        "{:?}",
+        c.warnings
+    );
+    assert!(c.warnings[1].contains("the earlier policy `all`"));
+    // The shipped shape (a narrow policy, then a catch-all) has nothing to warn about.
+    assert!(load(DEFAULT).unwrap().warnings.is_empty());
+}
+
+#[test]
+fn lockout_ipv6_prefix_defaults_to_64_and_is_bounded() {
+    let c = load(DEFAULT).unwrap();
+    assert_eq!(c.lockout.unwrap().ipv6_prefix, 64);
+    let with = |prefix: u32| {
+        load(&DEFAULT.replacen(
+            "\"policies\"",
+            &format!("\"lockout\": {{\"ipv6_prefix\": {prefix}}}, \"policies\""),
+            1,
+        ))
+    };
+    assert_eq!(with(56).unwrap().lockout.unwrap().ipv6_prefix, 56);
+    for bad in [0, 8, 129] {
+        let e = with(bad).expect_err("out of range");
+        assert_eq!(e.field, "lockout.ipv6_prefix", "{e}");
+    }
+}

@@ -59,6 +59,9 @@ pub struct Options {
     pub route_prefix: Option<String>,
     /// Extra Envoy arguments, e.g. log levels.
     pub args: Vec<String>,
+    /// Text of the Envoy config replaced before it is started (`from` must occur exactly once):
+    /// a setting a user would change, such as `xff_num_trusted_hops: 0`.
+    pub edits: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -75,6 +78,7 @@ impl Default for Options {
             dead_upstream: false,
             dual_stack: false,
             args: vec!["-l".into(), "info".into()],
+            edits: Vec::new(),
         }
     }
 }
@@ -150,6 +154,9 @@ pub fn render(opts: &Options, upstream_port: u16) -> String {
             "match: { prefix: \"/\" }",
             &format!("match: {{ prefix: \"{prefix}\" }}"),
         );
+    }
+    for (from, to) in &opts.edits {
+        out = replace_once(&out, from, to);
     }
     if let Some(config) = &opts.plugin_config {
         out = replace_plugin_config(&out, config);
@@ -289,7 +296,8 @@ impl Envoy {
             .args(&opts.args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .stdout(Stdio::null())
+            // The access log (standard output in the shipped configs).
+            .stdout(std::fs::File::create(dir.path().join("access.log")).expect("access log"))
             .stderr(Stdio::null());
         for (k, v) in &opts.env {
             cmd.env(k, v);
@@ -364,6 +372,11 @@ impl Envoy {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// What the access log wrote so far (Envoy flushes it every `--file-flush-interval-msec`).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
     }
 
     /// GET on the admin interface: (status, body).
