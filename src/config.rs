@@ -716,10 +716,16 @@ impl Config {
 
     /// The first policy whose match fits the request. `path` may carry a query string.
     pub fn select(&self, route: Option<&str>, method: &str, path: &str) -> Option<&Policy> {
+        self.select_index(route, method, path)
+            .map(|i| &self.policies[i])
+    }
+
+    /// [`Config::select`], as an index into `policies`.
+    pub fn select_index(&self, route: Option<&str>, method: &str, path: &str) -> Option<usize> {
         let path = path.split(['?', '#']).next().unwrap_or(path);
         self.policies
             .iter()
-            .find(|p| p.matcher.fits(route, method, path))
+            .position(|p| p.matcher.fits(route, method, path))
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod checks;
 pub mod config;
+pub mod engine;
 pub mod headers;
 pub mod reject;
 pub mod secret;

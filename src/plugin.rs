@@ -10,9 +10,9 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType, Status};
 
-use crate::checks::signature::Keyring;
 use crate::config::Config;
-use crate::store::{Lockout, NonceCache, SetError, SharedStore};
+use crate::engine::{Engine, LocalState, Metric};
+use crate::store::{SetError, SharedStore};
 use crate::stream::Stream;
 
 pub fn start() {
@@ -34,13 +34,6 @@ pub(crate) struct Metrics {
     pending: [Cell<i64>; 3],
     /// The root context is gone (no more ticks): streams still in flight hand over at once.
     closed: Cell<bool>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Metric {
-    Allowed = 0,
-    Rejected = 1,
-    ReplayEntries = 2,
 }
 
 impl Metrics {
@@ -84,11 +77,7 @@ impl Metrics {
 
 /// What every stream of this VM shares.
 pub(crate) struct Shared {
-    pub config: Config,
-    /// The signing secrets as ready HMAC states.
-    pub keyring: Keyring,
-    pub cache: NonceCache,
-    pub lockout: Option<Lockout>,
+    pub engine: Engine,
     pub metrics: Metrics,
 }
 
@@ -133,21 +122,11 @@ impl RootContext for Root {
                 log::warn!("edge-warden: {warning}");
             }
         }
-        let cache = NonceCache::new(config.replay_capacity);
-        // Shard keys are created before any request can use them; see store.rs for why.
-        if cache.ensure_shards(&HostStore).is_err() {
-            log::error!("edge-warden: could not create the replay cache in shared data");
+        // Fixed shard keys are created before any request can use them; see store.rs for why.
+        let state = LocalState::new(&config, HostStore);
+        if let Err(why) = state.prepare() {
+            log::error!("edge-warden: {why} in shared data");
             return false;
-        }
-        let lockout = config.lockout.map(|l| {
-            Lockout::new(l.capacity, l.max_failures, l.window_seconds)
-                .with_ipv6_prefix(l.ipv6_prefix)
-        });
-        if let Some(lockout) = &lockout {
-            if lockout.ensure_shards(&HostStore).is_err() {
-                log::error!("edge-warden: could not create the lockout counters in shared data");
-                return false;
-            }
         }
         log::info!(
             "edge-warden configured: {} policies, {} signing secrets ({}), replay cache of {} \
@@ -161,13 +140,10 @@ impl RootContext for Root {
                 .collect::<Vec<_>>()
                 .join(", "),
             config.replay_capacity,
-            cache.shards()
+            state.cache.shards()
         );
         self.shared = Some(Rc::new(Shared {
-            keyring: Keyring::new(&config.keys),
-            config,
-            cache,
-            lockout,
+            engine: Engine::new(config, Box::new(state)),
             metrics: Metrics::define(),
         }));
         self.set_tick_period(METRICS_FLUSH);

@@ -58,6 +58,9 @@ pub enum Reject {
     /// A rate limiter after edge-warden (Envoy's local_ratelimit or ratelimit filter) refused
     /// the request; edge-warden only gives its reply the common shape.
     RateLimited,
+    /// edge-warden itself failed (a host call failed, or a panic was caught in the native
+    /// runtime): the request is refused, never forwarded unchecked.
+    Internal,
 }
 
 /// The headers a signed request carries; the names appear in details, so they are spelled as
@@ -86,6 +89,7 @@ impl Reject {
             | Reject::ApiKeyNotYetValid => 401,
             Reject::InsufficientRole | Reject::IpNotAllowed => 403,
             Reject::TooManyAuthFailures { .. } | Reject::RateLimited => 429,
+            Reject::Internal => 500,
         }
     }
 
@@ -112,6 +116,7 @@ impl Reject {
             Reject::IpNotAllowed => "ip_not_allowed",
             Reject::TooManyAuthFailures { .. } => "too_many_auth_failures",
             Reject::RateLimited => "rate_limited",
+            Reject::Internal => "internal_error",
         }
     }
 
@@ -137,6 +142,7 @@ impl Reject {
             Reject::IpNotAllowed => "Client address not allowed",
             Reject::TooManyAuthFailures { .. } => "Too many failed authentications",
             Reject::RateLimited => "Too many requests",
+            Reject::Internal => "Internal error",
         }
     }
 
@@ -216,6 +222,9 @@ impl Reject {
             ),
             Reject::RateLimited => "This caller exceeded the rate limit of this route; retry \
                                     after the seconds in Retry-After."
+                .to_string(),
+            Reject::Internal => "edge-warden could not process this request, so it was not \
+                                 forwarded; retry, and report the request id if it persists."
                 .to_string(),
         }
     }
@@ -370,6 +379,7 @@ mod tests {
             Reject::IpNotAllowed,
             Reject::TooManyAuthFailures { retry_after: 9 },
             Reject::RateLimited,
+            Reject::Internal,
         ]
     }
 

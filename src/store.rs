@@ -1,7 +1,8 @@
 //! The shared-state seam. Envoy runs one VM per worker thread, so anything that must hold across
 //! requests lives in the host's shared data, reached through the small [`SharedStore`] trait. The
-//! filter implements it over proxy-wasm host calls; [`MemoryStore`] is its twin for native tests
-//! and mirrors the host's semantics (compare-and-swap, no "insert if absent", no deletion).
+//! wasm filter implements it over proxy-wasm host calls; [`MemoryStore`] is its twin in process
+//! memory (the native runtime's store, and the native tests') and mirrors the host's semantics
+//! (compare-and-swap, no "insert if absent", no deletion).
 //!
 //! # The replay cache
 //!
@@ -17,8 +18,9 @@
 //! (`replay_cache_full`, 429 with `Retry-After`) rather than evicting a live record, which would
 //! re-open a replay.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
@@ -44,16 +46,63 @@ pub trait SharedStore {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError>;
 }
 
-/// An in-process store with the host's semantics, for native tests.
-#[derive(Debug, Default)]
+/// Shared data in process memory, with the host's semantics (compare-and-swap, no "insert if
+/// absent", no deletion): the store of the native runtime, whose worker threads share one
+/// process, and of the native tests. Keys are spread over [`MEMORY_SHARDS`] mutexes so that
+/// workers touching different replay shards do not wait for each other; each lock is held for
+/// one map operation only.
+#[derive(Debug)]
 pub struct MemoryStore {
-    map: RefCell<HashMap<String, (Vec<u8>, u32)>>,
-    next_cas: RefCell<u32>,
+    shards: Vec<Mutex<Entries>>,
+    next_cas: AtomicU32,
+}
+
+/// Values and their CAS tokens, by key.
+type Entries = HashMap<String, (Vec<u8>, u32)>;
+
+/// Mutexes of a [`MemoryStore`].
+pub const MEMORY_SHARDS: usize = 64;
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            shards: (0..MEMORY_SHARDS).map(|_| Mutex::default()).collect(),
+            next_cas: AtomicU32::new(1),
+        }
+    }
+}
+
+impl MemoryStore {
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Entries> {
+        // FNV-1a: cheap, and keys are ours (not client input), so no flooding concern.
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let shard = &self.shards[(hash % MEMORY_SHARDS as u64) as usize];
+        // A panic while holding the lock cannot leave a map half-written (each operation is one
+        // insert or one clone), so a poisoned lock is still consistent: keep using it.
+        shard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every key and the length of its value, for tests of the memory bound.
+    pub fn sizes(&self) -> Vec<(String, usize)> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                let map = s.lock().unwrap_or_else(|p| p.into_inner());
+                map.iter()
+                    .map(|(k, (v, _))| (k.clone(), v.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
 }
 
 impl SharedStore for MemoryStore {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), SetError> {
-        Ok(match self.map.borrow().get(key) {
+        Ok(match self.shard(key).get(key) {
             None => (None, None),
             Some((v, cas)) if v.is_empty() => (None, Some(*cas)),
             Some((v, cas)) => (Some(v.clone()), Some(*cas)),
@@ -61,15 +110,14 @@ impl SharedStore for MemoryStore {
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
-        let mut map = self.map.borrow_mut();
+        let mut map = self.shard(key);
         if let (Some(want), Some((_, have))) = (cas, map.get(key)) {
             if want != *have {
                 return Err(SetError::CasMismatch);
             }
         }
-        let mut next = self.next_cas.borrow_mut();
-        *next += 1;
-        map.insert(key.to_string(), (value.to_vec(), *next));
+        let next = self.next_cas.fetch_add(1, Ordering::Relaxed);
+        map.insert(key.to_string(), (value.to_vec(), next));
         Ok(())
     }
 }
@@ -523,9 +571,10 @@ mod tests {
         }
         assert!(accepted <= 256 && accepted > 200, "{accepted}");
         assert_eq!(accepted + full, 5_000);
-        let total: usize = store.map.borrow().values().map(|(v, _)| v.len()).sum();
+        let sizes = store.sizes();
+        let total: usize = sizes.iter().map(|(_, len)| len).sum();
         assert!(total as u64 <= c.max_record_bytes());
-        assert_eq!(store.map.borrow().len(), 4);
+        assert_eq!(sizes.len(), 4);
     }
 
     #[test]
@@ -686,19 +735,19 @@ mod tests {
                 1000,
             );
         }
-        let map = store.map.borrow();
+        let sizes = store.sizes();
         // Two shards plus the summary of when the latest lockout ends.
-        assert_eq!(map.len(), 3);
-        assert!(map
-            .values()
-            .all(|(v, _)| v.len() <= FAILURE_RECORD * FAILURES_PER_SHARD));
+        assert_eq!(sizes.len(), 3);
+        assert!(sizes
+            .iter()
+            .all(|(_, len)| *len <= FAILURE_RECORD * FAILURES_PER_SHARD));
     }
 
     /// A store whose first write after each read loses a race, as when another worker writes the
     /// same shard in between.
     struct Contended {
         inner: MemoryStore,
-        steal: RefCell<bool>,
+        steal: std::cell::RefCell<bool>,
     }
 
     impl SharedStore for Contended {
@@ -719,7 +768,7 @@ mod tests {
     fn losing_a_cas_race_to_the_same_nonce_is_a_replay() {
         let store = Contended {
             inner: MemoryStore::default(),
-            steal: RefCell::new(false),
+            steal: std::cell::RefCell::new(false),
         };
         let c = NonceCache::new(64);
         c.ensure_shards(&store).unwrap();

@@ -1,0 +1,715 @@
+//! The request pipeline, host-independent (sans-IO, in the manner of rustls): an adapter feeds
+//! an [`Exchange`] what arrived (request headers, body bytes, trailers, response headers) and
+//! does what it answers ([`Action`]). The engine never calls a host. What it needs from one
+//! (the clock, the client address, the route name) it asks through [`Host`], lazily, because
+//! in wasm each of those is a host call; shared state (nonces, lockout counters) goes through
+//! [`State`], so the checks do not know where state lives.
+//!
+//! One [`Engine`] per configuration, shared by every stream; one [`Exchange`] per stream.
+
+use std::net::IpAddr;
+
+use crate::checks::signature::{self, Keyring, SignatureVerified, SignedRequest, Verifier};
+use crate::checks::{api_key, cors, host, ip};
+use crate::config::Config;
+use crate::headers::{self, RequestHeaders};
+use crate::reject::{self, Reject};
+use crate::store::{Lockout, NonceCache, Recorded, SharedStore};
+
+/// What the engine needs from the runtime around it. Each method may cost a host call, so the
+/// engine asks only when a check needs the answer, and at most once per request.
+pub trait Host {
+    /// Unix time in seconds.
+    fn now(&mut self) -> u64;
+    /// The client address Envoy determined (`source.address`).
+    fn client_address(&mut self) -> Option<IpAddr>;
+    /// The Envoy route's name (`xds.route_name`).
+    fn route_name(&mut self) -> Option<String>;
+    /// Why Envoy produced the response (`response.code_details`), for the 429 reshape.
+    fn response_code_details(&mut self) -> Vec<u8>;
+    /// Counters, handed to the host's metrics as the adapter sees fit.
+    fn count(&mut self, metric: Metric, delta: i64);
+}
+
+/// State shared by every stream of every worker. The local implementation ([`LocalState`])
+/// answers at once; a remote one may answer later, which is why these are the only calls the
+/// pipeline makes into shared state.
+pub trait State {
+    /// Claims a verified nonce until `expires_at`, or refuses it as a replay.
+    fn claim_nonce(
+        &self,
+        proof: &SignatureVerified,
+        nonce: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<Recorded, Reject>;
+    /// Refuses a client that is locked out. `client` (the lockout key of the address) is asked
+    /// for only when some lockout is in force.
+    fn check_lockout(
+        &self,
+        client: &mut dyn FnMut() -> Option<String>,
+        now: u64,
+    ) -> Result<(), Reject>;
+    /// Counts one failed authentication for `client`.
+    fn record_failure(&self, client: &str, now: u64);
+    /// Whether a lockout is configured (the engine skips address reads otherwise).
+    fn lockout_prefix(&self) -> Option<u8>;
+}
+
+/// The replay cache and the lockout over any [`SharedStore`] with compare-and-swap: Envoy's
+/// shared data in wasm, a sharded map in process memory natively, a `MemoryStore` in tests.
+pub struct LocalState<S> {
+    pub store: S,
+    pub cache: NonceCache,
+    pub lockout: Option<Lockout>,
+}
+
+impl<S: SharedStore> LocalState<S> {
+    pub fn new(config: &Config, store: S) -> Self {
+        Self {
+            store,
+            cache: NonceCache::new(config.replay_capacity),
+            lockout: config.lockout.map(|l| {
+                Lockout::new(l.capacity, l.max_failures, l.window_seconds)
+                    .with_ipv6_prefix(l.ipv6_prefix)
+            }),
+        }
+    }
+
+    /// Creates the fixed keys before any request can use them; see `store.rs` for why.
+    pub fn prepare(&self) -> Result<(), &'static str> {
+        self.cache
+            .ensure_shards(&self.store)
+            .map_err(|_| "could not create the replay cache")?;
+        if let Some(lockout) = &self.lockout {
+            lockout
+                .ensure_shards(&self.store)
+                .map_err(|_| "could not create the lockout counters")?;
+        }
+        Ok(())
+    }
+}
+
+impl<S: SharedStore> State for LocalState<S> {
+    fn claim_nonce(
+        &self,
+        proof: &SignatureVerified,
+        nonce: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<Recorded, Reject> {
+        self.cache
+            .record(&self.store, proof, nonce, expires_at, now)
+    }
+
+    fn check_lockout(
+        &self,
+        client: &mut dyn FnMut() -> Option<String>,
+        now: u64,
+    ) -> Result<(), Reject> {
+        match &self.lockout {
+            Some(lockout) => lockout.check(&self.store, client, now),
+            None => Ok(()),
+        }
+    }
+
+    fn record_failure(&self, client: &str, now: u64) {
+        if let Some(lockout) = &self.lockout {
+            lockout.record_failure(&self.store, client, now);
+        }
+    }
+
+    fn lockout_prefix(&self) -> Option<u8> {
+        self.lockout.as_ref().map(|l| l.ipv6_prefix)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Allowed = 0,
+    Rejected = 1,
+    ReplayEntries = 2,
+}
+
+/// One configuration, compiled, with its signing secrets as ready HMAC states and the state
+/// every stream shares.
+pub struct Engine {
+    pub config: Config,
+    keyring: Keyring,
+    state: Box<dyn State + Send + Sync>,
+}
+
+impl Engine {
+    pub fn new(config: Config, state: Box<dyn State + Send + Sync>) -> Self {
+        Self {
+            keyring: Keyring::new(&config.keys),
+            config,
+            state,
+        }
+    }
+}
+
+/// What the adapter does next with the request (or, for `Reply`, instead of it).
+#[derive(Debug)]
+pub enum Action {
+    /// Let the request (or this part of it) go on, after writing `Edits` to its headers.
+    Continue(Edits),
+    /// Hold the request: the body is needed first.
+    Pause,
+    /// Answer it here (a rejection or a preflight answer); the rest of the request is ignored.
+    Reply(LocalReply),
+}
+
+/// Request header edits: remove every copy (`None`) or set one value. Adapters that write the
+/// whole map at once take [`Edits::rewritten`]; others apply `list` one by one.
+#[derive(Debug, Default)]
+pub struct Edits {
+    pub list: Vec<(String, Option<String>)>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Edits {
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The request headers as they arrived, with the edits applied.
+    pub fn rewritten(self) -> Vec<(String, Vec<u8>)> {
+        let mut pairs = self.headers;
+        RequestHeaders::apply(&mut pairs, &self.list);
+        pairs
+    }
+}
+
+/// A complete local reply, security and CORS headers included (a runtime need not run its
+/// response hook over its own replies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+/// What to do with the response headers.
+#[derive(Debug)]
+pub enum ResponseAction {
+    /// Leave them as they are.
+    Keep,
+    /// Replace the whole map with this one.
+    Replace(Vec<(String, Vec<u8>)>),
+}
+
+enum Phase {
+    /// Nothing (more) to check on this request.
+    Pass,
+    /// Waiting for the body.
+    Verifying {
+        request: SignedRequest,
+        verifier: Verifier,
+        limit: u64,
+    },
+    /// A local reply was sent (a rejection or a preflight answer); ignore the rest.
+    Answered,
+}
+
+/// One request and its response, as the engine follows it.
+pub struct Exchange {
+    phase: Phase,
+    request_id: Option<String>,
+    /// Index of the selected policy.
+    policy: Option<usize>,
+    /// CORS headers the response gets (an allowed cross-origin request).
+    cors_headers: Vec<(&'static str, String)>,
+    /// Whether the response varies by `Origin` (the policy has CORS settings).
+    vary_origin: bool,
+    /// The client address, canonical; read on first use.
+    client_ip: Option<Option<IpAddr>>,
+    /// The request headers as read, and the edits to write when the request passes.
+    edits: Edits,
+    /// A body that replaces the response body (a rate limiter's 429 in problem+json).
+    replacement_body: Option<Vec<u8>>,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Exchange {
+    pub fn new() -> Self {
+        Self {
+            phase: Phase::Pass,
+            request_id: None,
+            policy: None,
+            cors_headers: Vec::new(),
+            vary_origin: false,
+            client_ip: None,
+            edits: Edits::default(),
+            replacement_body: None,
+        }
+    }
+
+    /// Whether the engine wants the request body (a signed request being verified). Adapters
+    /// that must copy body bytes out of the host skip it otherwise.
+    pub fn wants_body(&self) -> bool {
+        matches!(self.phase, Phase::Verifying { .. })
+    }
+
+    /// Whether a local reply was sent: the adapter ignores the rest of the request.
+    pub fn answered(&self) -> bool {
+        matches!(self.phase, Phase::Answered)
+    }
+
+    /// The selected policy's name for log lines, `-` before one is selected.
+    pub fn policy_label<'e>(&self, engine: &'e Engine) -> &'e str {
+        self.policy
+            .and_then(|i| engine.config.policies.get(i))
+            .map_or("-", |p| p.name.as_str())
+    }
+
+    fn client_ip(&mut self, host: &mut dyn Host) -> Option<IpAddr> {
+        *self
+            .client_ip
+            .get_or_insert_with(|| host.client_address().map(ip::canonical))
+    }
+
+    /// The request headers arrived. `pairs` are all of them, names lowercase, values as bytes.
+    pub fn on_request_headers(
+        &mut self,
+        engine: &Engine,
+        pairs: Vec<(String, Vec<u8>)>,
+        end_of_stream: bool,
+        host: &mut dyn Host,
+    ) -> Action {
+        let headers = RequestHeaders::new(pairs);
+        match self.check_headers(engine, &headers, end_of_stream, host) {
+            Ok(proceed) => {
+                self.edits.headers = headers.into_pairs();
+                match proceed {
+                    Proceed::Pass => self.pass(host),
+                    Proceed::Verify(request, now) => {
+                        let verifier = Verifier::new(&engine.keyring);
+                        self.finish(engine, request, verifier, now, host)
+                    }
+                    Proceed::Wait => Action::Pause,
+                }
+            }
+            Err(Answer::Reject(why)) => self.reject(engine, why, host),
+            Err(Answer::Preflight(answer)) => self.preflight_reply(engine, answer),
+        }
+    }
+
+    /// Body bytes arrived: `chunk` is only what is new since the last call.
+    pub fn on_request_body(
+        &mut self,
+        engine: &Engine,
+        chunk: &[u8],
+        end_of_stream: bool,
+        host: &mut dyn Host,
+    ) -> Action {
+        match &mut self.phase {
+            Phase::Pass => Action::Continue(Edits::default()),
+            Phase::Answered => Action::Pause,
+            Phase::Verifying {
+                verifier, limit, ..
+            } => {
+                let total = verifier.body_len().saturating_add(chunk.len() as u64);
+                if total > *limit {
+                    let limit = *limit;
+                    return self.reject(engine, Reject::BodyTooLarge { limit }, host);
+                }
+                verifier.update(chunk);
+                if end_of_stream {
+                    self.end_of_body(engine, host)
+                } else {
+                    Action::Pause
+                }
+            }
+        }
+    }
+
+    /// Request trailers arrived: a body followed by trailers ends here.
+    pub fn on_request_trailers(&mut self, engine: &Engine, host: &mut dyn Host) -> Action {
+        match self.phase {
+            Phase::Verifying { .. } => self.end_of_body(engine, host),
+            Phase::Answered => Action::Pause,
+            Phase::Pass => Action::Continue(Edits::default()),
+        }
+    }
+
+    /// The response headers (all of them, `:status` included). Not called for the engine's own
+    /// replies, which carry their headers already.
+    pub fn on_response_headers(
+        &mut self,
+        engine: &Engine,
+        headers: Vec<(String, Vec<u8>)>,
+        host: &mut dyn Host,
+    ) -> ResponseAction {
+        if self.answered() {
+            return ResponseAction::Keep;
+        }
+        let mut headers = headers;
+        let status_429 = headers
+            .iter()
+            .any(|(n, v)| n == ":status" && v.as_slice() == b"429");
+        if status_429 {
+            self.reshape_rate_limited(engine, &mut headers, host);
+        }
+        let vary: &[&str] = if self.vary_origin { &["Origin"] } else { &[] };
+        // (Even an empty plan rewrites: a rate limiter's 429 still gets its Retry-After.)
+        let headers = engine
+            .config
+            .response_headers
+            .apply(headers, &self.cors_headers, vary);
+        ResponseAction::Replace(headers)
+    }
+
+    /// The body that replaces the response body (once, at its end), if any.
+    pub fn take_replacement_body(&mut self) -> Option<Vec<u8>> {
+        self.replacement_body.take()
+    }
+
+    /// Whether the response body is to be replaced (the adapter holds it until its end).
+    pub fn replaces_response_body(&self) -> bool {
+        self.replacement_body.is_some()
+    }
+
+    fn end_of_body(&mut self, engine: &Engine, host: &mut dyn Host) -> Action {
+        match std::mem::replace(&mut self.phase, Phase::Pass) {
+            Phase::Verifying {
+                request, verifier, ..
+            } => {
+                // A fresh clock: a body can be held open until the timestamp has left the
+                // window and the first use of its nonce has been purged from the cache.
+                let now = host.now();
+                self.finish(engine, request, verifier, now, host)
+            }
+            other => {
+                self.phase = other;
+                Action::Continue(Edits::default())
+            }
+        }
+    }
+
+    /// Every header-only check, in order.
+    fn check_headers(
+        &mut self,
+        engine: &Engine,
+        headers: &RequestHeaders,
+        end_of_stream: bool,
+        host: &mut dyn Host,
+    ) -> Result<Proceed, Answer> {
+        let config = &engine.config;
+        // Envoy's id (it replaces a client's at the edge); anything that is not a plain token
+        // of at most 128 characters is not written into a log line or a reply.
+        self.request_id = headers
+            .first("x-request-id")
+            .and_then(reject::usable_request_id)
+            .map(str::to_string);
+
+        // The identity headers are ours alone: drop any copy the client sent, on every route,
+        // also spelled with underscores (`x_edge_warden_role`), which WSGI/CGI-style servers
+        // read as the same header.
+        let identity = [
+            &config.key_id_header,
+            &config.api_key_id_header,
+            &config.role_header,
+            &config.client_header,
+        ];
+        for name in headers.names() {
+            if identity.iter().any(|ours| headers::same_name(name, ours)) {
+                self.edits.list.push((name.to_string(), None));
+            }
+        }
+        // The raw API key never reaches the upstream (or its logs), whatever the route,
+        // unless `api_keys.strip` is false.
+        if config.strip_api_key && headers.first(&config.key_source.header).is_some() {
+            self.edits
+                .list
+                .push((config.key_source.header.clone(), None));
+        }
+
+        let method = headers.first_str(":method").unwrap_or("");
+        let path = headers.first_str(":path").unwrap_or("");
+        let origin = headers.first("origin");
+        // A preflight (Fetch standard): OPTIONS with Origin and Access-Control-Request-Method.
+        // It is matched to the policy of the request it asks about, so by the requested method.
+        let requested_method = headers.first("access-control-request-method");
+        let preflight = match (method, origin, requested_method) {
+            ("OPTIONS", Some(_), Some(m)) => Some(m),
+            _ => None,
+        };
+        let select_method = preflight
+            .and_then(|m| std::str::from_utf8(m).ok())
+            .unwrap_or(method);
+        let route = if config.uses_route_names {
+            host.route_name()
+        } else {
+            None
+        };
+        let Some(index) = config.select_index(route.as_deref(), select_method, path) else {
+            return Err(Answer::Reject(Reject::NoMatchingPolicy));
+        };
+        self.policy = Some(index);
+        let policy = &config.policies[index];
+
+        if !policy.trusted_hosts.is_empty() {
+            host::check(&policy.trusted_hosts, headers.first(":authority"))
+                .map_err(Answer::Reject)?;
+        }
+        policy
+            .ip
+            .check(|| self.client_ip(host))
+            .map_err(Answer::Reject)?;
+
+        if let Some(cors) = &policy.cors {
+            self.vary_origin = true;
+            if let (Some(origin), Some(requested_method)) = (origin, preflight) {
+                let asked_headers = headers.first("access-control-request-headers");
+                return match cors.preflight(origin, requested_method, asked_headers) {
+                    Ok(answer) => Err(Answer::Preflight(answer)),
+                    Err(why) => Err(Answer::Reject(why)),
+                };
+            }
+            if let cors::Outcome::Allow(origin) = cors.check(origin).map_err(Answer::Reject)? {
+                self.cors_headers = cors.response_headers(&origin);
+            }
+        } else if preflight.is_some() {
+            // No CORS settings on this route: cross-origin browser calls are not allowed.
+            return Err(Answer::Reject(Reject::OriginNotAllowed));
+        }
+
+        // The clock for the header-time checks; a body that follows is judged by a fresh one.
+        let now = host.now();
+        let presented = match &policy.api_key {
+            Some(_) => config.key_source.find(headers).map_err(Answer::Reject)?,
+            None => None,
+        };
+        // Wherever a credential is checked (required, or presented to an optional key), a
+        // locked-out address is refused even with a valid one, so guessing cannot go on.
+        let checks_credential = policy.requires_credential() || presented.is_some();
+        if let (true, Some(prefix)) = (checks_credential, engine.state.lockout_prefix()) {
+            let mut client = || self.client_ip(host).map(|ip| ip::lockout_key(ip, prefix));
+            engine
+                .state
+                .check_lockout(&mut client, now)
+                .map_err(Answer::Reject)?;
+        }
+
+        let mut client = None;
+        if let Some(requirement) = &policy.api_key {
+            match presented {
+                None if requirement.required => return Err(Answer::Reject(Reject::MissingApiKey)),
+                None => {}
+                Some(presented) => {
+                    let found = api_key::authenticate(&config.api_keys, presented.key, now)
+                        .map_err(Answer::Reject)?;
+                    let key = &config.api_keys[found.index];
+                    api_key::authorize(&requirement.roles, key).map_err(Answer::Reject)?;
+                    client = Some(format!("key:{}", key.id));
+                    self.edits
+                        .list
+                        .push((config.api_key_id_header.clone(), Some(key.id.clone())));
+                    self.edits.list.push((
+                        config.role_header.clone(),
+                        Some(key.role.as_str().to_string()),
+                    ));
+                    // A bearer key goes too (the key header was dropped above already).
+                    if config.strip_api_key {
+                        self.edits.list.push((presented.header.clone(), None));
+                    }
+                }
+            }
+        }
+        if client.is_none() {
+            client = self.client_ip(host).map(|ip| format!("ip:{ip}"));
+        }
+        if let Some(client) = client {
+            self.edits
+                .list
+                .push((config.client_header.clone(), Some(client)));
+        }
+
+        if !policy.signature {
+            return Ok(Proceed::Pass);
+        }
+        // Every header-only check runs before any body is read.
+        let request = signature::parse_headers(headers).map_err(Answer::Reject)?;
+        signature::check_window(request.timestamp, now, config.window_seconds)
+            .map_err(Answer::Reject)?;
+        let limit = policy.max_body_bytes;
+        let declared = headers
+            .first_str("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(Answer::Reject(Reject::BodyTooLarge { limit }));
+        }
+        if end_of_stream {
+            return Ok(Proceed::Verify(request, now));
+        }
+        self.phase = Phase::Verifying {
+            request,
+            verifier: Verifier::new(&engine.keyring),
+            limit,
+        };
+        Ok(Proceed::Wait)
+    }
+
+    /// Lets the request go upstream with the header edits. Every path that passes a request
+    /// goes through here, so client copies of identity headers can never slip through.
+    fn pass(&mut self, host: &mut dyn Host) -> Action {
+        host.count(Metric::Allowed, 1);
+        self.phase = Phase::Pass;
+        Action::Continue(std::mem::take(&mut self.edits))
+    }
+
+    /// Verifies the signature over everything read, checks the timestamp against `now` (the
+    /// clock when the request ended), claims the nonce, and lets the request go.
+    fn finish(
+        &mut self,
+        engine: &Engine,
+        request: SignedRequest,
+        verifier: Verifier,
+        now: u64,
+        host: &mut dyn Host,
+    ) -> Action {
+        let config = &engine.config;
+        let proof = match verifier.finish(&request) {
+            Ok(proof) => proof,
+            Err(why) => return self.reject(engine, why, host),
+        };
+        // The nonce's record stays in the cache until exactly the moment this check starts
+        // refusing its timestamp, so a replay is always caught by one of the two.
+        if let Err(why) = signature::check_window(request.timestamp, now, config.window_seconds) {
+            return self.reject(engine, why, host);
+        }
+        let expires_at = request.timestamp.saturating_add(config.window_seconds);
+        match engine
+            .state
+            .claim_nonce(&proof, &request.nonce, expires_at, now)
+        {
+            Ok(recorded) => host.count(
+                Metric::ReplayEntries,
+                1 - i64::try_from(recorded.purged).unwrap_or(0),
+            ),
+            Err(why) => return self.reject(engine, why, host),
+        }
+        let key_id = config
+            .keys
+            .get(proof.key_index)
+            .map(|k| k.id.clone())
+            .unwrap_or_default();
+        self.edits
+            .list
+            .push((config.key_id_header.clone(), Some(key_id)));
+        self.pass(host)
+    }
+
+    /// A local reply with the security headers every response gets, and `cors` headers.
+    fn local_reply(
+        &self,
+        engine: &Engine,
+        status: u32,
+        headers: Vec<(&'static str, String)>,
+        body: Vec<u8>,
+    ) -> LocalReply {
+        let mut pairs: Vec<(String, Vec<u8>)> = Vec::with_capacity(headers.len() + 12);
+        pairs.push((":status".to_string(), status.to_string().into_bytes()));
+        pairs.extend(
+            headers
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v.into_bytes())),
+        );
+        let vary: &[&str] = if self.vary_origin { &["Origin"] } else { &[] };
+        let mut pairs = engine
+            .config
+            .response_headers
+            .apply(pairs, &self.cors_headers, vary);
+        pairs.retain(|(n, _)| !n.starts_with(':'));
+        LocalReply {
+            status,
+            headers: pairs,
+            body,
+        }
+    }
+
+    /// Answers a CORS preflight itself: browsers cannot sign a preflight or attach an API key,
+    /// so it never goes upstream.
+    fn preflight_reply(&mut self, engine: &Engine, answer: Vec<(&'static str, String)>) -> Action {
+        let reply = self.local_reply(engine, 204, answer, Vec::new());
+        self.phase = Phase::Answered;
+        Action::Reply(reply)
+    }
+
+    fn reject(&mut self, engine: &Engine, why: Reject, host: &mut dyn Host) -> Action {
+        let response = reject::respond(&why, self.request_id.as_deref());
+        // One security event per rejection: the code and where, never a credential.
+        log::info!(
+            "edge-warden rejected request: code={} status={} policy={} request_id={}",
+            why.code(),
+            response.status,
+            self.policy_label(engine),
+            self.request_id.as_deref().unwrap_or("-"),
+        );
+        host.count(Metric::Rejected, 1);
+        // A wrong credential counts toward the lockout of the address that sent it.
+        if let (true, Some(prefix)) = (why.is_auth_failure(), engine.state.lockout_prefix()) {
+            if let Some(ip) = self.client_ip(host) {
+                // A fresh clock: a failure found after a slow upload belongs to now, not to
+                // when its headers arrived.
+                let now = host.now();
+                engine
+                    .state
+                    .record_failure(&ip::lockout_key(ip, prefix), now);
+            }
+        }
+        let reply = self.local_reply(engine, response.status, response.headers, response.body);
+        self.phase = Phase::Answered;
+        Action::Reply(reply)
+    }
+
+    /// A 429 that Envoy's rate limiters produced (not the upstream's) gets edge-warden's
+    /// problem+json body, so clients see one error shape everywhere.
+    fn reshape_rate_limited(
+        &mut self,
+        engine: &Engine,
+        headers: &mut Vec<(String, Vec<u8>)>,
+        host: &mut dyn Host,
+    ) {
+        let details = host.response_code_details();
+        if details != b"local_rate_limited" && details != b"request_rate_limited" {
+            return;
+        }
+        let response = reject::respond(&Reject::RateLimited, self.request_id.as_deref());
+        headers::replace(headers, "content-length", None);
+        for (name, value) in &response.headers {
+            headers::replace(headers, name, Some(value.as_bytes()));
+        }
+        log::info!(
+            "edge-warden: rate limited: policy={} request_id={}",
+            self.policy_label(engine),
+            self.request_id.as_deref().unwrap_or("-"),
+        );
+        self.replacement_body = Some(response.body);
+    }
+}
+
+/// How a request that passed its header checks goes on.
+enum Proceed {
+    /// Upstream now.
+    Pass,
+    /// Signed, no body: verify now (with the clock read for the headers).
+    Verify(SignedRequest, u64),
+    /// Signed, a body follows: hold the headers.
+    Wait,
+}
+
+/// How a request is answered from the header checks.
+enum Answer {
+    Reject(Reject),
+    Preflight(Vec<(&'static str, String)>),
+}
+
+#[cfg(test)]
+mod tests;

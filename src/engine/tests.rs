@@ -1,0 +1,491 @@
+//! The pipeline with the in-memory store and a scripted host: order of checks, what each
+//! rejection leaves behind, preflights, identity headers, trailers.
+
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::*;
+use crate::checks::signature::sign;
+use crate::store::MemoryStore;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+const KEY: &str = "ew_engine_test_key_0123456789abcdefghij";
+const NOW: u64 = 1_800_000_000;
+
+fn config_json() -> String {
+    format!(
+        r#"{{
+      "signature": {{"secrets": [{{"id": "primary", "env": "S"}}], "window_seconds": 300}},
+      "api_keys": {{"keys": [{{"id": "bot", "sha256": "{}", "role": "client"}}]}},
+      "lockout": {{"max_failures": 2, "window_seconds": 300}},
+      "policies": [
+        {{"name": "health", "match": {{"path_prefix": "/health"}}, "signature": false}},
+        {{"name": "internal", "match": {{"path_prefix": "/internal"}}, "signature": false,
+          "ip": {{"allow": ["10.0.0.0/8"]}}}},
+        {{"name": "keyed", "match": {{"path_prefix": "/keyed"}}, "signature": false, "api_key": {{}}}},
+        {{"name": "browser", "match": {{"path_prefix": "/browser"}},
+          "cors": {{"allow_origins": ["https://app.example.com"], "allow_methods": ["POST"]}}}},
+        {{"name": "signed", "match": {{"path_prefix": "/"}}, "trusted_hosts": ["api.example.com"]}}
+      ]
+    }}"#,
+        crate::checks::api_key::hash_key(KEY)
+    )
+}
+
+/// A shared store the test can look into, behind the engine's `State`.
+struct Shared(Arc<LocalState<MemoryStore>>);
+
+impl State for Shared {
+    fn claim_nonce(
+        &self,
+        proof: &SignatureVerified,
+        nonce: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<Recorded, Reject> {
+        self.0.claim_nonce(proof, nonce, expires_at, now)
+    }
+    fn check_lockout(
+        &self,
+        client: &mut dyn FnMut() -> Option<String>,
+        now: u64,
+    ) -> Result<(), Reject> {
+        self.0.check_lockout(client, now)
+    }
+    fn record_failure(&self, client: &str, now: u64) {
+        self.0.record_failure(client, now)
+    }
+    fn lockout_prefix(&self) -> Option<u8> {
+        self.0.lockout_prefix()
+    }
+}
+
+fn engine() -> (Engine, Arc<LocalState<MemoryStore>>) {
+    let config =
+        Config::from_json(config_json().as_bytes(), &|_| Some(SECRET.to_string())).expect("config");
+    let state = Arc::new(LocalState::new(&config, MemoryStore::default()));
+    state.prepare().expect("prepare");
+    (Engine::new(config, Box::new(Shared(state.clone()))), state)
+}
+
+/// A host whose answers the test sets, counting what the engine asked.
+struct TestHost {
+    now: Cell<u64>,
+    address: Option<IpAddr>,
+    address_reads: u32,
+    clock_reads: u32,
+    allowed: i64,
+    rejected: i64,
+}
+
+impl TestHost {
+    fn new() -> Self {
+        Self {
+            now: Cell::new(NOW),
+            address: Some("127.0.0.1".parse().unwrap()),
+            address_reads: 0,
+            clock_reads: 0,
+            allowed: 0,
+            rejected: 0,
+        }
+    }
+}
+
+impl Host for TestHost {
+    fn now(&mut self) -> u64 {
+        self.clock_reads += 1;
+        self.now.get()
+    }
+    fn client_address(&mut self) -> Option<IpAddr> {
+        self.address_reads += 1;
+        self.address
+    }
+    fn route_name(&mut self) -> Option<String> {
+        None
+    }
+    fn response_code_details(&mut self) -> Vec<u8> {
+        b"via_upstream".to_vec()
+    }
+    fn count(&mut self, metric: Metric, delta: i64) {
+        match metric {
+            Metric::Allowed => self.allowed += delta,
+            Metric::Rejected => self.rejected += delta,
+            Metric::ReplayEntries => {}
+        }
+    }
+}
+
+fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn request(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    let mut h = headers(&[
+        (":method", method),
+        (":path", path),
+        (":authority", "api.example.com"),
+    ]);
+    h.extend(headers(extra));
+    h
+}
+
+/// Signature headers for `body`, at `timestamp`, with `nonce`.
+fn signed(body: &[u8], timestamp: u64, nonce: &str) -> Vec<(String, String)> {
+    let ts = timestamp.to_string();
+    vec![
+        (
+            "x-request-signature".into(),
+            sign(SECRET.as_bytes(), body, &ts, nonce),
+        ),
+        ("x-request-timestamp".into(), ts),
+        ("x-request-nonce".into(), nonce.into()),
+    ]
+}
+
+fn with(mut base: Vec<(String, Vec<u8>)>, extra: &[(String, String)]) -> Vec<(String, Vec<u8>)> {
+    base.extend(
+        extra
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_bytes().to_vec())),
+    );
+    base
+}
+
+fn code(action: &Action) -> String {
+    match action {
+        Action::Reply(reply) => {
+            let v: serde_json::Value = serde_json::from_slice(&reply.body).expect("problem+json");
+            v["code"].as_str().unwrap_or_default().to_string()
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn edits(action: Action) -> Vec<(String, Option<String>)> {
+    match action {
+        Action::Continue(edits) => edits.list,
+        other => panic!("expected the request to pass, got {other:?}"),
+    }
+}
+
+/// Whether `nonce` is in the cache. Claiming it again tells (and claims it if it was not, so
+/// ask once per nonce).
+fn nonce_recorded(state: &LocalState<MemoryStore>, nonce: &str) -> bool {
+    let proof = proof();
+    matches!(
+        state.claim_nonce(&proof, nonce, NOW + 300, NOW),
+        Err(Reject::NonceReplayed)
+    )
+}
+
+fn proof() -> SignatureVerified {
+    let nonce = "proof-nonce-0123456789";
+    let h = RequestHeaders::new(with(Vec::new(), &signed(b"", 1, nonce)));
+    let req = signature::parse_headers(&h).unwrap();
+    let key = crate::config::SigningKey {
+        id: "k".into(),
+        secret: crate::secret::Secret::new(SECRET.as_bytes().to_vec()),
+    };
+    Verifier::new(&Keyring::new(&[key])).finish(&req).unwrap()
+}
+
+#[test]
+fn a_signed_body_is_verified_after_its_last_chunk_and_the_nonce_claimed_then() {
+    let (engine, state) = engine();
+    let mut host = TestHost::new();
+    let body = b"{\"amount\": 10}";
+    let mut x = Exchange::new();
+    let sig = signed(body, NOW, "nonce-aaaaaaaaaaaaaaaa");
+    let a = x.on_request_headers(
+        &engine,
+        with(request("POST", "/pay", &[]), &sig),
+        false,
+        &mut host,
+    );
+    assert!(matches!(a, Action::Pause));
+    assert!(x.wants_body());
+    assert!(matches!(
+        x.on_request_body(&engine, &body[..5], false, &mut host),
+        Action::Pause
+    ));
+    let list = edits(x.on_request_body(&engine, &body[5..], true, &mut host));
+    assert!(list.contains(&("x-edge-warden-key-id".into(), Some("primary".into()))));
+    assert_eq!(host.allowed, 1);
+    assert!(nonce_recorded(&state, "nonce-aaaaaaaaaaaaaaaa"));
+}
+
+#[test]
+fn nothing_is_recorded_for_a_request_whose_signature_fails() {
+    let (engine, state) = engine();
+    let mut host = TestHost::new();
+    let mut sig = signed(b"body", NOW, "nonce-bbbbbbbbbbbbbbbb");
+    sig[0].1 = "0".repeat(64);
+    let mut x = Exchange::new();
+    x.on_request_headers(
+        &engine,
+        with(request("POST", "/pay", &[]), &sig),
+        false,
+        &mut host,
+    );
+    let a = x.on_request_body(&engine, b"body", true, &mut host);
+    assert_eq!(code(&a), "invalid_signature");
+    assert_eq!(host.rejected, 1);
+    // The nonce was never claimed, so the genuine request with it can still pass.
+    assert!(!nonce_recorded(&state, "nonce-bbbbbbbbbbbbbbbb"));
+}
+
+#[test]
+fn header_checks_run_in_order_and_stop_at_the_first_refusal() {
+    let (engine, _) = engine();
+    // The trusted host comes before the signature.
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    let mut h = request("POST", "/pay", &[]);
+    h[2].1 = b"evil.example.com".to_vec();
+    let a = x.on_request_headers(&engine, h, true, &mut host);
+    assert_eq!(code(&a), "host_not_allowed");
+    // The signature is checked only after the host: a missing one is what a good host gets.
+    let mut x = Exchange::new();
+    let a = x.on_request_headers(&engine, request("POST", "/pay", &[]), true, &mut host);
+    assert_eq!(code(&a), "missing_signature");
+    // IP rules come before anything the client presents.
+    let mut x = Exchange::new();
+    let a = x.on_request_headers(&engine, request("GET", "/internal", &[]), true, &mut host);
+    assert_eq!(code(&a), "ip_not_allowed");
+    // A stale timestamp is refused before any body is read.
+    let mut x = Exchange::new();
+    let sig = signed(b"", NOW - 301, "nonce-cccccccccccccccc");
+    let a = x.on_request_headers(
+        &engine,
+        with(request("POST", "/pay", &[]), &sig),
+        false,
+        &mut host,
+    );
+    assert_eq!(code(&a), "timestamp_out_of_window");
+    assert!(!x.wants_body());
+}
+
+#[test]
+fn a_body_that_ends_after_the_window_is_refused_with_a_fresh_clock() {
+    let (engine, _) = engine();
+    let mut host = TestHost::new();
+    let body = b"late";
+    let sig = signed(body, NOW - 290, "nonce-dddddddddddddddd");
+    let mut x = Exchange::new();
+    x.on_request_headers(
+        &engine,
+        with(request("POST", "/pay", &[]), &sig),
+        false,
+        &mut host,
+    );
+    host.now.set(NOW + 11);
+    let a = x.on_request_body(&engine, body, true, &mut host);
+    assert_eq!(code(&a), "timestamp_out_of_window");
+    assert_eq!(host.clock_reads, 2, "the clock is read again at the end");
+}
+
+#[test]
+fn trailers_end_a_body() {
+    let (engine, _) = engine();
+    let mut host = TestHost::new();
+    let body = b"with trailers";
+    let sig = signed(body, NOW, "nonce-eeeeeeeeeeeeeeee");
+    let mut x = Exchange::new();
+    x.on_request_headers(
+        &engine,
+        with(request("POST", "/pay", &[]), &sig),
+        false,
+        &mut host,
+    );
+    x.on_request_body(&engine, body, false, &mut host);
+    let list = edits(x.on_request_trailers(&engine, &mut host));
+    assert!(list.iter().any(|(n, _)| n == "x-edge-warden-key-id"));
+}
+
+#[test]
+fn a_body_over_the_limit_is_refused_as_it_arrives() {
+    let (engine, _) = engine();
+    let mut host = TestHost::new();
+    let sig = signed(b"", NOW, "nonce-ffffffffffffffff");
+    let mut x = Exchange::new();
+    x.on_request_headers(
+        &engine,
+        with(request("POST", "/pay", &[]), &sig),
+        false,
+        &mut host,
+    );
+    let mib = vec![b'x'; 1024 * 1024];
+    assert!(matches!(
+        x.on_request_body(&engine, &mib, false, &mut host),
+        Action::Pause
+    ));
+    let a = x.on_request_body(&engine, b"1", false, &mut host);
+    assert_eq!(code(&a), "body_too_large");
+    // After a reply the rest of the request is ignored.
+    assert!(x.answered());
+    assert!(matches!(
+        x.on_request_body(&engine, b"more", true, &mut host),
+        Action::Pause
+    ));
+}
+
+#[test]
+fn identity_headers_are_stripped_on_every_route_in_every_spelling() {
+    let (engine, _) = engine();
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    let h = request(
+        "GET",
+        "/health",
+        &[
+            ("x-edge-warden-role", "admin"),
+            ("x_edge_warden_client", "key:ops"),
+            ("x-api-key", KEY),
+        ],
+    );
+    let list = edits(x.on_request_headers(&engine, h, true, &mut host));
+    for gone in ["x-edge-warden-role", "x_edge_warden_client", "x-api-key"] {
+        assert!(list.contains(&(gone.to_string(), None)), "{gone}: {list:?}");
+    }
+    assert!(list.contains(&("x-edge-warden-client".into(), Some("ip:127.0.0.1".into()))));
+}
+
+#[test]
+fn a_preflight_is_matched_by_the_method_it_asks_about_and_answered_here() {
+    let (engine, _) = engine();
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    let h = request(
+        "OPTIONS",
+        "/browser/orders",
+        &[
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "POST"),
+        ],
+    );
+    match x.on_request_headers(&engine, h, true, &mut host) {
+        Action::Reply(reply) => {
+            assert_eq!(reply.status, 204);
+            let get = |name: &str| {
+                reply
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            };
+            assert_eq!(
+                get("access-control-allow-origin").as_deref(),
+                Some("https://app.example.com")
+            );
+            assert_eq!(
+                get("vary").as_deref(),
+                Some("Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
+            );
+            // Security headers are on the engine's own replies.
+            assert_eq!(get("x-content-type-options").as_deref(), Some("nosniff"));
+            assert!(reply.headers.iter().all(|(n, _)| !n.starts_with(':')));
+        }
+        other => panic!("expected a preflight answer, got {other:?}"),
+    }
+    assert_eq!(host.allowed + host.rejected, 0);
+    // A method the policy does not allow is refused.
+    let mut x = Exchange::new();
+    let h = request(
+        "OPTIONS",
+        "/browser/orders",
+        &[
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "DELETE"),
+        ],
+    );
+    assert_eq!(
+        code(&x.on_request_headers(&engine, h, true, &mut host)),
+        "cors_method_not_allowed"
+    );
+}
+
+#[test]
+fn the_address_is_read_only_when_a_check_needs_it() {
+    let (engine, _) = engine();
+    let mut host = TestHost::new();
+    // A keyed request: the caller is the key, no IP rules, no active lockout.
+    let mut x = Exchange::new();
+    let h = request("GET", "/keyed", &[("x-api-key", KEY)]);
+    let list = edits(x.on_request_headers(&engine, h, true, &mut host));
+    assert!(list.contains(&("x-edge-warden-client".into(), Some("key:bot".into()))));
+    assert_eq!(host.address_reads, 0);
+    // Two wrong keys lock the address out (max_failures 2): each failure reads it once.
+    for _ in 0..2 {
+        let mut x = Exchange::new();
+        let h = request("GET", "/keyed", &[("x-api-key", "ew_wrong")]);
+        assert_eq!(
+            code(&x.on_request_headers(&engine, h, true, &mut host)),
+            "invalid_api_key"
+        );
+    }
+    assert_eq!(host.address_reads, 2);
+    let mut x = Exchange::new();
+    let h = request("GET", "/keyed", &[("x-api-key", KEY)]);
+    assert_eq!(
+        code(&x.on_request_headers(&engine, h, true, &mut host)),
+        "too_many_auth_failures"
+    );
+    // Another address is unaffected.
+    host.address = Some("127.0.0.2".parse().unwrap());
+    let mut x = Exchange::new();
+    let h = request("GET", "/keyed", &[("x-api-key", KEY)]);
+    edits(x.on_request_headers(&engine, h, true, &mut host));
+}
+
+#[test]
+fn concurrent_replays_across_threads_let_exactly_one_through() {
+    let (engine, _) = engine();
+    let engine = Arc::new(engine);
+    for round in 0..20 {
+        let nonce = format!("race-nonce-{round:08}-xxxx");
+        let sig = signed(b"race", NOW, &nonce);
+        let winners: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let engine = engine.clone();
+                    let sig = sig.clone();
+                    s.spawn(move || {
+                        let mut host = TestHost::new();
+                        let mut x = Exchange::new();
+                        x.on_request_headers(
+                            &engine,
+                            with(request("POST", "/pay", &[]), &sig),
+                            false,
+                            &mut host,
+                        );
+                        matches!(
+                            x.on_request_body(&engine, b"race", true, &mut host),
+                            Action::Continue(_)
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| usize::from(h.join().unwrap()))
+                .sum()
+        });
+        assert_eq!(winners, 1, "round {round}");
+    }
+}
+
+#[test]
+fn a_rate_limiters_429_is_left_alone_unless_envoy_made_it() {
+    let (engine, _) = engine();
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    edits(x.on_request_headers(&engine, request("GET", "/health", &[]), true, &mut host));
+    // The upstream's own 429 (code details `via_upstream`) keeps its body.
+    let r = x.on_response_headers(&engine, headers(&[(":status", "429")]), &mut host);
+    assert!(matches!(r, ResponseAction::Replace(_)));
+    assert!(!x.replaces_response_body());
+}
