@@ -18,6 +18,11 @@ pub mod store;
 #[cfg(test)]
 mod robustness;
 
+/// The native runtime (an Envoy dynamic module): built with `--features native` into
+/// `libedge_warden.so`. Off by default, so the CLI and the tests link no Envoy symbols.
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+mod native;
+
 #[cfg(target_arch = "wasm32")]
 mod plugin;
 #[cfg(target_arch = "wasm32")]

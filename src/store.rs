@@ -46,6 +46,17 @@ pub trait SharedStore {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError>;
 }
 
+/// A store shared by reference (the native runtime's one process-wide store).
+impl<T: SharedStore + ?Sized> SharedStore for &T {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), SetError> {
+        (**self).get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        (**self).set(key, value, cas)
+    }
+}
+
 /// Shared data in process memory, with the host's semantics (compare-and-swap, no "insert if
 /// absent", no deletion): the store of the native runtime, whose worker threads share one
 /// process, and of the native tests. Keys are spread over [`MEMORY_SHARDS`] mutexes so that

@@ -1,0 +1,812 @@
+//! The binding to Envoy's dynamic-module ABI (`source/extensions/dynamic_modules/abi.h`, ABI
+//! version "v0.2.0", the one Envoy 1.40 expects): the only module of edge-warden with `unsafe`.
+//!
+//! - `#[repr(C)]` mirrors of the ABI types, and the Envoy callbacks we call, declared by hand
+//!   from the header (Envoy checks neither names' signatures nor types when it loads a module,
+//!   so a wrong declaration would be silent undefined behaviour: every one used here is
+//!   exercised by the Envoy integration tests against the real binary);
+//! - [`Stream`], a safe handle over Envoy's per-stream filter pointer;
+//! - the exported event hooks, each behind [`guard`], which turns a panic into a log line and,
+//!   on the request path, a fail-closed 500 reply: a panic must never unwind into C++ (undefined
+//!   behaviour) nor abort Envoy.
+//!
+//! C enums are `int`-sized: they are passed as `u32`. A `{ptr, length}` struct passed by value
+//! occupies two integer registers in the x86-64 and AArch64 C calling conventions, exactly as
+//! the pointer and length would as separate arguments.
+
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use super::{Filter, FilterConfig};
+
+/// Memory owned by Envoy, valid until the hook returns or a call that changes what it points
+/// into (a header or body write).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+/// Memory owned by the module, read by Envoy only during the call it is passed to.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ModuleBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+impl ModuleBuffer {
+    fn of(bytes: &[u8]) -> Self {
+        Self {
+            ptr: bytes.as_ptr(),
+            length: bytes.len(),
+        }
+    }
+
+    /// The null buffer: `set_header` with it removes the header.
+    const NULL: Self = Self {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+}
+
+/// A header handed to Envoy (`envoy_dynamic_module_type_module_http_header`).
+#[repr(C)]
+struct ModuleHeader {
+    key_ptr: *const u8,
+    key_length: usize,
+    value_ptr: *const u8,
+    value_length: usize,
+}
+
+/// A header handed out by Envoy (`envoy_dynamic_module_type_envoy_http_header`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyHeader {
+    key_ptr: *const u8,
+    key_length: usize,
+    value_ptr: *const u8,
+    value_length: usize,
+}
+
+const EMPTY: EnvoyBuffer = EnvoyBuffer {
+    ptr: std::ptr::null(),
+    length: 0,
+};
+
+type FilterEnvoyPtr = *mut c_void;
+type FilterConfigEnvoyPtr = *mut c_void;
+type FilterModulePtr = *const c_void;
+type FilterConfigModulePtr = *const c_void;
+
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum LogLevel {
+    Trace = 0,
+    Debug = 1,
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+}
+
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum HeaderMap {
+    Request = 0,
+    Response = 2,
+}
+
+#[derive(Clone, Copy)]
+#[repr(u32)]
+enum BodyKind {
+    ReceivedRequest = 0,
+    BufferedRequest = 1,
+    ReceivedResponse = 2,
+}
+
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum Attribute {
+    ResponseCodeDetails = 16,
+    SourceAddress = 24,
+    XdsRouteName = 61,
+}
+
+/// `envoy_dynamic_module_type_on_http_filter_request_headers_status` (response likewise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum HeadersStatus {
+    Continue = 0,
+    StopIteration = 1,
+}
+
+/// `envoy_dynamic_module_type_on_http_filter_request_body_status` (response likewise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum BodyStatus {
+    Continue = 0,
+    StopIterationAndBuffer = 1,
+    StopIterationNoBuffer = 3,
+}
+
+/// `envoy_dynamic_module_type_on_http_filter_request_trailers_status` (response likewise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum TrailersStatus {
+    Continue = 0,
+    StopIteration = 1,
+}
+
+extern "C" {
+    fn envoy_dynamic_module_callback_log_v2(
+        level: u32,
+        message: ModuleBuffer,
+        source_file: ModuleBuffer,
+        source_line: u32,
+    );
+    fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
+    fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter: FilterEnvoyPtr,
+        map: u32,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(
+        filter: FilterEnvoyPtr,
+        map: u32,
+        result: *mut EnvoyHeader,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter: FilterEnvoyPtr,
+        map: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
+        filter: FilterEnvoyPtr,
+        map: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_send_response(
+        filter: FilterEnvoyPtr,
+        status: u32,
+        headers: *mut ModuleHeader,
+        headers_count: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+    fn envoy_dynamic_module_callback_http_get_body_chunks_size(
+        filter: FilterEnvoyPtr,
+        kind: u32,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_body_chunks(
+        filter: FilterEnvoyPtr,
+        kind: u32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_body_size(filter: FilterEnvoyPtr, kind: u32)
+        -> usize;
+    fn envoy_dynamic_module_callback_http_drain_body(
+        filter: FilterEnvoyPtr,
+        kind: u32,
+        bytes: usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_append_body(
+        filter: FilterEnvoyPtr,
+        kind: u32,
+        data: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_received_buffered_request_body(
+        filter: FilterEnvoyPtr,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter: FilterEnvoyPtr,
+        attribute: u32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: FilterConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_count: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: FilterConfigEnvoyPtr,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_count: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: FilterEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_count: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_gauge(
+        filter: FilterEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_count: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_decrement_gauge(
+        filter: FilterEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_count: usize,
+        value: u64,
+    ) -> u32;
+}
+
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+const METRICS_SUCCESS: u32 = 0;
+
+/// Copies `length` bytes Envoy handed out. Null or empty gives an empty vector.
+fn copy(ptr: *const u8, length: usize) -> Vec<u8> {
+    borrow(ptr, length).to_vec()
+}
+
+/// Borrows bytes Envoy handed out, for as long as the hook runs and no write touches them.
+fn borrow<'a>(ptr: *const u8, length: usize) -> &'a [u8] {
+    if ptr.is_null() || length == 0 {
+        return &[];
+    }
+    // SAFETY: Envoy guarantees the buffer holds `length` readable bytes until the current hook
+    // returns or a write to the same map or body happens (abi.h). Every caller either copies at
+    // once or uses the slice before making any such write, and never keeps it past the hook.
+    // Null was checked above (`from_raw_parts` must never see it, even for length 0).
+    unsafe { std::slice::from_raw_parts(ptr, length) }
+}
+
+/// Writes a line to Envoy's log (logger `dynamic_modules`), if that level is enabled.
+pub fn log(level: LogLevel, message: &str, file: &str, line: u32) {
+    // SAFETY: both callbacks may be called from any thread and only read the buffers during the
+    // call; the buffers are live `&str`s.
+    unsafe {
+        if envoy_dynamic_module_callback_log_enabled(level as u32) {
+            envoy_dynamic_module_callback_log_v2(
+                level as u32,
+                ModuleBuffer::of(message.as_bytes()),
+                ModuleBuffer::of(file.as_bytes()),
+                line,
+            );
+        }
+    }
+}
+
+/// Whether Envoy logs at `level` (cheap: lets `log` skip formatting).
+pub fn log_enabled(level: LogLevel) -> bool {
+    // SAFETY: a thread-safe query with no arguments that point anywhere.
+    unsafe { envoy_dynamic_module_callback_log_enabled(level as u32) }
+}
+
+/// Envoy's per-configuration handle, valid only inside `on_http_filter_config_new`.
+pub struct ConfigHandle {
+    ptr: FilterConfigEnvoyPtr,
+}
+
+impl ConfigHandle {
+    /// Defines a counter (or a gauge) of this filter configuration; its id, or `None` when
+    /// Envoy refuses.
+    pub fn define(&self, name: &str, gauge: bool) -> Option<usize> {
+        let mut id = usize::MAX;
+        // SAFETY: `ptr` is the configuration pointer Envoy passed to the running
+        // `config_new`; the name is read during the call only; no labels (null, 0); `id` is a
+        // valid out-pointer.
+        let result = unsafe {
+            let define = if gauge {
+                envoy_dynamic_module_callback_http_filter_config_define_gauge
+            } else {
+                envoy_dynamic_module_callback_http_filter_config_define_counter
+            };
+            define(
+                self.ptr,
+                ModuleBuffer::of(name.as_bytes()),
+                std::ptr::null(),
+                0,
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS && id != usize::MAX).then_some(id)
+    }
+}
+
+/// Envoy's per-stream filter, valid inside the hooks of that stream, on its worker thread.
+/// Not `Send`: it holds a raw pointer, and never leaves the hook that received it.
+pub struct Stream {
+    ptr: FilterEnvoyPtr,
+}
+
+impl Stream {
+    /// All headers of a map (pseudo-headers included, one entry per value), copied.
+    pub fn headers(&self, map: HeaderMap) -> Vec<(String, Vec<u8>)> {
+        // SAFETY: `ptr` is the live filter of the running hook.
+        let count =
+            unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.ptr, map as u32) };
+        if count == 0 {
+            return Vec::new();
+        }
+        let mut raw = vec![
+            EnvoyHeader {
+                key_ptr: std::ptr::null(),
+                key_length: 0,
+                value_ptr: std::ptr::null(),
+                value_length: 0,
+            };
+            count
+        ];
+        // SAFETY: `raw` has exactly the `get_headers_size` entries Envoy requires.
+        let ok = unsafe {
+            envoy_dynamic_module_callback_http_get_headers(self.ptr, map as u32, raw.as_mut_ptr())
+        };
+        if !ok {
+            return Vec::new();
+        }
+        raw.iter()
+            .map(|h| {
+                (
+                    String::from_utf8_lossy(borrow(h.key_ptr, h.key_length)).into_owned(),
+                    copy(h.value_ptr, h.value_length),
+                )
+            })
+            .collect()
+    }
+
+    /// Sets every value of `name` to `value` (`None` removes the header).
+    pub fn set_header(&self, map: HeaderMap, name: &str, value: Option<&[u8]>) -> bool {
+        let value = value.map_or(ModuleBuffer::NULL, ModuleBuffer::of);
+        // SAFETY: buffers are read during the call only; a null value is abi.h's "remove".
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.ptr,
+                map as u32,
+                ModuleBuffer::of(name.as_bytes()),
+                value,
+            )
+        }
+    }
+
+    /// Adds one more value of `name`.
+    pub fn add_header(&self, map: HeaderMap, name: &str, value: &[u8]) -> bool {
+        // SAFETY: buffers are read during the call only.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.ptr,
+                map as u32,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value),
+            )
+        }
+    }
+
+    /// Sends a local reply. Envoy may call back into this module (stream completion) before
+    /// this returns; the hooks hold no borrow of the filter's state across it.
+    pub fn send_response(&self, status: u32, headers: &[(String, Vec<u8>)], body: &[u8]) {
+        let mut raw: Vec<ModuleHeader> = headers
+            .iter()
+            .map(|(n, v)| ModuleHeader {
+                key_ptr: n.as_ptr(),
+                key_length: n.len(),
+                value_ptr: v.as_ptr(),
+                value_length: v.len(),
+            })
+            .collect();
+        let details = b"edge_warden";
+        // SAFETY: the header array, its keys and values, the body and the details all outlive
+        // the call, and Envoy only reads them during it.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.ptr,
+                status,
+                raw.as_mut_ptr(),
+                raw.len(),
+                ModuleBuffer::of(body),
+                ModuleBuffer::of(details),
+            )
+        }
+    }
+
+    /// Calls `each` with the slices of a body buffer, in order, without copying them.
+    fn body_slices(&self, kind: BodyKind, each: &mut dyn FnMut(&[u8])) {
+        // SAFETY: `ptr` is the live filter of the running hook.
+        let count = unsafe {
+            envoy_dynamic_module_callback_http_get_body_chunks_size(self.ptr, kind as u32)
+        };
+        if count == 0 {
+            return;
+        }
+        let mut chunks = vec![EMPTY; count];
+        // SAFETY: `chunks` has exactly the `get_body_chunks_size` entries Envoy requires.
+        let ok = unsafe {
+            envoy_dynamic_module_callback_http_get_body_chunks(
+                self.ptr,
+                kind as u32,
+                chunks.as_mut_ptr(),
+            )
+        };
+        if ok {
+            // No write to the body happens while `each` runs (it only hashes), so the slices
+            // stay valid (see `borrow`).
+            for chunk in &chunks {
+                each(borrow(chunk.ptr, chunk.length));
+            }
+        }
+    }
+
+    /// The request body bytes this hook brought, as slices. When an earlier filter buffered the
+    /// body and resumed, the received body *is* the buffered one: then only what lies past
+    /// `seen` bytes is new.
+    pub fn new_request_body(&self, seen: usize, each: &mut dyn FnMut(&[u8])) {
+        // SAFETY: a plain query on the live filter of the running hook.
+        let received_is_buffered =
+            unsafe { envoy_dynamic_module_callback_http_received_buffered_request_body(self.ptr) };
+        if !received_is_buffered {
+            return self.body_slices(BodyKind::ReceivedRequest, each);
+        }
+        let mut skip = seen;
+        self.body_slices(BodyKind::BufferedRequest, &mut |slice| {
+            if skip >= slice.len() {
+                skip -= slice.len();
+            } else {
+                each(&slice[skip..]);
+                skip = 0;
+            }
+        });
+    }
+
+    /// Replaces the response body received in this hook with `body`.
+    pub fn replace_response_body(&self, body: &[u8]) -> bool {
+        // SAFETY: plain calls on the live filter; `body` is read during the call only.
+        unsafe {
+            let size = envoy_dynamic_module_callback_http_get_body_size(
+                self.ptr,
+                BodyKind::ReceivedResponse as u32,
+            );
+            envoy_dynamic_module_callback_http_drain_body(
+                self.ptr,
+                BodyKind::ReceivedResponse as u32,
+                size,
+            ) && envoy_dynamic_module_callback_http_append_body(
+                self.ptr,
+                BodyKind::ReceivedResponse as u32,
+                ModuleBuffer::of(body),
+            )
+        }
+    }
+
+    /// A string attribute (`source.address`, `xds.route_name`, ...), copied.
+    pub fn attribute(&self, attribute: Attribute) -> Option<Vec<u8>> {
+        let mut out = EMPTY;
+        // SAFETY: `out` is a valid out-pointer; the bytes it points to are copied at once.
+        let ok = unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                self.ptr,
+                attribute as u32,
+                &mut out,
+            )
+        };
+        ok.then(|| copy(out.ptr, out.length))
+    }
+
+    /// Adds `delta` to a metric defined by this stream's configuration (a gauge may go down).
+    pub fn add_to_metric(&self, id: usize, gauge: bool, delta: i64) {
+        let value = delta.unsigned_abs();
+        // SAFETY: `id` came from `ConfigHandle::define` on the configuration of this stream; no
+        // labels (null, 0).
+        unsafe {
+            let call = match (gauge, delta < 0) {
+                (false, _) => envoy_dynamic_module_callback_http_filter_increment_counter,
+                (true, false) => envoy_dynamic_module_callback_http_filter_increment_gauge,
+                (true, true) => envoy_dynamic_module_callback_http_filter_decrement_gauge,
+            };
+            call(self.ptr, id, std::ptr::null(), 0, value);
+        }
+    }
+}
+
+/// Runs a hook, turning a panic into a log line, `on_panic()` (a fail-closed reply where a
+/// request is waiting) and `fallback`. A panic must never unwind into Envoy's C++ (undefined
+/// behaviour), nor abort the process.
+fn guard<R>(hook: &str, fallback: R, on_panic: impl FnOnce(), body: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(result) => result,
+        Err(_) => {
+            // The panic's message went to the log through the panic hook (see `install`);
+            // nothing from the request is in this line.
+            log(
+                LogLevel::Error,
+                &format!("edge-warden: internal error in {hook}; the request was refused"),
+                file!(),
+                line!(),
+            );
+            // A second panic while refusing is swallowed: the fallback still goes back.
+            let _ = catch_unwind(AssertUnwindSafe(on_panic));
+            fallback
+        }
+    }
+}
+
+fn filter<'a>(ptr: FilterModulePtr) -> &'a Filter {
+    // SAFETY: `ptr` is what `on_http_filter_new` returned (`Box::into_raw`); Envoy hands it back
+    // only until `on_http_filter_destroy`. Only shared references are made, because hooks can
+    // run inside other hooks (`send_response` completes the stream before it returns).
+    unsafe { &*(ptr as *const Filter) }
+}
+
+fn config<'a>(ptr: FilterConfigModulePtr) -> &'a Arc<FilterConfig> {
+    // SAFETY: `ptr` is what `on_http_filter_config_new` returned (a boxed `Arc`); Envoy hands
+    // it back only until `on_http_filter_config_destroy`. Each filter holds its own `Arc`.
+    unsafe { &*(ptr as *const Arc<FilterConfig>) }
+}
+
+/// The ABI version this binding was written against; Envoy 1.40 expects it.
+const ABI_VERSION: &[u8] = b"v0.2.0\0";
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
+    guard(
+        "program_init",
+        std::ptr::null(),
+        || (),
+        || {
+            super::install();
+            ABI_VERSION.as_ptr()
+        },
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    config_ptr: FilterConfigEnvoyPtr,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> FilterConfigModulePtr {
+    guard(
+        "http_filter_config_new",
+        std::ptr::null(),
+        || (),
+        || {
+            let handle = ConfigHandle { ptr: config_ptr };
+            // Null refuses the configuration; the reason is logged by `FilterConfig::new`.
+            match FilterConfig::new(
+                borrow(name.ptr, name.length),
+                borrow(config.ptr, config.length),
+                &handle,
+            ) {
+                Some(c) => Box::into_raw(Box::new(Arc::new(c))) as FilterConfigModulePtr,
+                None => std::ptr::null(),
+            }
+        },
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(ptr: FilterConfigModulePtr) {
+    guard(
+        "http_filter_config_destroy",
+        (),
+        || (),
+        || {
+            if !ptr.is_null() {
+                // SAFETY: `ptr` came from `Box::into_raw` in `config_new`; Envoy destroys it once.
+                // Filters still alive keep the configuration through their own `Arc`.
+                drop(unsafe { Box::from_raw(ptr as *mut Arc<FilterConfig>) });
+            }
+        },
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config_ptr: FilterConfigModulePtr,
+    _filter_ptr: FilterEnvoyPtr,
+) -> FilterModulePtr {
+    guard(
+        "http_filter_new",
+        std::ptr::null(),
+        || (),
+        || Box::into_raw(Box::new(FilterConfig::new_filter(config(config_ptr)))) as FilterModulePtr,
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(ptr: FilterModulePtr) {
+    guard(
+        "http_filter_destroy",
+        (),
+        || (),
+        || {
+            if !ptr.is_null() {
+                // SAFETY: `ptr` came from `Box::into_raw` in `filter_new`; Envoy destroys it once,
+                // when no hook of it runs.
+                drop(unsafe { Box::from_raw(ptr as *mut Filter) });
+            }
+        },
+    )
+}
+
+/// The 500 reply of a request whose hook panicked.
+fn refuse(stream: &Stream) {
+    super::refuse(stream);
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    envoy: FilterEnvoyPtr,
+    module: FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
+    let stream = Stream { ptr: envoy };
+    guard(
+        "request_headers",
+        HeadersStatus::StopIteration,
+        || refuse(&stream),
+        || filter(module).on_request_headers(&stream, end_of_stream),
+    ) as u32
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    envoy: FilterEnvoyPtr,
+    module: FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
+    let stream = Stream { ptr: envoy };
+    guard(
+        "request_body",
+        BodyStatus::StopIterationNoBuffer,
+        || refuse(&stream),
+        || filter(module).on_request_body(&stream, end_of_stream),
+    ) as u32
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    envoy: FilterEnvoyPtr,
+    module: FilterModulePtr,
+) -> u32 {
+    let stream = Stream { ptr: envoy };
+    guard(
+        "request_trailers",
+        TrailersStatus::StopIteration,
+        || refuse(&stream),
+        || filter(module).on_request_trailers(&stream),
+    ) as u32
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    envoy: FilterEnvoyPtr,
+    module: FilterModulePtr,
+    _end_of_stream: bool,
+) -> u32 {
+    let stream = Stream { ptr: envoy };
+    // The request has been decided by now: a failure here leaves the response as it is.
+    guard(
+        "response_headers",
+        HeadersStatus::Continue,
+        || (),
+        || filter(module).on_response_headers(&stream),
+    ) as u32
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    envoy: FilterEnvoyPtr,
+    module: FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
+    let stream = Stream { ptr: envoy };
+    guard(
+        "response_body",
+        BodyStatus::Continue,
+        || (),
+        || filter(module).on_response_body(&stream, end_of_stream),
+    ) as u32
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _envoy: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+) -> u32 {
+    TrailersStatus::Continue as u32
+}
+
+// Hooks Envoy 1.40 requires a module to export (it refuses the configuration otherwise) but
+// edge-warden has no use for: it starts no callouts, streams or timers.
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    _envoy: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _envoy: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _event: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _envoy: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _callout: u64,
+    _result: u32,
+    _headers: *mut EnvoyHeader,
+    _headers_count: usize,
+    _body: *mut EnvoyBuffer,
+    _body_count: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _envoy: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _stream: u64,
+    _headers: *mut EnvoyHeader,
+    _headers_count: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _envoy: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _stream: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _envoy: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _stream: u64,
+    _trailers: *mut EnvoyHeader,
+    _trailers_count: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _envoy: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _stream: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _envoy: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+    _stream: u64,
+    _reason: u32,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _envoy: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _envoy: FilterEnvoyPtr,
+    _module: FilterModulePtr,
+) {
+}

@@ -1,0 +1,382 @@
+//! The native runtime: edge-warden as an Envoy dynamic module (`libedge_warden.so`, loaded by
+//! `envoy.filters.http.dynamic_modules`). A thin adapter over the same engine as the wasm
+//! filter: Envoy's hooks become engine events, the engine's actions become ABI calls. Every
+//! `unsafe` line is in `ffi`; this module is safe Rust.
+//!
+//! Threads: Envoy creates a configuration on its main thread and shares it with every worker,
+//! so [`FilterConfig`] is `Send + Sync`; each stream's [`Filter`] lives on one worker. Shared
+//! state (replay cache, lockout) is one process-wide [`MemoryStore`], which, like Envoy's shared
+//! data for the wasm filter, outlives a configuration reload.
+
+mod ffi;
+
+use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::checks::ip;
+use crate::config::Config;
+use crate::engine::{Action, Engine, Exchange, Host, LocalState, Metric, ResponseAction};
+use crate::reject::{self, Reject};
+use crate::store::MemoryStore;
+
+use ffi::{
+    Attribute, BodyStatus, ConfigHandle, HeaderMap, HeadersStatus, LogLevel, Stream, TrailersStatus,
+};
+
+/// Every configuration's replay cache and lockout counters, in process memory.
+static STORE: OnceLock<MemoryStore> = OnceLock::new();
+
+fn store() -> &'static MemoryStore {
+    STORE.get_or_init(MemoryStore::default)
+}
+
+/// The metrics, in the order of [`Metric`]: counters, then the replay-cache gauge.
+const METRICS: [(&str, bool); 3] = [
+    ("edge_warden_requests_allowed", false),
+    ("edge_warden_requests_rejected", false),
+    ("edge_warden_replay_cache_entries", true),
+];
+
+/// One plugin configuration, shared by every worker.
+pub struct FilterConfig {
+    engine: Engine,
+    metrics: [Option<usize>; 3],
+}
+
+// The engine is shared across worker threads: checked at compile time.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<FilterConfig>();
+};
+
+impl FilterConfig {
+    /// Compiles the plugin JSON; `None` (with the reason logged, naming the field) makes Envoy
+    /// refuse the configuration.
+    fn new(_name: &[u8], json: &[u8], handle: &ConfigHandle) -> Option<Self> {
+        // Secrets come from Envoy's environment. Unlike the wasm VM, a native module sees all
+        // of it: there is no `host_env_keys` list to pass through.
+        let config = match Config::from_json(json, &|name| std::env::var(name).ok()) {
+            Ok(config) => config,
+            Err(e) => {
+                log::error!("{e}");
+                return None;
+            }
+        };
+        for warning in &config.warnings {
+            log::warn!("edge-warden: {warning}");
+        }
+        let state = LocalState::new(&config, store());
+        if let Err(why) = state.prepare() {
+            log::error!("edge-warden: {why} in process memory");
+            return None;
+        }
+        log::info!(
+            "edge-warden configured (native): {} policies, {} signing secrets ({}), replay cache \
+             of {} nonces in {} shards",
+            config.policies.len(),
+            config.keys.len(),
+            config
+                .keys
+                .iter()
+                .map(|k| k.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            config.replay_capacity,
+            state.cache.shards()
+        );
+        Some(Self {
+            engine: Engine::new(config, Box::new(state)),
+            metrics: METRICS.map(|(name, gauge)| handle.define(name, gauge)),
+        })
+    }
+
+    fn new_filter(config: &Arc<FilterConfig>) -> Filter {
+        Filter {
+            config: config.clone(),
+            exchange: RefCell::new(Exchange::new()),
+            read: Cell::new(0),
+        }
+    }
+}
+
+/// One stream. Hooks take `&self` and borrow the exchange only while the engine decides, never
+/// across a call into Envoy that may run another hook of this stream.
+pub struct Filter {
+    config: Arc<FilterConfig>,
+    exchange: RefCell<Exchange>,
+    /// Request body bytes already handed to the engine.
+    read: Cell<usize>,
+}
+
+/// What the engine asks of Envoy, through one stream's handle.
+struct NativeHost<'a> {
+    stream: &'a Stream,
+    config: &'a FilterConfig,
+}
+
+impl Host for NativeHost<'_> {
+    fn now(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    fn client_address(&mut self) -> Option<IpAddr> {
+        let address = self.stream.attribute(Attribute::SourceAddress)?;
+        ip::parse_source(std::str::from_utf8(&address).ok()?)
+    }
+
+    fn route_name(&mut self) -> Option<String> {
+        String::from_utf8(self.stream.attribute(Attribute::XdsRouteName)?).ok()
+    }
+
+    fn response_code_details(&mut self) -> Vec<u8> {
+        self.stream
+            .attribute(Attribute::ResponseCodeDetails)
+            .unwrap_or_default()
+    }
+
+    fn count(&mut self, metric: Metric, delta: i64) {
+        if let Some(id) = self.config.metrics[metric as usize] {
+            self.stream
+                .add_to_metric(id, metric == Metric::ReplayEntries, delta);
+        }
+    }
+}
+
+impl Filter {
+    /// Runs one engine step with the exchange borrowed, then releases it.
+    fn decide<R>(
+        &self,
+        stream: &Stream,
+        step: impl FnOnce(&mut Exchange, &Engine, &mut NativeHost) -> R,
+    ) -> R {
+        let config = &*self.config;
+        let mut host = NativeHost { stream, config };
+        let mut exchange = self.exchange.borrow_mut();
+        step(&mut exchange, &config.engine, &mut host)
+    }
+
+    fn on_request_headers(&self, stream: &Stream, end_of_stream: bool) -> HeadersStatus {
+        let pairs = stream.headers(HeaderMap::Request);
+        let action = self.decide(stream, |x, engine, host| {
+            x.on_request_headers(engine, pairs, end_of_stream, host)
+        });
+        match action {
+            Action::Continue(edits) => {
+                apply_edits(stream, edits);
+                HeadersStatus::Continue
+            }
+            Action::Pause => HeadersStatus::StopIteration,
+            Action::Reply(reply) => {
+                stream.send_response(reply.status, &reply.headers, &reply.body);
+                HeadersStatus::StopIteration
+            }
+        }
+    }
+
+    fn on_request_body(&self, stream: &Stream, end_of_stream: bool) -> BodyStatus {
+        let (wants, answered) = {
+            let x = self.exchange.borrow();
+            (x.wants_body(), x.answered())
+        };
+        if !wants {
+            return if answered {
+                BodyStatus::StopIterationNoBuffer
+            } else {
+                BodyStatus::Continue
+            };
+        }
+        let action = self.decide(stream, |x, engine, host| {
+            let mut last = None;
+            let mut seen = self.read.get();
+            stream.new_request_body(seen, &mut |slice| {
+                if last.is_none() {
+                    seen += slice.len();
+                    match x.on_request_body(engine, slice, false, host) {
+                        Action::Pause => {}
+                        other => last = Some(other),
+                    }
+                }
+            });
+            self.read.set(seen);
+            match last {
+                Some(decided) => decided,
+                None if end_of_stream => x.on_request_body(engine, &[], true, host),
+                None => Action::Pause,
+            }
+        });
+        match action {
+            Action::Continue(edits) => {
+                // The headers were held, so edits made now still reach the upstream.
+                apply_edits(stream, edits);
+                BodyStatus::Continue
+            }
+            // Envoy keeps the body for the upstream while it is verified.
+            Action::Pause => BodyStatus::StopIterationAndBuffer,
+            Action::Reply(reply) => {
+                stream.send_response(reply.status, &reply.headers, &reply.body);
+                BodyStatus::StopIterationNoBuffer
+            }
+        }
+    }
+
+    fn on_request_trailers(&self, stream: &Stream) -> TrailersStatus {
+        let action = self.decide(stream, |x, engine, host| {
+            x.on_request_trailers(engine, host)
+        });
+        match action {
+            Action::Continue(edits) => {
+                apply_edits(stream, edits);
+                TrailersStatus::Continue
+            }
+            Action::Pause => TrailersStatus::StopIteration,
+            Action::Reply(reply) => {
+                stream.send_response(reply.status, &reply.headers, &reply.body);
+                TrailersStatus::StopIteration
+            }
+        }
+    }
+
+    fn on_response_headers(&self, stream: &Stream) -> HeadersStatus {
+        if self.exchange.borrow().answered() {
+            return HeadersStatus::Continue;
+        }
+        let before = stream.headers(HeaderMap::Response);
+        let action = self.decide(stream, |x, engine, host| {
+            x.on_response_headers(engine, before.clone(), host)
+        });
+        if let ResponseAction::Replace(after) = action {
+            write_response_headers(stream, &before, &after);
+        }
+        HeadersStatus::Continue
+    }
+
+    fn on_response_body(&self, stream: &Stream, end_of_stream: bool) -> BodyStatus {
+        if !self.exchange.borrow().replaces_response_body() {
+            return BodyStatus::Continue;
+        }
+        if !end_of_stream {
+            return BodyStatus::StopIterationAndBuffer;
+        }
+        if let Some(body) = self.exchange.borrow_mut().take_replacement_body() {
+            if !stream.replace_response_body(&body) {
+                log::warn!("edge-warden could not reshape a rate-limited reply");
+            }
+        }
+        BodyStatus::Continue
+    }
+}
+
+/// Writes request header edits one by one (the ABI has no whole-map write; each is cheap).
+fn apply_edits(stream: &Stream, edits: crate::engine::Edits) {
+    for (name, value) in &edits.list {
+        if !stream.set_header(
+            HeaderMap::Request,
+            name,
+            value.as_deref().map(str::as_bytes),
+        ) {
+            log::warn!("edge-warden could not edit request header {name}");
+        }
+    }
+}
+
+/// Brings the response headers from `before` to `after` with as few calls as possible: names
+/// that went are removed, names whose values changed are set (and extra values added).
+fn write_response_headers(
+    stream: &Stream,
+    before: &[(String, Vec<u8>)],
+    after: &[(String, Vec<u8>)],
+) {
+    let values = |list: &[(String, Vec<u8>)], name: &str| -> Vec<Vec<u8>> {
+        list.iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    for (name, _) in before {
+        if !after.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            stream.set_header(HeaderMap::Response, name, None);
+        }
+    }
+    let mut done: Vec<&str> = Vec::new();
+    for (name, _) in after {
+        if done.iter().any(|d| d.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        done.push(name);
+        let new = values(after, name);
+        if new == values(before, name) {
+            continue;
+        }
+        stream.set_header(HeaderMap::Response, name, Some(&new[0]));
+        for extra in &new[1..] {
+            stream.add_header(HeaderMap::Response, name, extra);
+        }
+    }
+}
+
+/// Fails closed after a panic: a 500 problem+json reply, and nothing of the request logged.
+fn refuse(stream: &Stream) {
+    let response = reject::respond(&Reject::Internal, None);
+    let headers: Vec<(String, Vec<u8>)> = response
+        .headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.clone().into_bytes()))
+        .collect();
+    stream.send_response(response.status, &headers, &response.body);
+}
+
+/// Routes the `log` crate to Envoy's log, and panic messages with it (once per process).
+fn install() {
+    static LOGGER: EnvoyLogger = EnvoyLogger;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+    std::panic::set_hook(Box::new(|info| {
+        // The location only: a panic message could quote request data.
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        ffi::log(
+            LogLevel::Error,
+            &format!("edge-warden: panic at {at}"),
+            file!(),
+            line!(),
+        );
+    }));
+}
+
+struct EnvoyLogger;
+
+fn level_of(level: log::Level) -> LogLevel {
+    match level {
+        log::Level::Error => LogLevel::Error,
+        log::Level::Warn => LogLevel::Warn,
+        log::Level::Info => LogLevel::Info,
+        log::Level::Debug => LogLevel::Debug,
+        log::Level::Trace => LogLevel::Trace,
+    }
+}
+
+impl log::Log for EnvoyLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        ffi::log_enabled(level_of(metadata.level()))
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            ffi::log(
+                level_of(record.level()),
+                &record.args().to_string(),
+                record.file().unwrap_or(""),
+                record.line().unwrap_or(0),
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
