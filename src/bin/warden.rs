@@ -4,7 +4,7 @@
 //! - `warden check-config FILE`: the filter's own configuration validation, offline.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,10 @@ use clap::{Parser, Subcommand};
 
 use edge_warden::checks::api_key::hash_key;
 use edge_warden::checks::signature::sign;
-use edge_warden::config::{parse_raw, Config, MIN_SECRET_LEN};
+use edge_warden::config::{parse_raw, Config, ConfigError, MIN_SECRET_LEN};
+use edge_warden::config_locate::{
+    locate_field, parse_error_position, plugin_configs, without_json_position, Position,
+};
 
 #[derive(Parser)]
 #[command(
@@ -40,9 +43,12 @@ enum Command {
         #[arg(long, default_value = "client")]
         role: String,
     },
-    /// Validate a plugin configuration (JSON) exactly as the filter does at load time.
+    /// Validate plugin configurations exactly as the filter does at load time: a plugin JSON
+    /// file, or every edge-warden filter's configuration in an Envoy YAML file. Errors name the
+    /// file's line (`file:line:column: field `x`: reason`).
     CheckConfig {
-        /// The JSON plugin configuration (the `configuration` value of the Envoy wasm filter).
+        /// The plugin configuration JSON, or an Envoy config (`.yaml` / `.yml`) whose edge-warden
+        /// wasm filter carries it in `configuration: { "@type": …StringValue, value: | … }`.
         file: PathBuf,
         /// Check structure only: do not require the secrets' environment variables to be set.
         #[arg(long)]
@@ -286,13 +292,89 @@ fn run_hash_key(id: Option<String>, role: &str) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_check_config(file: &PathBuf, skip_secrets: bool) -> Result<ExitCode, String> {
-    let json = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
-    let raw = match parse_raw(&json) {
+fn run_check_config(file: &Path, skip_secrets: bool) -> Result<ExitCode, String> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    let name = file.display();
+    if !is_envoy_config(file) {
+        let place = |p: Position| (format!("{name}:{}", p.line), Some(p));
+        let ok = check_plugin_config(&text, skip_secrets, &place, None);
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let configs = plugin_configs(&text).map_err(|e| format!("{name}:{e}"))?;
+    if configs.is_empty() {
+        return Err(format!(
+            "{name}: no edge-warden plugin configuration found; expected an \
+             envoy.extensions.filters.http.wasm.v3.Wasm filter with root_id edge_warden (or code \
+             …/edge_warden.wasm) whose `configuration` is a google.protobuf.StringValue"
+        ));
+    }
+    let mut all_ok = true;
+    for config in &configs {
+        let place = |p: Position| {
+            let p = config.yaml_position(p);
+            // A quoted (not `value: |`) string has no line of its own per JSON line: name only
+            // the line where the value starts.
+            let column = config.line_for_line.then_some(p);
+            (format!("{name}:{}", p.line), column)
+        };
+        let block = format!("{name}:{}", config.start.line);
+        all_ok &= check_plugin_config(&config.json, skip_secrets, &place, Some(&block));
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Envoy configurations are YAML (`.yaml` / `.yml`); anything else is the plugin JSON itself.
+fn is_envoy_config(file: &Path) -> bool {
+    file.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+/// Validates one plugin configuration exactly as the filter does at load time (`parse_raw`, then
+/// `Config::compile`) and prints the outcome. `place` turns a position in `json` into what
+/// precedes each message: `file:line` and, when it is exact, the column. `block` names the
+/// configuration on its `ok` and warning lines when a file holds several. Returns whether it passed.
+fn check_plugin_config(
+    json: &str,
+    skip_secrets: bool,
+    place: &dyn Fn(Position) -> (String, Option<Position>),
+    block: Option<&str>,
+) -> bool {
+    let prefix = |p: Position| match place(p) {
+        (at, Some(exact)) => format!("{at}:{}:", exact.column),
+        (at, None) => format!("{at}:"),
+    };
+    let report = |at: Option<Position>, e: &ConfigError, reason: &str| {
+        let at = prefix(at.unwrap_or(Position { line: 1, column: 1 }));
+        if e.field.is_empty() {
+            eprintln!("{at} {reason}");
+        } else {
+            eprintln!("{at} field `{}`: {reason}", e.field);
+        }
+    };
+    let raw = match parse_raw(json.as_bytes()) {
         Ok(raw) => raw,
         Err(e) => {
-            eprintln!("{}: {e}", file.display());
-            return Ok(ExitCode::from(1));
+            // serde_json's own position, as data; the reason then loses its embedded-JSON suffix.
+            match parse_error_position(json.as_bytes()) {
+                Some(p) => report(Some(p), &e, without_json_position(&e.reason, p)),
+                None => report(locate_field(json, &e.field), &e, &e.reason),
+            }
+            if block.is_none() && e.field.is_empty() {
+                eprintln!(
+                    "(check-config reads a plugin configuration JSON file, or an Envoy config \
+                     named *.yaml / *.yml)"
+                );
+            }
+            return false;
         }
     };
     // With --skip-secrets the secrets' variables read as placeholders of the minimum length, so
@@ -312,11 +394,12 @@ fn run_check_config(file: &PathBuf, skip_secrets: bool) -> Result<ExitCode, Stri
     };
     match Config::compile(raw, &lookup) {
         Ok(config) => {
+            let at = block.map_or(String::new(), |b| format!("{b}: "));
             for warning in &config.warnings {
-                eprintln!("warning: {warning}");
+                eprintln!("{at}warning: {warning}");
             }
             println!(
-                "ok: {} policies ({}), {} signing secrets, replay cache of {} nonces",
+                "{at}ok: {} policies ({}), {} signing secrets, replay cache of {} nonces",
                 config.policies.len(),
                 config
                     .policies
@@ -327,11 +410,11 @@ fn run_check_config(file: &PathBuf, skip_secrets: bool) -> Result<ExitCode, Stri
                 config.keys.len(),
                 config.replay_capacity
             );
-            Ok(ExitCode::SUCCESS)
+            true
         }
         Err(e) => {
-            eprintln!("{}: {e}", file.display());
-            Ok(ExitCode::from(1))
+            report(locate_field(json, &e.field), &e, &e.reason);
+            false
         }
     }
 }

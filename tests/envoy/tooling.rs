@@ -1,5 +1,6 @@
 //! The user's tooling: `warden`, and the README's signing snippets, run against a real Envoy.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::harness::{default_plugin_config, repo, Envoy, Options, Signed, SECRET};
@@ -242,4 +243,122 @@ fn the_readme_configuration_example_is_valid() {
     let config = edge_warden::config::Config::from_json(json.as_bytes(), &env)
         .unwrap_or_else(|e| panic!("README example: {e}"));
     assert_eq!(config.policies.len(), 3);
+}
+
+/// `warden check-config` run from the repository root, as the README shows it.
+fn check_config(file: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("check-config")
+        .arg(file)
+        .current_dir(repo())
+        .env("HMAC_SHARED_SECRET", SECRET)
+        .output()
+        .unwrap()
+}
+
+/// envoy/envoy.yaml with `from` (which must occur exactly once) replaced, written to `dir`.
+fn broken_envoy_yaml(dir: &Path, name: &str, from: &str, to: &str) -> (std::path::PathBuf, String) {
+    let yaml = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    assert_eq!(yaml.matches(from).count(), 1, "envoy/envoy.yaml: `{from}`");
+    let yaml = yaml.replacen(from, to, 1);
+    let path = dir.join(name);
+    std::fs::write(&path, &yaml).unwrap();
+    (path, yaml)
+}
+
+/// The 1-based line of the only line of `text` containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    let lines: Vec<usize> = (1..)
+        .zip(text.lines())
+        .filter(|(_, l)| l.contains(needle))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(lines.len(), 1, "`{needle}` on lines {lines:?}");
+    lines[0]
+}
+
+#[test]
+fn warden_check_config_reads_the_shipped_envoy_yaml_files() {
+    for file in [
+        "envoy/envoy.yaml",
+        "envoy/envoy-tls.yaml",
+        "envoy/envoy-fleet.yaml",
+    ] {
+        let out = check_config(Path::new(file));
+        assert!(out.status.success(), "{file}: {}", text(&out));
+        // The first line of the embedded JSON, the one after `value: |`.
+        let yaml = std::fs::read_to_string(repo().join(file)).unwrap();
+        let block = line_of(&yaml, "value: |") + 1;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .collect::<Vec<_>>(),
+            [format!(
+                "{file}:{block}: ok: 2 policies (health, signed), 1 signing secrets, replay cache \
+                 of 524288 nonces"
+            )],
+            "{}",
+            text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!(
+                "{file}:{block}: warning: policy `signed`: CORS origin wildcard `*.workers.dev`"
+            )),
+            "{}",
+            text(&out)
+        );
+    }
+    // A YAML file without the filter says what it looked for.
+    let out = check_config(Path::new("envoy/docker-compose.yaml"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no edge-warden plugin configuration found"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn warden_check_config_reports_errors_at_the_envoy_yaml_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // A serde error: an unknown field, found while parsing.
+        (
+            r#""signature": true,"#,
+            r#""sigature": true,"#,
+            r#""sigature""#,
+            "field `policies[1].sigature`: unknown field `sigature`, expected one of `name`, `match`",
+        ),
+        // Compile errors, which only name the field: the line of that key or list entry.
+        (
+            r#""window_seconds": 300"#,
+            r#""window_seconds": 0"#,
+            r#""window_seconds""#,
+            "field `signature.window_seconds`: must be between 1 and 3600 seconds, got 0",
+        ),
+        (
+            r#""allow_origins": ["https://*.workers.dev"],"#,
+            "\"allow_origins\": [\n  \"https://app.example.com\",\n  \"*\"\n],",
+            r#"  "*""#,
+            "field `policies[1].cors.allow_origins[1]`: `*` is not supported as an origin: list \
+             the allowed origins, or use a subdomain wildcard such as https://*.example.com",
+        ),
+    ];
+    for (i, (from, to, key, message)) in cases.into_iter().enumerate() {
+        // Keep the block's indentation on added lines, as an editor would.
+        let indent = " ".repeat(24);
+        let to = to.replace('\n', &format!("\n{indent}"));
+        let (path, yaml) = broken_envoy_yaml(dir.path(), &format!("envoy-{i}.yaml"), from, &to);
+        let out = check_config(&path);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let expected = format!("{}:{}:", path.display(), line_of(&yaml, key));
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&expected))
+            .unwrap_or_else(|| panic!("no line starting {expected}\n{}", text(&out)));
+        assert!(line.contains(message), "{line}");
+        // The embedded JSON's own line numbers would mislead: they are not reported.
+        assert!(!line.contains(" at line "), "{line}");
+    }
 }
