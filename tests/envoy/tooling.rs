@@ -362,3 +362,52 @@ fn warden_check_config_reports_errors_at_the_envoy_yaml_line() {
         assert!(!line.contains(" at line "), "{line}");
     }
 }
+
+#[test]
+fn validate_script_checks_the_plugin_config_and_envoy_with_the_development_secret() {
+    let validate = |config: &Path| {
+        Command::new(repo().join("scripts/validate.sh"))
+            .arg(config)
+            .env("WARDEN", env!("CARGO_BIN_EXE_warden"))
+            .env_remove("HMAC_SHARED_SECRET")
+            .output()
+            .unwrap()
+    };
+    let out = validate(Path::new("envoy/envoy.yaml"));
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("HMAC_SHARED_SECRET is not set: using the development secret"),
+        "{all}"
+    );
+    assert!(stdout.contains("ok: 2 policies (health, signed)"), "{all}");
+    assert!(
+        stdout.contains("configuration 'envoy/envoy.yaml' OK"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("edge-warden-development-secret-do-not-use-in-production"),
+        "the secret was printed:\n{all}"
+    );
+
+    // A configuration the filter refuses fails the target with check-config's message.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, yaml) = broken_envoy_yaml(
+        dir.path(),
+        "envoy.yaml",
+        r#""window_seconds": 300"#,
+        r#""window_seconds": 0"#,
+    );
+    let out = validate(&path);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "{}:{}:",
+            path.display(),
+            line_of(&yaml, "window_seconds")
+        )),
+        "{}",
+        text(&out)
+    );
+}
