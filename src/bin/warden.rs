@@ -83,6 +83,13 @@ struct SignArgs {
     /// Extra header for --url, as `Name: value` (repeatable).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// Trust the CA certificates in this PEM file, instead of the public roots, for an https
+    /// --url (e.g. certs/ca.pem for `make run-tls`).
+    #[arg(long, value_name = "FILE", requires = "url")]
+    cacert: Option<PathBuf>,
+    /// Print the response's status line and headers before the body (like curl -i).
+    #[arg(short = 'i', long, requires = "url")]
+    include: bool,
 }
 
 #[derive(clap::Args)]
@@ -192,23 +199,79 @@ fn run_sign(args: SignArgs) -> Result<ExitCode, String> {
     let request = request
         .body(body)
         .map_err(|e| format!("building the request: {e}"))?;
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut response = agent.run(request).map_err(|e| format!("{url}: {e}"))?;
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+    if let Some(file) = &args.cacert {
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(root_certs(file)?)
+                .build(),
+        );
+    }
+    let agent: ureq::Agent = config.build().into();
+    let mut response = agent.run(request).map_err(|e| {
+        // rustls's refusal reaches ureq as its own variant or inside an I/O error.
+        let certificate = matches!(e, ureq::Error::Rustls(_))
+            || e.to_string().contains("invalid peer certificate");
+        let hint = match (certificate, &args.cacert) {
+            (false, _) => "",
+            (true, None) => {
+                "; if the server's certificate comes from a private CA, pass it with --cacert \
+                 (make run-tls: --cacert certs/ca.pem)"
+            }
+            (true, Some(_)) => {
+                "; check that --cacert holds the CA that issued the server's certificate and \
+                 that the URL's host is in it"
+            }
+        };
+        format!("{url}: {e}{hint}")
+    })?;
     let status = response.status();
+    if args.include {
+        println!(
+            "{:?} {} {}",
+            response.version(),
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default()
+        );
+        for (name, value) in response.headers() {
+            println!("{name}: {}", String::from_utf8_lossy(value.as_bytes()));
+        }
+        println!();
+    }
     let text = response
         .body_mut()
         .read_to_string()
         .map_err(|e| format!("reading the response: {e}"))?;
-    eprintln!("HTTP {}", status.as_u16());
+    if !args.include {
+        eprintln!("HTTP {}", status.as_u16());
+    }
     println!("{text}");
     Ok(if status.is_success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Every certificate in a PEM file, as the only roots to trust (like curl's --cacert).
+fn root_certs(file: &Path) -> Result<ureq::tls::RootCerts, String> {
+    let pem =
+        std::fs::read(file).map_err(|e| format!("reading --cacert {}: {e}", file.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => certs.push(cert),
+            Ok(_) => {}
+            Err(e) => return Err(format!("--cacert {}: {e}", file.display())),
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "--cacert {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            file.display()
+        ));
+    }
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], String> {

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::harness::{default_plugin_config, repo, Envoy, Options, Signed, SECRET};
+use crate::harness::{certs, default_plugin_config, repo, Envoy, Options, Signed, SECRET};
 
 /// The code block that follows `<!-- snippet: NAME -->` in README.md.
 fn readme_snippet(name: &str) -> String {
@@ -407,6 +407,100 @@ fn validate_script_checks_the_plugin_config_and_envoy_with_the_development_secre
             path.display(),
             line_of(&yaml, "window_seconds")
         )),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `warden sign --url URL` with more arguments, signing with `secret`.
+fn warden_sign(url: &str, secret: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["sign", "--url", url, "-d", r#"{"clip_ids": ["clip123"]}"#])
+        .args(args)
+        .env("HMAC_SHARED_SECRET", secret)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn warden_sign_reaches_https_with_cacert_and_include_prints_status_and_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path());
+    let envoy = Envoy::start(Options {
+        config_file: "envoy/envoy-tls.yaml",
+        certs_dir: Some(dir.path().to_path_buf()),
+        ..Options::default()
+    });
+    let url = format!("https://localhost:{}/process-clips", envoy.port_of("https"));
+    let ca = dir.path().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    // The development CA is not a public root: refused, and told what to pass.
+    let out = warden_sign(&url, SECRET, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pass it with --cacert"),
+        "{}",
+        text(&out)
+    );
+
+    let out = warden_sign(&url, SECRET, &["--cacert", ca, "-i"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains(SECRET), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (head, body) = stdout
+        .split_once("\n\n")
+        .expect("headers, blank line, body");
+    let mut head = head.lines();
+    assert_eq!(head.next(), Some("HTTP/1.1 200 OK"), "{all}");
+    let headers: Vec<&str> = head.collect();
+    assert!(
+        headers.contains(&"strict-transport-security: max-age=31536000; includeSubDomains"),
+        "{all}"
+    );
+    let echo: serde_json::Value = serde_json::from_str(body.trim()).expect("the echo as JSON");
+    assert_eq!(echo["headers"]["x-edge-warden-key-id"], "primary", "{all}");
+    assert_eq!(echo["path"], "/process-clips", "{all}");
+    // The status is on standard output with -i, not repeated on standard error.
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("HTTP "),
+        "{all}"
+    );
+
+    // A rejection shows its status and headers too, and exits 1.
+    let wrong = "another-secret-0123456789abcdef-0123456789";
+    let out = warden_sign(&url, wrong, &["--cacert", ca, "--include"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("HTTP/1.1 401 Unauthorized\n"), "{all}");
+    assert!(
+        stdout.contains("\nwww-authenticate: HMAC-SHA256 realm=\"edge-warden\""),
+        "{all}"
+    );
+    assert!(
+        stdout.contains("\ncontent-type: application/problem+json\n"),
+        "{all}"
+    );
+    assert!(stdout.contains(r#""code":"invalid_signature""#), "{all}");
+
+    // Another CA than the server's, or a file without certificates: refused, saying why.
+    let other = tempfile::tempdir().unwrap();
+    certs(other.path());
+    let other_ca = other.path().join("ca.pem");
+    let out = warden_sign(&url, SECRET, &["--cacert", other_ca.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("check that --cacert holds the CA"),
+        "{}",
+        text(&out)
+    );
+    let key = dir.path().join("server.key");
+    let out = warden_sign(&url, SECRET, &["--cacert", key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no PEM certificate"),
         "{}",
         text(&out)
     );
