@@ -301,8 +301,10 @@ fn run_keygen(args: KeygenArgs) -> Result<ExitCode, String> {
         .duration_since(UNIX_EPOCH)
         .map_err(|_| "the system clock is before 1970".to_string())?
         .as_secs();
+    // The raw keys go to standard error, once; standard output is only the paste-ready block,
+    // so `warden keygen > entries.json` never writes a key to a file.
     let mut entries = Vec::new();
-    println!("API keys (shown once: hand each to its client through a secret store; edge-warden keeps only the hash):");
+    eprintln!("API keys (shown once: hand each to its client through a secret store; edge-warden keeps only the hash):");
     for _ in 0..args.count {
         let key = format!(
             "{}{}",
@@ -310,24 +312,46 @@ fn run_keygen(args: KeygenArgs) -> Result<ExitCode, String> {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?)
         );
         let id = format!("{role}-{}", hex::encode(random_bytes::<4>()?));
-        println!("  {id}  {key}");
-        let mut entry = serde_json::json!({
-            "id": id,
-            "sha256": hash_key(&key),
-            "role": role,
-        });
+        eprintln!("  {id}  {key}");
+        let mut entry = vec![
+            ("id", id),
+            ("role", role.to_string()),
+            ("sha256", hash_key(&key)),
+        ];
         if let Some(days) = args.valid_days {
-            entry["not_before"] = rfc3339(now).into();
-            entry["expires_at"] = rfc3339(now + days * 86_400).into();
+            entry.push(("not_before", rfc3339(now)));
+            entry.push(("expires_at", rfc3339(now + days * 86_400)));
         }
         entries.push(entry);
     }
-    println!("Config entries for \"api_keys\": {{\"keys\": [...]}} in the plugin configuration:");
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&entries).map_err(|e| e.to_string())?
+    eprintln!(
+        "Paste the \"api_keys\" block (standard output) into the plugin configuration's \
+         top-level object, with a comma after it if more members follow; or copy its entry \
+         lines into an existing \"keys\" list."
     );
+    println!("{}", api_keys_block(&entries));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `"api_keys"` member with one key entry per line, each line ending in a comma but the
+/// last, so both the whole block and single lines paste as they are.
+fn api_keys_block(entries: &[Vec<(&str, String)>]) -> String {
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|entry| {
+            let members: Vec<String> = entry
+                .iter()
+                .map(|(name, value)| {
+                    format!("\"{name}\": {}", serde_json::Value::from(value.as_str()))
+                })
+                .collect();
+            format!("    {{ {} }}", members.join(", "))
+        })
+        .collect();
+    format!(
+        "\"api_keys\": {{\n  \"keys\": [\n{}\n  ]\n}}",
+        lines.join(",\n")
+    )
 }
 
 fn run_hash_key(id: Option<String>, role: &str) -> Result<ExitCode, String> {
