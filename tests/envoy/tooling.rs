@@ -64,20 +64,28 @@ fn the_readme_python_snippet_signs_requests_that_pass() {
 #[test]
 fn the_readme_typescript_snippet_signs_requests_that_pass() {
     let envoy = Envoy::start(Options::default());
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sign.ts");
-    std::fs::write(&file, readme_snippet("sign-typescript")).unwrap();
-    let out = Command::new("node")
-        .arg(repo().join("tests/node/run-ts.mjs"))
-        .arg(&file)
-        .current_dir(repo().join("tests/node"))
+    // Inside tests/node, so `npx` finds the tsx that `make node-deps` installed there.
+    let dir = tempfile::Builder::new()
+        .prefix(".snippet-")
+        .tempdir_in(repo().join("tests/node"))
+        .unwrap();
+    std::fs::write(
+        dir.path().join("sign.mts"),
+        readme_snippet("sign-typescript"),
+    )
+    .unwrap();
+    // The command exactly as the README gives it.
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &readme_snippet("run-typescript")])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
         .env("HMAC_SHARED_SECRET", SECRET)
         .env(
             "EDGE_WARDEN_URL",
             format!("http://127.0.0.1:{}", envoy.port),
         )
         .output()
-        .expect("node (run `make node-deps` first)");
+        .expect("bash (run `make node-deps` first)");
     assert_reached_upstream(&out);
 }
 
