@@ -513,3 +513,69 @@ fn warden_sign_reaches_https_with_cacert_and_include_prints_status_and_headers()
         text(&out)
     );
 }
+
+/// The README's sample lines appear verbatim in Envoy's log (after its own timestamp prefix).
+fn assert_logged(log: &str, sample: &str) {
+    assert!(
+        log.lines().any(|l| l.ends_with(sample)),
+        "README sample not in Envoy's log:\n  {sample}\nlog lines from edge-warden:\n{}",
+        log.lines()
+            .filter(|l| l.contains("edge-warden"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn the_readme_config_error_sample_is_what_envoy_logs() {
+    let input = readme_snippet("config-error-input");
+    let sample = readme_snippet("config-error");
+    let refused = match Envoy::try_start(Options::with_config(input.trim())) {
+        Ok(_) => panic!("Envoy accepted the README's invalid configuration: {input}"),
+        Err(refused) => refused,
+    };
+    assert!(!refused.success, "{}", refused.log);
+    assert_logged(&refused.log, sample.trim());
+}
+
+#[test]
+fn the_readme_rejection_log_sample_is_what_envoy_logs() {
+    let sample = readme_snippet("rejection-log");
+    let envoy = Envoy::start(Options::default());
+    let mut signed = Signed::new(SECRET, b"{}");
+    signed.signature = "0".repeat(64);
+    let r = envoy.request("POST", "/orders", &signed.headers(), b"{}");
+    assert_eq!(r.code(), "invalid_signature");
+    let id = r.json()["request_id"]
+        .as_str()
+        .expect("request_id")
+        .to_string();
+    let expected = sample
+        .trim()
+        .replace("request_id=…", &format!("request_id={id}"));
+    assert_ne!(
+        expected,
+        sample.trim(),
+        "the README sample ends in request_id=…"
+    );
+    // The log file is flushed every 20 ms.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !envoy.log().contains(&expected) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_logged(&envoy.log(), &expected);
+}
+
+#[test]
+fn the_readme_errors_table_documents_rate_limited_as_the_filter_answers_it() {
+    use edge_warden::reject::Reject;
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let why = Reject::RateLimited;
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with(&format!("| `{}` |", why.code())))
+        .expect("a rate_limited row in the README's Errors table");
+    assert!(row.contains(&format!("| {} |", why.status())), "{row}");
+    assert!(row.contains(&format!("\"{}\"", why.title())), "{row}");
+    assert!(row.contains(&format!("\"{}\"", why.detail())), "{row}");
+}
