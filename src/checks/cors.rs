@@ -111,8 +111,13 @@ impl OriginPattern {
         if s == "null" {
             return Ok(OriginPattern::Null);
         }
+        // The reason follows the value in the config error (``field `…`: `*` is not …``), so it
+        // reads as the rest of that sentence.
         if s == "*" {
-            return Err("`*` is not supported; list the origins (wildcards such as https://*.example.com are allowed)");
+            return Err(
+                "is not supported as an origin: list the allowed origins, or use a \
+                        subdomain wildcard such as https://*.example.com",
+            );
         }
         if let Some((scheme, rest)) = s.split_once("://*.") {
             let origin = Origin::parse(&format!("{scheme}://{rest}"))
@@ -372,6 +377,18 @@ mod tests {
         ] {
             assert!(OriginPattern::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_star_origin_is_refused_with_what_to_write_instead() {
+        let config = r#"{"policies": [{"name": "p", "signature": false, "cors": {"allow_origins": ["*"]}}]}"#;
+        let error = crate::config::Config::from_json(config.as_bytes(), &|_| None).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid edge-warden configuration: field `policies[0].cors.allow_origins[0]`: `*` is \
+             not supported as an origin: list the allowed origins, or use a subdomain wildcard \
+             such as https://*.example.com"
+        );
     }
 
     #[test]

@@ -228,26 +228,58 @@ fn keygen_output_pasted_into_a_config_is_accepted_by_the_filter() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let keys: Vec<(&str, &str)> = text
+    let block = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    // The raw keys are on standard error only, once each, as `  id  key`.
+    let keys: Vec<(&str, &str)> = stderr
         .lines()
-        .filter(|l| l.starts_with("  ") && !l.trim_start().starts_with(['{', '}', '"', '[', ']']))
-        .filter_map(|l| l.trim().split_once("  "))
+        .filter_map(|l| l.strip_prefix("  ")?.split_once("  "))
         .collect();
-    assert_eq!(keys.len(), 2, "{text}");
-    assert!(keys
-        .iter()
-        .all(|(_, k)| k.starts_with("ew_") && k.len() >= 3 + 43));
-    let entries = &text[text.find("\n[").expect("config entries") + 1..];
+    assert_eq!(keys.len(), 2, "{stderr}");
+    for (id, key) in &keys {
+        assert!(key.starts_with("ew_") && key.len() >= 3 + 43, "{stderr}");
+        assert!(block.contains(&format!(r#""id": "{id}""#)), "{block}");
+        assert!(
+            !block.contains(key),
+            "a raw key on standard output:\n{block}"
+        );
+    }
+    assert!(block.starts_with("\"api_keys\": {"), "{block}");
+
+    // As the README says: the block pasted into the top-level object, a comma after it.
     let config = format!(
-        r#"{{"api_keys": {{"keys": {entries}}},
-            "policies": [{{"name": "admin", "signature": false, "api_key": {{"roles": ["admin"]}}}}]}}"#
+        r#"{{
+{block},
+"policies": [{{"name": "admin", "signature": false, "api_key": {{"roles": ["admin"]}}}}]
+}}"#
     );
+    let compiled = edge_warden::config::Config::from_json(config.as_bytes(), &|_| None)
+        .unwrap_or_else(|e| panic!("{e}\n{config}"));
+    assert_eq!(compiled.api_keys.len(), 2);
+    // Or its entry lines copied into an existing list, after an entry that gains a comma.
+    let lines: String = block
+        .lines()
+        .filter(|l| l.trim_start().starts_with("{ \"id\""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let existing = format!(
+        r#"{{"api_keys": {{"keys": [
+    {{ "id": "legacy", "role": "client", "sha256": "{}" }},
+{lines}
+  ]}},
+  "policies": [{{"name": "admin", "signature": false, "api_key": {{"roles": ["admin"]}}}}]}}"#,
+        hash_key(CLIENT_KEY)
+    );
+    let compiled = edge_warden::config::Config::from_json(existing.as_bytes(), &|_| None)
+        .unwrap_or_else(|e| panic!("{e}\n{existing}"));
+    assert_eq!(compiled.api_keys.len(), 3);
+
     let envoy = Envoy::start(Options::with_config(&config));
     for (id, key) in keys {
         let r = envoy.request("GET", "/ops", &[("x-api-key", key)], b"");
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.json()["headers"]["x-edge-warden-api-key-id"], id);
+        assert_eq!(r.json()["headers"]["x-edge-warden-role"], "admin");
     }
 }
 

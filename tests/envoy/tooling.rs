@@ -1,8 +1,9 @@
 //! The user's tooling: `warden`, and the README's signing snippets, run against a real Envoy.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::harness::{default_plugin_config, repo, Envoy, Options, Signed, SECRET};
+use crate::harness::{certs, default_plugin_config, repo, Envoy, Options, Signed, SECRET};
 
 /// The code block that follows `<!-- snippet: NAME -->` in README.md.
 fn readme_snippet(name: &str) -> String {
@@ -63,20 +64,28 @@ fn the_readme_python_snippet_signs_requests_that_pass() {
 #[test]
 fn the_readme_typescript_snippet_signs_requests_that_pass() {
     let envoy = Envoy::start(Options::default());
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sign.ts");
-    std::fs::write(&file, readme_snippet("sign-typescript")).unwrap();
-    let out = Command::new("node")
-        .arg(repo().join("tests/node/run-ts.mjs"))
-        .arg(&file)
-        .current_dir(repo().join("tests/node"))
+    // Inside tests/node, so `npx` finds the tsx that `make node-deps` installed there.
+    let dir = tempfile::Builder::new()
+        .prefix(".snippet-")
+        .tempdir_in(repo().join("tests/node"))
+        .unwrap();
+    std::fs::write(
+        dir.path().join("sign.mts"),
+        readme_snippet("sign-typescript"),
+    )
+    .unwrap();
+    // The command exactly as the README gives it.
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &readme_snippet("run-typescript")])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
         .env("HMAC_SHARED_SECRET", SECRET)
         .env(
             "EDGE_WARDEN_URL",
             format!("http://127.0.0.1:{}", envoy.port),
         )
         .output()
-        .expect("node (run `make node-deps` first)");
+        .expect("bash (run `make node-deps` first)");
     assert_reached_upstream(&out);
 }
 
@@ -242,4 +251,331 @@ fn the_readme_configuration_example_is_valid() {
     let config = edge_warden::config::Config::from_json(json.as_bytes(), &env)
         .unwrap_or_else(|e| panic!("README example: {e}"));
     assert_eq!(config.policies.len(), 3);
+}
+
+/// `warden check-config` run from the repository root, as the README shows it.
+fn check_config(file: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("check-config")
+        .arg(file)
+        .current_dir(repo())
+        .env("HMAC_SHARED_SECRET", SECRET)
+        .output()
+        .unwrap()
+}
+
+/// envoy/envoy.yaml with `from` (which must occur exactly once) replaced, written to `dir`.
+fn broken_envoy_yaml(dir: &Path, name: &str, from: &str, to: &str) -> (std::path::PathBuf, String) {
+    let yaml = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    assert_eq!(yaml.matches(from).count(), 1, "envoy/envoy.yaml: `{from}`");
+    let yaml = yaml.replacen(from, to, 1);
+    let path = dir.join(name);
+    std::fs::write(&path, &yaml).unwrap();
+    (path, yaml)
+}
+
+/// The 1-based line of the only line of `text` containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    let lines: Vec<usize> = (1..)
+        .zip(text.lines())
+        .filter(|(_, l)| l.contains(needle))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(lines.len(), 1, "`{needle}` on lines {lines:?}");
+    lines[0]
+}
+
+#[test]
+fn warden_check_config_reads_the_shipped_envoy_yaml_files() {
+    for file in [
+        "envoy/envoy.yaml",
+        "envoy/envoy-tls.yaml",
+        "envoy/envoy-fleet.yaml",
+    ] {
+        let out = check_config(Path::new(file));
+        assert!(out.status.success(), "{file}: {}", text(&out));
+        // The first line of the embedded JSON, the one after `value: |`.
+        let yaml = std::fs::read_to_string(repo().join(file)).unwrap();
+        let block = line_of(&yaml, "value: |") + 1;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .collect::<Vec<_>>(),
+            [format!(
+                "{file}:{block}: ok: 2 policies (health, signed), 1 signing secrets, replay cache \
+                 of 524288 nonces"
+            )],
+            "{}",
+            text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!(
+                "{file}:{block}: warning: policy `signed`: CORS origin wildcard `*.workers.dev`"
+            )),
+            "{}",
+            text(&out)
+        );
+    }
+    // A YAML file without the filter says what it looked for.
+    let out = check_config(Path::new("envoy/docker-compose.yaml"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no edge-warden plugin configuration found"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn warden_check_config_reports_errors_at_the_envoy_yaml_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        // A serde error: an unknown field, found while parsing.
+        (
+            r#""signature": true,"#,
+            r#""sigature": true,"#,
+            r#""sigature""#,
+            "field `policies[1].sigature`: unknown field `sigature`, expected one of `name`, `match`",
+        ),
+        // Compile errors, which only name the field: the line of that key or list entry.
+        (
+            r#""window_seconds": 300"#,
+            r#""window_seconds": 0"#,
+            r#""window_seconds""#,
+            "field `signature.window_seconds`: must be between 1 and 3600 seconds, got 0",
+        ),
+        (
+            r#""allow_origins": ["https://*.workers.dev"],"#,
+            "\"allow_origins\": [\n  \"https://app.example.com\",\n  \"*\"\n],",
+            r#"  "*""#,
+            "field `policies[1].cors.allow_origins[1]`: `*` is not supported as an origin: list \
+             the allowed origins, or use a subdomain wildcard such as https://*.example.com",
+        ),
+    ];
+    for (i, (from, to, key, message)) in cases.into_iter().enumerate() {
+        // Keep the block's indentation on added lines, as an editor would.
+        let indent = " ".repeat(24);
+        let to = to.replace('\n', &format!("\n{indent}"));
+        let (path, yaml) = broken_envoy_yaml(dir.path(), &format!("envoy-{i}.yaml"), from, &to);
+        let out = check_config(&path);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let expected = format!("{}:{}:", path.display(), line_of(&yaml, key));
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&expected))
+            .unwrap_or_else(|| panic!("no line starting {expected}\n{}", text(&out)));
+        assert!(line.contains(message), "{line}");
+        // The embedded JSON's own line numbers would mislead: they are not reported.
+        assert!(!line.contains(" at line "), "{line}");
+    }
+}
+
+#[test]
+fn validate_script_checks_the_plugin_config_and_envoy_with_the_development_secret() {
+    let validate = |config: &Path| {
+        Command::new(repo().join("scripts/validate.sh"))
+            .arg(config)
+            .env("WARDEN", env!("CARGO_BIN_EXE_warden"))
+            .env_remove("HMAC_SHARED_SECRET")
+            .output()
+            .unwrap()
+    };
+    let out = validate(Path::new("envoy/envoy.yaml"));
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("HMAC_SHARED_SECRET is not set: using the development secret"),
+        "{all}"
+    );
+    assert!(stdout.contains("ok: 2 policies (health, signed)"), "{all}");
+    assert!(
+        stdout.contains("configuration 'envoy/envoy.yaml' OK"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("edge-warden-development-secret-do-not-use-in-production"),
+        "the secret was printed:\n{all}"
+    );
+
+    // A configuration the filter refuses fails the target with check-config's message.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, yaml) = broken_envoy_yaml(
+        dir.path(),
+        "envoy.yaml",
+        r#""window_seconds": 300"#,
+        r#""window_seconds": 0"#,
+    );
+    let out = validate(&path);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "{}:{}:",
+            path.display(),
+            line_of(&yaml, "window_seconds")
+        )),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `warden sign --url URL` with more arguments, signing with `secret`.
+fn warden_sign(url: &str, secret: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["sign", "--url", url, "-d", r#"{"clip_ids": ["clip123"]}"#])
+        .args(args)
+        .env("HMAC_SHARED_SECRET", secret)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn warden_sign_reaches_https_with_cacert_and_include_prints_status_and_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path());
+    let envoy = Envoy::start(Options {
+        config_file: "envoy/envoy-tls.yaml",
+        certs_dir: Some(dir.path().to_path_buf()),
+        ..Options::default()
+    });
+    let url = format!("https://localhost:{}/process-clips", envoy.port_of("https"));
+    let ca = dir.path().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    // The development CA is not a public root: refused, and told what to pass.
+    let out = warden_sign(&url, SECRET, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pass it with --cacert"),
+        "{}",
+        text(&out)
+    );
+
+    let out = warden_sign(&url, SECRET, &["--cacert", ca, "-i"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains(SECRET), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (head, body) = stdout
+        .split_once("\n\n")
+        .expect("headers, blank line, body");
+    let mut head = head.lines();
+    assert_eq!(head.next(), Some("HTTP/1.1 200 OK"), "{all}");
+    let headers: Vec<&str> = head.collect();
+    assert!(
+        headers.contains(&"strict-transport-security: max-age=31536000; includeSubDomains"),
+        "{all}"
+    );
+    let echo: serde_json::Value = serde_json::from_str(body.trim()).expect("the echo as JSON");
+    assert_eq!(echo["headers"]["x-edge-warden-key-id"], "primary", "{all}");
+    assert_eq!(echo["path"], "/process-clips", "{all}");
+    // The status is on standard output with -i, not repeated on standard error.
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("HTTP "),
+        "{all}"
+    );
+
+    // A rejection shows its status and headers too, and exits 1.
+    let wrong = "another-secret-0123456789abcdef-0123456789";
+    let out = warden_sign(&url, wrong, &["--cacert", ca, "--include"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("HTTP/1.1 401 Unauthorized\n"), "{all}");
+    assert!(
+        stdout.contains("\nwww-authenticate: HMAC-SHA256 realm=\"edge-warden\""),
+        "{all}"
+    );
+    assert!(
+        stdout.contains("\ncontent-type: application/problem+json\n"),
+        "{all}"
+    );
+    assert!(stdout.contains(r#""code":"invalid_signature""#), "{all}");
+
+    // Another CA than the server's, or a file without certificates: refused, saying why.
+    let other = tempfile::tempdir().unwrap();
+    certs(other.path());
+    let other_ca = other.path().join("ca.pem");
+    let out = warden_sign(&url, SECRET, &["--cacert", other_ca.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("check that --cacert holds the CA"),
+        "{}",
+        text(&out)
+    );
+    let key = dir.path().join("server.key");
+    let out = warden_sign(&url, SECRET, &["--cacert", key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no PEM certificate"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// The README's sample lines appear verbatim in Envoy's log (after its own timestamp prefix).
+fn assert_logged(log: &str, sample: &str) {
+    assert!(
+        log.lines().any(|l| l.ends_with(sample)),
+        "README sample not in Envoy's log:\n  {sample}\nlog lines from edge-warden:\n{}",
+        log.lines()
+            .filter(|l| l.contains("edge-warden"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn the_readme_config_error_sample_is_what_envoy_logs() {
+    let input = readme_snippet("config-error-input");
+    let sample = readme_snippet("config-error");
+    let refused = match Envoy::try_start(Options::with_config(input.trim())) {
+        Ok(_) => panic!("Envoy accepted the README's invalid configuration: {input}"),
+        Err(refused) => refused,
+    };
+    assert!(!refused.success, "{}", refused.log);
+    assert_logged(&refused.log, sample.trim());
+}
+
+#[test]
+fn the_readme_rejection_log_sample_is_what_envoy_logs() {
+    let sample = readme_snippet("rejection-log");
+    let envoy = Envoy::start(Options::default());
+    let mut signed = Signed::new(SECRET, b"{}");
+    signed.signature = "0".repeat(64);
+    let r = envoy.request("POST", "/orders", &signed.headers(), b"{}");
+    assert_eq!(r.code(), "invalid_signature");
+    let id = r.json()["request_id"]
+        .as_str()
+        .expect("request_id")
+        .to_string();
+    let expected = sample
+        .trim()
+        .replace("request_id=…", &format!("request_id={id}"));
+    assert_ne!(
+        expected,
+        sample.trim(),
+        "the README sample ends in request_id=…"
+    );
+    // The log file is flushed every 20 ms.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !envoy.log().contains(&expected) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_logged(&envoy.log(), &expected);
+}
+
+#[test]
+fn the_readme_errors_table_documents_rate_limited_as_the_filter_answers_it() {
+    use edge_warden::reject::Reject;
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let why = Reject::RateLimited;
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with(&format!("| `{}` |", why.code())))
+        .expect("a rate_limited row in the README's Errors table");
+    assert!(row.contains(&format!("| {} |", why.status())), "{row}");
+    assert!(row.contains(&format!("\"{}\"", why.title())), "{row}");
+    assert!(row.contains(&format!("\"{}\"", why.detail())), "{row}");
 }
