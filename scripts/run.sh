@@ -27,6 +27,8 @@ if [[ "$config" == *tls* ]]; then
 else
   echo "edge-warden: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:9901); Ctrl-C stops everything."
 fi
+# The native runtime (envoy-native.yaml) loads target/native/libedge_warden.so.
+export ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$PWD/target/native"
 .venv/bin/envoy -c "$config" --concurrency 2 --disable-hot-restart -l "${ENVOY_LOG_LEVEL:-info}" &
 pids+=($!)
 wait -n "${pids[@]}"

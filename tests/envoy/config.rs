@@ -98,6 +98,10 @@ fn envoy_validate_mode_catches_a_bad_plugin_config() {
         .args(["--mode", "validate", "--disable-hot-restart", "-c"])
         .arg(&path)
         .env("HMAC_SHARED_SECRET", crate::harness::SECRET)
+        .env(
+            "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+            crate::harness::native_module_dir(),
+        )
         .output()
         .unwrap();
     assert!(!out.status.success());

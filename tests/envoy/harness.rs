@@ -38,6 +38,89 @@ pub fn wasm() -> PathBuf {
     repo().join("target/wasm32-wasip1/release/edge_warden.wasm")
 }
 
+/// The two artifacts edge-warden ships; every Envoy test runs against the one named by
+/// `EDGE_WARDEN_RUNTIME` (`wasm`, the default, or `native`). `make test` runs the suite once
+/// for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    Wasm,
+    Native,
+}
+
+pub fn runtime() -> Runtime {
+    match std::env::var("EDGE_WARDEN_RUNTIME").as_deref() {
+        Ok("native") => Runtime::Native,
+        Ok("wasm") | Err(_) => Runtime::Wasm,
+        Ok(other) => panic!("EDGE_WARDEN_RUNTIME must be `wasm` or `native`, not `{other}`"),
+    }
+}
+
+/// Where Envoy finds `libedge_warden.so` (`ENVOY_DYNAMIC_MODULES_SEARCH_PATH`).
+pub fn native_module_dir() -> PathBuf {
+    repo().join("target/native")
+}
+
+/// The prefix Envoy gives edge-warden's metrics in `/stats`.
+pub fn stat_prefix() -> &'static str {
+    match runtime() {
+        Runtime::Wasm => "wasmcustom",
+        Runtime::Native => "dynamicmodulescustom",
+    }
+}
+
+/// An Envoy config of the repository with the edge-warden wasm filter replaced by the native
+/// dynamic module, carrying the same plugin configuration. `envoy/envoy-native.yaml` is this of
+/// `envoy/envoy.yaml` (a test checks it), so every other config can be run natively too.
+pub fn to_native(yaml: &str) -> String {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == "- name: edge_warden")
+        .expect("an edge_warden filter");
+    let value = start
+        + lines[start..]
+            .iter()
+            .position(|l| l.trim() == "value: |")
+            .expect("its configuration value");
+    let indent = " ".repeat(lines[start].len() - lines[start].trim_start().len());
+    let head = NATIVE_FILTER
+        .lines()
+        .map(|l| format!("{indent}{l}"))
+        .collect::<Vec<_>>();
+    let value_indent = lines[value].len() - lines[value].trim_start().len();
+    let end = lines[value + 1..]
+        .iter()
+        .position(|l| !l.trim().is_empty() && l.len() - l.trim_start().len() <= value_indent)
+        .map_or(lines.len(), |p| value + 1 + p);
+    let mut out: Vec<String> = lines[..start].iter().map(|l| l.to_string()).collect();
+    out.extend(head);
+    // The value sits one level shallower under `filter_config` than under `configuration`.
+    out.extend(
+        lines[value..end]
+            .iter()
+            .map(|l| l.strip_prefix("  ").unwrap_or(l).to_string()),
+    );
+    out.extend(lines[end..].iter().map(|l| l.to_string()));
+    out.join("\n") + "\n"
+}
+
+/// The dynamic-module filter block of `envoy/envoy-native.yaml`, up to its `value: |`.
+const NATIVE_FILTER: &str = r#"- name: edge_warden
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+    # Loads libedge_warden.so from $ENVOY_DYNAMIC_MODULES_SEARCH_PATH (`make run
+    # RUNTIME=native` sets it to target/native). Native code in Envoy's process: no
+    # sandbox, and every environment variable of Envoy is visible to it.
+    dynamic_module_config:
+      name: edge_warden
+      # Keep the module mapped for the life of the process (its process-wide replay
+      # cache and lockout counters must outlive a configuration reload).
+      do_not_close: true
+    filter_name: edge_warden
+    # The same plugin configuration as the wasm filter's; secrets from the environment.
+    filter_config:
+      "@type": type.googleapis.com/google.protobuf.StringValue"#;
+
 pub struct Options {
     /// The Envoy config to render, relative to the repository (default `envoy/envoy.yaml`).
     pub config_file: &'static str,
@@ -103,6 +186,8 @@ pub fn render(opts: &Options, upstream_port: u16) -> String {
         upstream_port
     };
     let yaml = std::fs::read_to_string(repo().join(opts.config_file)).expect(opts.config_file);
+    let native = runtime() == Runtime::Native;
+    let yaml = if native { to_native(&yaml) } else { yaml };
     let mut out = if opts.dual_stack {
         replace_once(
             &yaml,
@@ -131,16 +216,19 @@ pub fn render(opts: &Options, upstream_port: u16) -> String {
         "port_value: 8080",
         &format!("port_value: {upstream_port}"),
     );
-    out = replace_once(
-        &out,
-        "filename: target/wasm32-wasip1/release/edge_warden.wasm",
-        &format!("filename: {}", wasm().display()),
-    );
-    out = replace_once(
-        &out,
-        "host_env_keys: [HMAC_SHARED_SECRET, WORKERS_ORIGIN]",
-        &format!("host_env_keys: [{}]", opts.host_env_keys.join(", ")),
-    );
+    // The native module reads Envoy's environment directly: no file name, no key list.
+    if !native {
+        out = replace_once(
+            &out,
+            "filename: target/wasm32-wasip1/release/edge_warden.wasm",
+            &format!("filename: {}", wasm().display()),
+        );
+        out = replace_once(
+            &out,
+            "host_env_keys: [HMAC_SHARED_SECRET, WORKERS_ORIGIN]",
+            &format!("host_env_keys: [{}]", opts.host_env_keys.join(", ")),
+        );
+    }
     if let Some(limit) = opts.buffer_limit {
         out = replace_once(
             &out,
@@ -275,7 +363,13 @@ impl Envoy {
             envoy_binary().exists(),
             "no Envoy at .venv/bin/envoy: run `make test`"
         );
-        assert!(wasm().exists(), "no .wasm: run `make wasm`");
+        match runtime() {
+            Runtime::Wasm => assert!(wasm().exists(), "no .wasm: run `make wasm`"),
+            Runtime::Native => assert!(
+                native_module_dir().join("libedge_warden.so").exists(),
+                "no target/native/libedge_warden.so: run `make native`"
+            ),
+        }
         let upstream = Upstream::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("envoy.yaml");
@@ -301,6 +395,9 @@ impl Envoy {
             .stderr(Stdio::null());
         for (k, v) in &opts.env {
             cmd.env(k, v);
+        }
+        if runtime() == Runtime::Native {
+            cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir());
         }
         let mut child = cmd.spawn().expect("start Envoy");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -392,11 +489,11 @@ impl Envoy {
         self.stat(name)
     }
 
-    /// A counter or gauge from `/stats` (custom wasm metrics are `wasmcustom.NAME`).
+    /// A counter or gauge from `/stats` (`wasmcustom.NAME` or `dynamicmodulescustom.NAME`).
     pub fn stat(&self, name: &str) -> Option<i64> {
         let (_, text) = self.admin(&format!("/stats?filter={name}$"));
         text.lines()
-            .find_map(|l| l.strip_prefix(&format!("wasmcustom.{name}: ")))
+            .find_map(|l| l.strip_prefix(&format!("{}.{name}: ", stat_prefix())))
             .and_then(|v| v.trim().parse().ok())
     }
 

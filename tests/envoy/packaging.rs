@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{certs, plugin_config_of, repo, SECRET};
+use crate::harness::{certs, native_module_dir, plugin_config_of, repo, to_native, SECRET};
 
 /// YAML (all documents) as JSON, through PyYAML in the project venv.
 fn yaml_docs(path: &Path) -> Vec<serde_json::Value> {
@@ -53,6 +53,7 @@ fn every_envoy_config_under_envoy_validates() {
             .arg(&rendered)
             .current_dir(repo())
             .env("HMAC_SHARED_SECRET", SECRET)
+            .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir())
             .output()
             .unwrap();
         let log = String::from_utf8_lossy(&out.stdout).to_string()
@@ -67,7 +68,31 @@ fn every_envoy_config_under_envoy_validates() {
     validated.sort();
     assert_eq!(
         validated,
-        ["envoy-fleet.yaml", "envoy-tls.yaml", "envoy.yaml"]
+        [
+            "envoy-fleet.yaml",
+            "envoy-native.yaml",
+            "envoy-tls.yaml",
+            "envoy.yaml"
+        ]
+    );
+}
+
+#[test]
+fn the_native_config_is_envoy_yaml_with_the_dynamic_module_in_place_of_the_wasm_filter() {
+    // What the tests run natively is what ships: envoy-native.yaml, past its header comment,
+    // is envoy.yaml with only the filter block swapped (so also the same plugin configuration).
+    let body = |text: &str| -> String {
+        text.lines()
+            .skip_while(|l| l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let shipped = std::fs::read_to_string(repo().join("envoy/envoy-native.yaml")).unwrap();
+    let derived = to_native(&std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap());
+    assert_eq!(body(&shipped), body(&derived));
+    assert_eq!(
+        plugin_config_of("envoy/envoy-native.yaml"),
+        plugin_config_of("envoy/envoy.yaml")
     );
 }
 

@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::harness::{certs, default_plugin_config, repo, Envoy, Options, Signed, SECRET};
+use crate::harness::{
+    certs, default_plugin_config, repo, runtime, Envoy, Options, Runtime, Signed, SECRET,
+};
 
 /// The code block that follows `<!-- snippet: NAME -->` in README.md.
 fn readme_snippet(name: &str) -> String {
@@ -515,9 +517,19 @@ fn warden_sign_reaches_https_with_cacert_and_include_prints_status_and_headers()
 }
 
 /// The README's sample lines appear verbatim in Envoy's log (after its own timestamp prefix).
+/// The native runtime logs the same message under Envoy's `dynamic_modules` logger, after the
+/// source location instead of the `wasm log …:` prefix (README "Logs and metrics").
 fn assert_logged(log: &str, sample: &str) {
+    let found = match runtime() {
+        Runtime::Wasm => log.lines().any(|l| l.ends_with(sample)),
+        Runtime::Native => {
+            let message = sample.split_once(": ").map_or(sample, |(_, m)| m);
+            log.lines()
+                .any(|l| l.contains("[dynamic_modules]") && l.ends_with(message))
+        }
+    };
     assert!(
-        log.lines().any(|l| l.ends_with(sample)),
+        found,
         "README sample not in Envoy's log:\n  {sample}\nlog lines from edge-warden:\n{}",
         log.lines()
             .filter(|l| l.contains("edge-warden"))
