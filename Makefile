@@ -14,7 +14,7 @@ NATIVE := target/native/libedge_warden.so
 RUNTIME ?= wasm
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: help run run-tls certs validate bench bench-deps test wasm native cli deps envoy wasm-target node-deps browser-deps lint unit integration clean
+.PHONY: help run run-tls certs validate bench bench-deps test wasm native native-faults cli deps envoy wasm-target node-deps browser-deps lint unit integration clean
 
 help:
 	@echo "make run    build edge-warden and start Envoy on 127.0.0.1:10000 (admin :9901) before the demo upstream"
@@ -60,6 +60,11 @@ wasm: wasm-target
 native:
 	cargo build --profile native --lib --features native
 
+# A test-only build of the native module whose hooks panic on request (fault-injection): the
+# tests prove a panic becomes a 500 and Envoy keeps serving. Never shipped.
+native-faults:
+	cargo build --profile native --lib --features fault-injection --target-dir target/faults
+
 cli:
 	cargo build --release --bins
 
@@ -87,11 +92,11 @@ unit:
 	cargo test --lib --bins
 
 # Every Envoy test runs against both runtimes.
-integration: deps wasm native
+integration: deps wasm native native-faults
 	EDGE_WARDEN_RUNTIME=wasm cargo test --test envoy
 	EDGE_WARDEN_RUNTIME=native cargo test --test envoy
 
-test: deps wasm native lint
+test: deps wasm native native-faults lint
 	cargo test --lib --bins
 	EDGE_WARDEN_RUNTIME=wasm cargo test --test envoy
 	EDGE_WARDEN_RUNTIME=native cargo test --test envoy

@@ -161,6 +161,8 @@ impl Filter {
 
     fn on_request_headers(&self, stream: &Stream, end_of_stream: bool) -> HeadersStatus {
         let pairs = stream.headers(HeaderMap::Request);
+        #[cfg(feature = "fault-injection")]
+        inject_fault(&pairs, "headers");
         let action = self.decide(stream, |x, engine, host| {
             x.on_request_headers(engine, pairs, end_of_stream, host)
         });
@@ -190,6 +192,8 @@ impl Filter {
             };
         }
         let action = self.decide(stream, |x, engine, host| {
+            #[cfg(feature = "fault-injection")]
+            inject_fault(&stream.headers(HeaderMap::Request), "body");
             let mut last = None;
             let mut seen = self.read.get();
             stream.new_request_body(seen, &mut |slice| {
@@ -267,6 +271,19 @@ impl Filter {
             }
         }
         BodyStatus::Continue
+    }
+}
+
+/// Test builds only (`--features fault-injection`, never shipped): a request header
+/// `x-edge-warden-fault: <hook>` panics in that hook, so the tests can prove a panic is caught
+/// at the ABI boundary and answered 500 while Envoy keeps serving.
+#[cfg(feature = "fault-injection")]
+fn inject_fault(headers: &[(String, Vec<u8>)], hook: &str) {
+    if headers
+        .iter()
+        .any(|(n, v)| n == "x-edge-warden-fault" && v.as_slice() == hook.as_bytes())
+    {
+        panic!("fault injected in {hook}");
     }
 }
 

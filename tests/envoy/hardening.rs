@@ -391,3 +391,50 @@ fn a_load_time_warning_is_logged_once_not_once_per_vm() {
     let log = envoy.log();
     assert_eq!(log.matches("covers a public suffix").count(), 1, "{log}");
 }
+
+/// The native module's test build whose hooks panic on request (`make native-faults`).
+fn faulty_native_envoy() -> Envoy {
+    let dir = crate::harness::repo().join("target/faults/native");
+    assert!(
+        dir.join("libedge_warden.so").exists(),
+        "no target/faults/native/libedge_warden.so: run `make native-faults`"
+    );
+    Envoy::start(Options {
+        runtime: Some(crate::harness::Runtime::Native),
+        module_dir: Some(dir),
+        ..Options::default()
+    })
+}
+
+#[test]
+fn a_panic_in_the_native_module_is_a_500_and_envoy_keeps_serving() {
+    let envoy = faulty_native_envoy();
+    for hook in ["headers", "body"] {
+        let signed = Signed::new(SECRET, b"{}");
+        let mut headers = signed.headers();
+        headers.push(("x-edge-warden-fault", hook));
+        let r = envoy.request("POST", "/orders", &headers, b"{}");
+        assert_eq!(
+            (r.status, r.code()),
+            (500, "internal_error".into()),
+            "{hook}"
+        );
+        // Envoy is still up, on every worker, and the next request is judged as usual.
+        for _ in 0..4 {
+            assert_eq!(envoy.signed("POST", "/orders", b"{}").status, 200);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let log = envoy.log();
+    assert!(
+        log.contains("edge-warden: internal error in request_headers; the request was refused"),
+        "{log}"
+    );
+    assert!(log.contains("internal error in request_body"), "{log}");
+    // The panic's location is logged, not its message (which could quote the request).
+    assert!(
+        log.contains("edge-warden: panic at src/native/mod.rs:"),
+        "{log}"
+    );
+    assert!(!log.contains("fault injected"), "{log}");
+}

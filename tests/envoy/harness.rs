@@ -142,6 +142,10 @@ pub struct Options {
     pub route_prefix: Option<String>,
     /// Extra Envoy arguments, e.g. log levels.
     pub args: Vec<String>,
+    /// The runtime to start, instead of the one `EDGE_WARDEN_RUNTIME` names.
+    pub runtime: Option<Runtime>,
+    /// Where the native module is loaded from, instead of target/native.
+    pub module_dir: Option<PathBuf>,
     /// Text of the Envoy config replaced before it is started (`from` must occur exactly once):
     /// a setting a user would change, such as `xff_num_trusted_hops: 0`.
     pub edits: Vec<(&'static str, String)>,
@@ -162,6 +166,8 @@ impl Default for Options {
             dual_stack: false,
             args: vec!["-l".into(), "info".into()],
             edits: Vec::new(),
+            runtime: None,
+            module_dir: None,
         }
     }
 }
@@ -186,7 +192,7 @@ pub fn render(opts: &Options, upstream_port: u16) -> String {
         upstream_port
     };
     let yaml = std::fs::read_to_string(repo().join(opts.config_file)).expect(opts.config_file);
-    let native = runtime() == Runtime::Native;
+    let native = opts.runtime.unwrap_or_else(runtime) == Runtime::Native;
     let yaml = if native { to_native(&yaml) } else { yaml };
     let mut out = if opts.dual_stack {
         replace_once(
@@ -363,11 +369,14 @@ impl Envoy {
             envoy_binary().exists(),
             "no Envoy at .venv/bin/envoy: run `make test`"
         );
-        match runtime() {
+        let module_dir = opts.module_dir.clone().unwrap_or_else(native_module_dir);
+        let runtime = opts.runtime.unwrap_or_else(runtime);
+        match runtime {
             Runtime::Wasm => assert!(wasm().exists(), "no .wasm: run `make wasm`"),
             Runtime::Native => assert!(
-                native_module_dir().join("libedge_warden.so").exists(),
-                "no target/native/libedge_warden.so: run `make native`"
+                module_dir.join("libedge_warden.so").exists(),
+                "no {}/libedge_warden.so: run `make native`",
+                module_dir.display()
             ),
         }
         let upstream = Upstream::start();
@@ -396,8 +405,8 @@ impl Envoy {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        if runtime() == Runtime::Native {
-            cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir());
+        if runtime == Runtime::Native {
+            cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", &module_dir);
         }
         let mut child = cmd.spawn().expect("start Envoy");
         let deadline = Instant::now() + Duration::from_secs(30);
