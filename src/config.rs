@@ -15,12 +15,8 @@ use crate::checks::cors::{Cors, Disallowed, OriginPattern};
 use crate::checks::host::HostPattern;
 use crate::checks::ip::{parse_net, IpRules};
 use crate::checks::response_headers::{HeaderAction, Plan, Preset};
-use crate::secret::Secret;
+use crate::checks::signature::{self, RawSignature, SigningKey};
 
-/// Shortest HMAC secret accepted, in bytes.
-pub const MIN_SECRET_LEN: usize = 32;
-/// At most this many secrets are active at once (each one costs an HMAC pass over the body).
-pub const MAX_SECRETS: usize = 8;
 /// Default body limit for signed routes: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 /// Largest body limit a policy may set. Envoy buffers the whole body while it is verified.
@@ -53,7 +49,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.into(),
         reason: reason.into(),
@@ -91,41 +87,6 @@ pub struct RawConfig {
     /// Ordered list of policies; the first whose `match` fits the request applies. A request
     /// that no policy matches is refused (`no_matching_policy`).
     pub policies: Vec<RawPolicy>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSignature {
-    /// Active secrets, tried in order. Several at once allow rotation without downtime.
-    #[serde(default)]
-    pub secrets: Vec<RawSecret>,
-    /// Allowed distance between `X-Request-Timestamp` and Envoy's clock, in seconds (default 300).
-    #[serde(default = "default_window")]
-    pub window_seconds: u64,
-    /// Request header in which edge-warden tells the upstream which secret matched. Any copy the
-    /// client sends is removed first.
-    #[serde(default = "default_key_id_header")]
-    pub key_id_header: String,
-}
-
-impl Default for RawSignature {
-    fn default() -> Self {
-        Self {
-            secrets: Vec::new(),
-            window_seconds: default_window(),
-            key_id_header: default_key_id_header(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSecret {
-    /// Public name of the secret; sent upstream in `key_id_header` when it matches.
-    pub id: String,
-    /// Environment variable holding the secret. It must be listed in Envoy's
-    /// `vm_config.environment_variables.host_env_keys`.
-    pub env: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -416,14 +377,11 @@ pub struct RawMatch {
     pub methods: Vec<String>,
 }
 
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
 fn default_window() -> u64 {
     300
-}
-fn default_key_id_header() -> String {
-    "x-edge-warden-key-id".to_string()
 }
 fn default_max_body_bytes() -> u64 {
     DEFAULT_MAX_BODY_BYTES
@@ -434,13 +392,6 @@ fn default_replay_capacity() -> u32 {
 
 // ---------------------------------------------------------------------------------------------
 // What the filter runs on.
-
-/// One active signing secret.
-#[derive(Debug, Clone)]
-pub struct SigningKey {
-    pub id: String,
-    pub secret: Secret,
-}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -526,17 +477,10 @@ impl Config {
         raw: RawConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        // Every plain setting is checked before the secrets are read from the environment, so a
+        // configuration with several mistakes is reported with the same one as before.
         let sig = &raw.signature;
-        if !(1..=3600).contains(&sig.window_seconds) {
-            return Err(err(
-                "signature.window_seconds",
-                format!(
-                    "must be between 1 and 3600 seconds, got {}",
-                    sig.window_seconds
-                ),
-            ));
-        }
-        validate_header_name("signature.key_id_header", &sig.key_id_header)?;
+        signature::check_settings(sig, "signature")?;
         check_body_limit("max_body_bytes", raw.max_body_bytes)?;
         let capacity = raw.replay.capacity;
         if !(NONCES_PER_SHARD..=MAX_REPLAY_CAPACITY).contains(&capacity)
@@ -551,7 +495,7 @@ impl Config {
             ));
         }
 
-        let keys = compile_secrets(&sig.secrets, env)?;
+        let keys = signature::compile_secrets(&sig.secrets, "signature.secrets", env)?;
         let api_keys = compile_api_keys(&raw.api_keys)?;
         validate_header_name("api_keys.header", &raw.api_keys.header)?;
         validate_header_name(
@@ -749,63 +693,8 @@ fn check_body_limit(field: &str, limit: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn compile_secrets(
-    raw: &[RawSecret],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<SigningKey>, ConfigError> {
-    if raw.len() > MAX_SECRETS {
-        return Err(err(
-            "signature.secrets",
-            format!(
-                "at most {MAX_SECRETS} secrets may be active at once, got {}",
-                raw.len()
-            ),
-        ));
-    }
-    let mut ids = HashSet::new();
-    let mut keys = Vec::with_capacity(raw.len());
-    for (i, s) in raw.iter().enumerate() {
-        let at = |f: &str| format!("signature.secrets[{i}].{f}");
-        check_id(&mut ids, &s.id, at("id"), "secret")?;
-        if s.env.is_empty()
-            || !s
-                .env
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            return Err(err(at("env"), "must be an environment variable name"));
-        }
-        // Never put the value in an error: only its name and length.
-        let value = env(&s.env).ok_or_else(|| {
-            err(
-                at("env"),
-                format!(
-                    "environment variable {} is not set or not visible to the VM (list it in \
-                     vm_config.environment_variables.host_env_keys)",
-                    s.env
-                ),
-            )
-        })?;
-        if value.len() < MIN_SECRET_LEN {
-            return Err(err(
-                at("env"),
-                format!(
-                    "the secret in {} is {} bytes; at least {MIN_SECRET_LEN} are required",
-                    s.env,
-                    value.len()
-                ),
-            ));
-        }
-        keys.push(SigningKey {
-            id: s.id.clone(),
-            secret: Secret::new(value.into_bytes()),
-        });
-    }
-    Ok(keys)
-}
-
 /// Ids are public names (logged, sent upstream): short, plain, and unique within their list.
-fn check_id<'a>(
+pub(crate) fn check_id<'a>(
     seen: &mut HashSet<&'a str>,
     id: &'a str,
     field: String,
@@ -1055,7 +944,7 @@ fn check_path(p: &str, field: &str) -> Result<String, ConfigError> {
     Ok(p.to_string())
 }
 
-fn validate_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name
             .bytes()

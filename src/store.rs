@@ -497,8 +497,7 @@ impl Lockout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks::signature::{parse_headers, sign, Keyring, Verifier};
-    use crate::config::SigningKey;
+    use crate::checks::signature::{parse_headers, sign, Keyring, SigningKey, Verifier};
     use crate::headers::RequestHeaders;
     use crate::secret::Secret;
 
