@@ -16,15 +16,12 @@ use crate::checks::host::HostPattern;
 use crate::checks::ip::{parse_net, IpRules};
 use crate::checks::response_headers::{HeaderAction, Plan, Preset};
 use crate::checks::signature::{self, RawSignature, SigningKey};
+use crate::store::{self, LockoutSettings, RawLockout, RawReplay};
 
 /// Default body limit for signed routes: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 /// Largest body limit a policy may set. Envoy buffers the whole body while it is verified.
 pub const MAX_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
-/// Nonces per shard of the replay cache; see `store.rs`.
-pub const NONCES_PER_SHARD: u32 = 64;
-pub const DEFAULT_REPLAY_CAPACITY: u32 = 524_288;
-pub const MAX_REPLAY_CAPACITY: u32 = 16_777_216;
 
 /// A configuration problem: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,23 +84,6 @@ pub struct RawConfig {
     /// Ordered list of policies; the first whose `match` fits the request applies. A request
     /// that no policy matches is refused (`no_matching_policy`).
     pub policies: Vec<RawPolicy>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawReplay {
-    /// How many nonces the replay cache holds at most (a multiple of 64). Memory is bounded by
-    /// capacity × 16 bytes plus a fixed per-shard overhead.
-    #[serde(default = "default_replay_capacity")]
-    pub capacity: u32,
-}
-
-impl Default for RawReplay {
-    fn default() -> Self {
-        Self {
-            capacity: default_replay_capacity(),
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,38 +180,6 @@ pub struct RawApiKey {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLockout {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// Failed authentications (wrong key, wrong signature) that lock an address out (default 5).
-    #[serde(default = "default_max_failures")]
-    pub max_failures: u32,
-    /// Window from the first failure, in seconds (default 300); the lockout lasts until it ends.
-    #[serde(default = "default_window")]
-    pub window_seconds: u64,
-    /// Addresses tracked at most (a multiple of 64; default 65536).
-    #[serde(default = "default_lockout_capacity")]
-    pub capacity: u32,
-    /// IPv6 clients are counted by network of this prefix length (default 64: one subscriber
-    /// usually holds a whole /64); 128 counts each address. IPv4 is counted per address.
-    #[serde(default = "default_ipv6_prefix")]
-    pub ipv6_prefix: u8,
-}
-
-impl Default for RawLockout {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_failures: default_max_failures(),
-            window_seconds: default_window(),
-            capacity: default_lockout_capacity(),
-            ipv6_prefix: default_ipv6_prefix(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawIdentity {
     /// The matched API key's id (default `x-edge-warden-api-key-id`).
     #[serde(default = "default_api_key_id_header")]
@@ -266,15 +214,6 @@ fn default_role_header() -> String {
 }
 fn default_client_header() -> String {
     "x-edge-warden-client".to_string()
-}
-fn default_max_failures() -> u32 {
-    5
-}
-fn default_lockout_capacity() -> u32 {
-    65_536
-}
-fn default_ipv6_prefix() -> u8 {
-    crate::store::DEFAULT_IPV6_PREFIX
 }
 
 #[derive(Debug, Deserialize)]
@@ -380,14 +319,8 @@ pub struct RawMatch {
 pub(crate) fn default_true() -> bool {
     true
 }
-fn default_window() -> u64 {
-    300
-}
 fn default_max_body_bytes() -> u64 {
     DEFAULT_MAX_BODY_BYTES
-}
-fn default_replay_capacity() -> u32 {
-    DEFAULT_REPLAY_CAPACITY
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -413,14 +346,6 @@ pub struct Config {
     pub api_key_id_header: String,
     pub role_header: String,
     pub client_header: String,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct LockoutSettings {
-    pub max_failures: u32,
-    pub window_seconds: u64,
-    pub capacity: u32,
-    pub ipv6_prefix: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -477,23 +402,12 @@ impl Config {
         raw: RawConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        // Every plain setting is checked before the secrets are read from the environment, so a
-        // configuration with several mistakes is reported with the same one as before.
+        // The plain settings are checked before any secret is read from the environment: the
+        // order decides which mistake is reported when a configuration holds several.
         let sig = &raw.signature;
         signature::check_settings(sig, "signature")?;
         check_body_limit("max_body_bytes", raw.max_body_bytes)?;
-        let capacity = raw.replay.capacity;
-        if !(NONCES_PER_SHARD..=MAX_REPLAY_CAPACITY).contains(&capacity)
-            || !capacity.is_multiple_of(NONCES_PER_SHARD)
-        {
-            return Err(err(
-                "replay.capacity",
-                format!(
-                    "must be a multiple of {NONCES_PER_SHARD} between {NONCES_PER_SHARD} and \
-                     {MAX_REPLAY_CAPACITY}, got {capacity}"
-                ),
-            ));
-        }
+        let capacity = store::compile_replay(&raw.replay, "replay")?;
 
         let keys = signature::compile_secrets(&sig.secrets, "signature.secrets", env)?;
         let api_keys = compile_api_keys(&raw.api_keys)?;
@@ -504,41 +418,7 @@ impl Config {
         )?;
         validate_header_name("identity.role_header", &raw.identity.role_header)?;
         validate_header_name("identity.client_header", &raw.identity.client_header)?;
-        let lockout = if raw.lockout.enabled {
-            let l = &raw.lockout;
-            if l.max_failures == 0 || l.max_failures > 1000 {
-                return Err(err("lockout.max_failures", "must be between 1 and 1000"));
-            }
-            if !(1..=86_400).contains(&l.window_seconds) {
-                return Err(err(
-                    "lockout.window_seconds",
-                    "must be between 1 and 86400 seconds",
-                ));
-            }
-            if !(64..=1_048_576).contains(&l.capacity) || !l.capacity.is_multiple_of(64) {
-                return Err(err(
-                    "lockout.capacity",
-                    "must be a multiple of 64 between 64 and 1048576",
-                ));
-            }
-            if !(16..=128).contains(&l.ipv6_prefix) {
-                return Err(err(
-                    "lockout.ipv6_prefix",
-                    format!(
-                        "must be a prefix length between 16 and 128, got {}",
-                        l.ipv6_prefix
-                    ),
-                ));
-            }
-            Some(LockoutSettings {
-                max_failures: l.max_failures,
-                window_seconds: l.window_seconds,
-                capacity: l.capacity,
-                ipv6_prefix: l.ipv6_prefix,
-            })
-        } else {
-            None
-        };
+        let lockout = store::compile_lockout(&raw.lockout, "lockout")?;
 
         if raw.policies.is_empty() {
             return Err(err("policies", "at least one policy is required"));

@@ -86,10 +86,6 @@ fn invalid_configurations_name_the_field() {
         ),
         (r#"{"policies": [{"name": "a"}]}"#, "signature.secrets"),
         (
-            r#"{"replay": {"capacity": 100}, "policies": [{"name": "a", "signature": false}]}"#,
-            "replay.capacity",
-        ),
-        (
             r#"{"max_body_bytes": 0, "policies": [{"name": "a", "signature": false}]}"#,
             "max_body_bytes",
         ),
@@ -252,18 +248,6 @@ fn api_key_ip_and_lockout_settings_name_the_bad_field() {
             ),
             "policies[0].ip.deny[0]",
         ),
-        (
-            format!(
-                r#"{{"lockout": {{"max_failures": 0}}, "policies": [{{"name": "a", "signature": false}}]}}"#
-            ),
-            "lockout.max_failures",
-        ),
-        (
-            format!(
-                r#"{{"lockout": {{"capacity": 100}}, "policies": [{{"name": "a", "signature": false}}]}}"#
-            ),
-            "lockout.capacity",
-        ),
     ];
     for (json, field) in &cases {
         let e = load(json).expect_err(json);
@@ -314,22 +298,4 @@ fn a_policy_after_one_that_covers_it_is_warned_about() {
     assert!(c.warnings[1].contains("the earlier policy `all`"));
     // The shipped shape (a narrow policy, then a catch-all) has nothing to warn about.
     assert!(load(DEFAULT).unwrap().warnings.is_empty());
-}
-
-#[test]
-fn lockout_ipv6_prefix_defaults_to_64_and_is_bounded() {
-    let c = load(DEFAULT).unwrap();
-    assert_eq!(c.lockout.unwrap().ipv6_prefix, 64);
-    let with = |prefix: u32| {
-        load(&DEFAULT.replacen(
-            "\"policies\"",
-            &format!("\"lockout\": {{\"ipv6_prefix\": {prefix}}}, \"policies\""),
-            1,
-        ))
-    };
-    assert_eq!(with(56).unwrap().lockout.unwrap().ipv6_prefix, 56);
-    for bad in [0, 8, 129] {
-        let e = with(bad).expect_err("out of range");
-        assert_eq!(e.field, "lockout.ipv6_prefix", "{e}");
-    }
 }
