@@ -11,7 +11,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::checks::api_key::{ApiKey, KeySource, Role};
-use crate::checks::cors::{Cors, Disallowed, OriginPattern};
+use crate::checks::cors::{self, Cors, RawCors};
 use crate::checks::host::HostPattern;
 use crate::checks::ip::{parse_net, IpRules};
 use crate::checks::response_headers::{HeaderAction, Plan, Preset};
@@ -218,39 +218,6 @@ fn default_client_header() -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCors {
-    /// Exact origins (`https://app.example.com`), wildcard subdomains (`https://*.workers.dev`)
-    /// or `null`.
-    #[serde(default)]
-    pub allow_origins: Vec<String>,
-    /// Environment variable holding one more allowed origin (used when set and non-empty). It
-    /// must be listed in `host_env_keys`.
-    #[serde(default)]
-    pub allow_origin_env: Option<String>,
-    /// Methods a cross-origin request may use (default GET, HEAD, POST).
-    #[serde(default = "default_cors_methods")]
-    pub allow_methods: Vec<String>,
-    /// Request headers a cross-origin request may send (default: content-type and the signature
-    /// and idempotency headers).
-    #[serde(default = "default_cors_headers")]
-    pub allow_headers: Vec<String>,
-    /// Response headers the browser may read beyond the safelisted ones.
-    #[serde(default)]
-    pub expose_headers: Vec<String>,
-    /// Whether cookies and credentials may be sent (`Access-Control-Allow-Credentials: true`).
-    #[serde(default)]
-    pub allow_credentials: bool,
-    /// How long a browser may cache a preflight answer, in seconds (default 600).
-    #[serde(default = "default_max_age")]
-    pub max_age: u32,
-    /// An actual request from an origin not allowed: `reject` (403 `origin_not_allowed`,
-    /// default) or `omit` (pass without CORS headers).
-    #[serde(default = "default_disallowed")]
-    pub disallowed: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawSecurityHeaders {
     /// `owasp` (default), `compat` or `none`.
     #[serde(default)]
@@ -275,27 +242,6 @@ impl Default for RawSecurityHeaders {
             headers: Default::default(),
         }
     }
-}
-
-fn default_cors_methods() -> Vec<String> {
-    ["GET", "HEAD", "POST"].map(String::from).to_vec()
-}
-fn default_cors_headers() -> Vec<String> {
-    [
-        "content-type",
-        "x-request-signature",
-        "x-request-timestamp",
-        "x-request-nonce",
-        "x-idempotency-key",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-fn default_max_age() -> u32 {
-    600
-}
-fn default_disallowed() -> String {
-    "reject".to_string()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -450,7 +396,13 @@ impl Config {
                 ));
             }
             let cors = match &p.cors {
-                Some(c) => Some(compile_cors(c, &at("cors"), env, &p.name, &mut warnings)?),
+                Some(c) => Some(cors::compile_cors(
+                    c,
+                    &at("cors"),
+                    env,
+                    &p.name,
+                    &mut warnings,
+                )?),
                 None => None,
             };
             let trusted_hosts = p
@@ -647,109 +599,6 @@ fn compile_api_keys(raw: &RawApiKeys) -> Result<Vec<ApiKey>, ConfigError> {
         });
     }
     Ok(keys)
-}
-
-fn compile_cors(
-    raw: &RawCors,
-    field: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    policy: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Cors, ConfigError> {
-    let mut origins = Vec::new();
-    for (i, o) in raw.allow_origins.iter().enumerate() {
-        let pattern = OriginPattern::parse(o).map_err(|why| {
-            err(
-                format!("{field}.allow_origins[{i}]"),
-                format!("`{o}` {why}"),
-            )
-        })?;
-        origins.push(pattern);
-    }
-    if let Some(name) = &raw.allow_origin_env {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(err(
-                format!("{field}.allow_origin_env"),
-                "must be an environment variable name",
-            ));
-        }
-        if let Some(value) = env(name).filter(|v| !v.trim().is_empty()) {
-            let pattern = OriginPattern::parse(value.trim()).map_err(|why| {
-                err(
-                    format!("{field}.allow_origin_env"),
-                    format!("the origin in {name} (`{}`) {why}", value.trim()),
-                )
-            })?;
-            origins.push(pattern);
-        }
-    }
-    for o in &origins {
-        if let Some(suffix) = o.wildcard_suffix() {
-            // `*.workers.dev` admits every tenant of that platform: anyone can host a page there.
-            if psl::suffix_str(suffix) == Some(suffix) {
-                warnings.push(format!(
-                    "policy `{policy}`: CORS origin wildcard `*.{suffix}` covers a public suffix, so \
-                     any site hosted under {suffix} (anyone can create one) is an allowed origin; \
-                     prefer exact origins, and require request signatures on these routes"
-                ));
-            }
-        }
-    }
-    for (i, m) in raw.allow_methods.iter().enumerate() {
-        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(err(
-                format!("{field}.allow_methods[{i}]"),
-                format!("`{m}` is not an uppercase HTTP method"),
-            ));
-        }
-    }
-    let lower_tokens = |list: &[String], what: &str| -> Result<Vec<String>, ConfigError> {
-        list.iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let lower = h.to_ascii_lowercase();
-                if lower.is_empty()
-                    || !lower
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
-                    Err(err(
-                        format!("{field}.{what}[{i}]"),
-                        format!("`{h}` is not a header name"),
-                    ))
-                } else {
-                    Ok(lower)
-                }
-            })
-            .collect()
-    };
-    let allow_headers = lower_tokens(&raw.allow_headers, "allow_headers")?;
-    let expose_headers = lower_tokens(&raw.expose_headers, "expose_headers")?;
-    let disallowed = match raw.disallowed.as_str() {
-        "reject" => Disallowed::Reject,
-        "omit" => Disallowed::Omit,
-        other => {
-            return Err(err(
-                format!("{field}.disallowed"),
-                format!("`{other}` must be `reject` or `omit`"),
-            ))
-        }
-    };
-    if raw.max_age > 86_400 {
-        return Err(err(
-            format!("{field}.max_age"),
-            "must be at most 86400 seconds",
-        ));
-    }
-    Ok(Cors {
-        origins,
-        allow_methods: raw.allow_methods.clone(),
-        allow_headers,
-        expose_headers,
-        allow_credentials: raw.allow_credentials,
-        max_age: raw.max_age,
-        disallowed,
-    })
 }
 
 fn compile_security_headers(raw: &RawSecurityHeaders) -> Result<Plan, ConfigError> {

@@ -114,31 +114,8 @@ fn not_json_is_refused_with_a_reason() {
 }
 
 #[test]
-fn cors_settings_compile_and_bad_origins_name_the_entry() {
-    let c = load(
-        r#"{"policies": [{"name": "a", "signature": false,
-            "cors": {"allow_origins": ["https://*.workers.dev", "https://app.example.com"]}}]}"#,
-    )
-    .unwrap();
-    let cors = c.policies[0].cors.as_ref().unwrap();
-    assert!(cors.allows_origin("https://x.workers.dev"));
-    assert_eq!(cors.max_age, 600);
-    assert_eq!(c.warnings.len(), 1);
-    assert!(c.warnings[0].contains("*.workers.dev"), "{:?}", c.warnings);
-
+fn bad_trusted_hosts_and_security_headers_name_the_entry() {
     for (json, field) in [
-        (
-            r#"{"policies": [{"name": "a", "signature": false, "cors": {"allow_origins": ["app.example.com"]}}]}"#,
-            "policies[0].cors.allow_origins[0]",
-        ),
-        (
-            r#"{"policies": [{"name": "a", "signature": false, "cors": {"allow_origins": ["*"]}}]}"#,
-            "policies[0].cors.allow_origins[0]",
-        ),
-        (
-            r#"{"policies": [{"name": "a", "signature": false, "cors": {"disallowed": "drop"}}]}"#,
-            "policies[0].cors.disallowed",
-        ),
         (
             r#"{"policies": [{"name": "a", "signature": false, "trusted_hosts": ["http://x"]}]}"#,
             "policies[0].trusted_hosts[0]",
@@ -155,44 +132,6 @@ fn cors_settings_compile_and_bad_origins_name_the_entry() {
         let e = load(json).expect_err(json);
         assert_eq!(e.field, field, "{e}");
     }
-}
-
-#[test]
-fn an_exact_origin_under_a_registrable_domain_gives_no_warning() {
-    let c = load(
-        r#"{"policies": [{"name": "a", "signature": false,
-            "cors": {"allow_origins": ["https://*.example.com", "https://app.example.com"]}}]}"#,
-    )
-    .unwrap();
-    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-}
-
-#[test]
-fn the_origin_from_the_environment_is_added_and_validated() {
-    let env = |name: &str| match name {
-        "WORKERS_ORIGIN" => Some("https://app.example.com".to_string()),
-        "BAD_ORIGIN" => Some("app.example.com/path".to_string()),
-        _ => None,
-    };
-    let json = |var: &str| {
-        format!(
-            r#"{{"policies": [{{"name": "a", "signature": false, "cors": {{"allow_origin_env": "{var}"}}}}]}}"#
-        )
-    };
-    let c = Config::from_json(json("WORKERS_ORIGIN").as_bytes(), &env).unwrap();
-    assert!(c.policies[0]
-        .cors
-        .as_ref()
-        .unwrap()
-        .allows_origin("https://app.example.com"));
-    let c = Config::from_json(json("UNSET_ORIGIN").as_bytes(), &env).unwrap();
-    assert!(!c.policies[0]
-        .cors
-        .as_ref()
-        .unwrap()
-        .allows_origin("https://app.example.com"));
-    let e = Config::from_json(json("BAD_ORIGIN").as_bytes(), &env).unwrap_err();
-    assert_eq!(e.field, "policies[0].cors.allow_origin_env");
 }
 
 // Every case goes through format! so the table reads alike, with or without placeholders.
