@@ -14,7 +14,7 @@ use crate::checks::api_key::{ApiKey, KeySource, Role};
 use crate::checks::cors::{self, Cors, RawCors};
 use crate::checks::host::HostPattern;
 use crate::checks::ip::{parse_net, IpRules};
-use crate::checks::response_headers::{HeaderAction, Plan, Preset};
+use crate::checks::response_headers::{self, Plan, RawSecurityHeaders};
 use crate::checks::signature::{self, RawSignature, SigningKey};
 use crate::store::{self, LockoutSettings, RawLockout, RawReplay};
 
@@ -216,34 +216,6 @@ fn default_client_header() -> String {
     "x-edge-warden-client".to_string()
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSecurityHeaders {
-    /// `owasp` (default), `compat` or `none`.
-    #[serde(default)]
-    pub preset: Preset,
-    /// Add `preload` to Strict-Transport-Security (owasp preset).
-    #[serde(default)]
-    pub hsts_preload: bool,
-    /// Remove X-Powered-By and similar banners (default true).
-    #[serde(default = "default_true")]
-    pub remove_banners: bool,
-    /// Per-header overrides: `{"set": "v"}`, `{"set_if_absent": "v"}` or `"remove"`.
-    #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, HeaderAction>,
-}
-
-impl Default for RawSecurityHeaders {
-    fn default() -> Self {
-        Self {
-            preset: Preset::Owasp,
-            hsts_preload: false,
-            remove_banners: true,
-            headers: Default::default(),
-        }
-    }
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
@@ -370,7 +342,8 @@ impl Config {
             return Err(err("policies", "at least one policy is required"));
         }
         let mut warnings = Vec::new();
-        let response_headers = compile_security_headers(&raw.security_headers)?;
+        let response_headers =
+            response_headers::compile_security_headers(&raw.security_headers, "security_headers")?;
         let mut names = HashSet::new();
         let mut policies = Vec::with_capacity(raw.policies.len());
         for (i, p) in raw.policies.into_iter().enumerate() {
@@ -599,33 +572,6 @@ fn compile_api_keys(raw: &RawApiKeys) -> Result<Vec<ApiKey>, ConfigError> {
         });
     }
     Ok(keys)
-}
-
-fn compile_security_headers(raw: &RawSecurityHeaders) -> Result<Plan, ConfigError> {
-    let mut overrides = Vec::new();
-    for (name, action) in &raw.headers {
-        let field = format!("security_headers.headers.{name}");
-        let lower = name.to_ascii_lowercase();
-        if lower.is_empty()
-            || !lower
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(err(field, "is not a header name"));
-        }
-        if let HeaderAction::Set(v) | HeaderAction::SetIfAbsent(v) = action {
-            if v.bytes().any(|b| b.is_ascii_control()) {
-                return Err(err(field, "the value must not contain control characters"));
-            }
-        }
-        overrides.push((lower, action.clone()));
-    }
-    Ok(Plan::new(
-        raw.preset,
-        raw.hsts_preload,
-        raw.remove_banners,
-        overrides,
-    ))
 }
 
 fn compile_match(raw: &RawMatch, field: &str) -> Result<Matcher, ConfigError> {

@@ -114,21 +114,11 @@ fn not_json_is_refused_with_a_reason() {
 }
 
 #[test]
-fn bad_trusted_hosts_and_security_headers_name_the_entry() {
-    for (json, field) in [
-        (
-            r#"{"policies": [{"name": "a", "signature": false, "trusted_hosts": ["http://x"]}]}"#,
-            "policies[0].trusted_hosts[0]",
-        ),
-        (
-            r#"{"policies": [{"name": "a", "signature": false}], "security_headers": {"preset": "strict"}}"#,
-            "security_headers.preset",
-        ),
-        (
-            r#"{"policies": [{"name": "a", "signature": false}], "security_headers": {"headers": {"X-A": {"add": "1"}}}}"#,
-            "security_headers.headers.X-A",
-        ),
-    ] {
+fn bad_trusted_hosts_name_the_entry() {
+    for (json, field) in [(
+        r#"{"policies": [{"name": "a", "signature": false, "trusted_hosts": ["http://x"]}]}"#,
+        "policies[0].trusted_hosts[0]",
+    )] {
         let e = load(json).expect_err(json);
         assert_eq!(e.field, field, "{e}");
     }
