@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::checks::api_key::{ApiKey, KeySource, Role};
+use crate::checks::api_key::{self, ApiKey, KeySource, PolicyApiKey, RawApiKeys, RawPolicyApiKey};
 use crate::checks::cors::{self, Cors, RawCors};
 use crate::checks::host::HostPattern;
 use crate::checks::ip::{parse_net, IpRules};
@@ -114,17 +114,6 @@ pub struct RawPolicy {
     pub ip: Option<RawIp>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPolicyApiKey {
-    /// Whether a valid key is required (default true).
-    #[serde(default = "default_true")]
-    pub required: bool,
-    /// Roles that may pass; empty admits every role.
-    #[serde(default)]
-    pub roles: Vec<Role>,
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIp {
@@ -132,50 +121,6 @@ pub struct RawIp {
     pub allow: Vec<String>,
     #[serde(default)]
     pub deny: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawApiKeys {
-    /// Request header carrying the key (default `x-api-key`).
-    #[serde(default = "default_api_key_header")]
-    pub header: String,
-    /// Also accept `Authorization: Bearer <key>`.
-    #[serde(default)]
-    pub allow_bearer: bool,
-    /// Remove the raw key before the request goes upstream (default true).
-    #[serde(default = "default_true")]
-    pub strip: bool,
-    #[serde(default)]
-    pub keys: Vec<RawApiKey>,
-}
-
-impl Default for RawApiKeys {
-    fn default() -> Self {
-        Self {
-            header: default_api_key_header(),
-            allow_bearer: false,
-            strip: true,
-            keys: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawApiKey {
-    /// Public name of the key: logged and sent upstream, never secret.
-    pub id: String,
-    /// Lowercase hex SHA-256 of the key (`warden keygen` / `warden hash-key` print it).
-    pub sha256: String,
-    /// `admin` or `client`.
-    pub role: Role,
-    /// RFC 3339 time before which the key is refused.
-    #[serde(default)]
-    pub not_before: Option<String>,
-    /// RFC 3339 time from which the key is refused.
-    #[serde(default)]
-    pub expires_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,9 +148,6 @@ impl Default for RawIdentity {
     }
 }
 
-fn default_api_key_header() -> String {
-    "x-api-key".to_string()
-}
 fn default_api_key_id_header() -> String {
     "x-edge-warden-api-key-id".to_string()
 }
@@ -267,12 +209,6 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone)]
-pub struct PolicyApiKey {
-    pub required: bool,
-    pub roles: Vec<Role>,
-}
-
-#[derive(Debug, Clone)]
 pub struct Policy {
     pub name: String,
     matcher: Matcher,
@@ -328,8 +264,7 @@ impl Config {
         let capacity = store::compile_replay(&raw.replay, "replay")?;
 
         let keys = signature::compile_secrets(&sig.secrets, "signature.secrets", env)?;
-        let api_keys = compile_api_keys(&raw.api_keys)?;
-        validate_header_name("api_keys.header", &raw.api_keys.header)?;
+        let api_keys = api_key::compile_api_keys(&raw.api_keys, "api_keys")?;
         validate_header_name(
             "identity.api_key_id_header",
             &raw.identity.api_key_id_header,
@@ -388,10 +323,7 @@ impl Config {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let api_key = p.api_key.as_ref().map(|k| PolicyApiKey {
-                required: k.required,
-                roles: k.roles.clone(),
-            });
+            let api_key = p.api_key.as_ref().map(api_key::compile_policy_api_key);
             if api_key.as_ref().is_some_and(|k| k.required) && api_keys.is_empty() {
                 return Err(err(
                     "api_keys.keys",
@@ -518,60 +450,6 @@ pub(crate) fn check_id<'a>(
         return Err(err(field, format!("`{id}` is used by an earlier {what}")));
     }
     Ok(())
-}
-
-fn compile_api_keys(raw: &RawApiKeys) -> Result<Vec<ApiKey>, ConfigError> {
-    let mut ids = HashSet::new();
-    let mut hashes = HashSet::new();
-    let mut keys = Vec::with_capacity(raw.keys.len());
-    for (i, k) in raw.keys.iter().enumerate() {
-        let at = |f: &str| format!("api_keys.keys[{i}].{f}");
-        check_id(&mut ids, &k.id, at("id"), "key")?;
-        let mut sha256 = [0u8; 32];
-        if k.sha256.len() != 64 || hex::decode_to_slice(&k.sha256, &mut sha256).is_err() {
-            return Err(err(
-                at("sha256"),
-                "must be the 64-character hex SHA-256 of the key (see `warden hash-key`)",
-            ));
-        }
-        if !hashes.insert(sha256) {
-            return Err(err(at("sha256"), "the same key is listed twice"));
-        }
-        let time = |field: &str, value: &Option<String>| -> Result<Option<u64>, ConfigError> {
-            value
-                .as_deref()
-                .map(|v| {
-                    humantime::parse_rfc3339(v)
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| d.as_secs())
-                        .ok_or_else(|| {
-                            err(
-                                at(field),
-                                format!(
-                                    "`{v}` is not an RFC 3339 time such as 2026-12-01T00:00:00Z"
-                                ),
-                            )
-                        })
-                })
-                .transpose()
-        };
-        let not_before = time("not_before", &k.not_before)?;
-        let expires_at = time("expires_at", &k.expires_at)?;
-        if let (Some(a), Some(b)) = (not_before, expires_at) {
-            if a >= b {
-                return Err(err(at("expires_at"), "must be later than not_before"));
-            }
-        }
-        keys.push(ApiKey {
-            id: k.id.clone(),
-            sha256,
-            role: k.role,
-            not_before,
-            expires_at,
-        });
-    }
-    Ok(keys)
 }
 
 fn compile_match(raw: &RawMatch, field: &str) -> Result<Matcher, ConfigError> {
