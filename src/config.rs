@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::checks::api_key::{self, ApiKey, KeySource, PolicyApiKey, RawApiKeys, RawPolicyApiKey};
 use crate::checks::cors::{self, Cors, RawCors};
 use crate::checks::host::HostPattern;
-use crate::checks::ip::{parse_net, IpRules};
+use crate::checks::ip::{self, IpRules, RawIp};
 use crate::checks::response_headers::{self, Plan, RawSecurityHeaders};
 use crate::checks::signature::{self, RawSignature, SigningKey};
 use crate::store::{self, LockoutSettings, RawLockout, RawReplay};
@@ -112,15 +112,6 @@ pub struct RawPolicy {
     /// Client address allow and deny lists (CIDR or single addresses).
     #[serde(default)]
     pub ip: Option<RawIp>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawIp {
-    #[serde(default)]
-    pub allow: Vec<String>,
-    #[serde(default)]
-    pub deny: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -333,22 +324,10 @@ impl Config {
                     ),
                 ));
             }
-            let mut ip = IpRules::default();
-            if let Some(raw_ip) = &p.ip {
-                for (list, out, name) in [
-                    (&raw_ip.allow, &mut ip.allow, "allow"),
-                    (&raw_ip.deny, &mut ip.deny, "deny"),
-                ] {
-                    for (j, entry) in list.iter().enumerate() {
-                        out.push(parse_net(entry).ok_or_else(|| {
-                            err(
-                                at(&format!("ip.{name}[{j}]")),
-                                format!("`{entry}` is not an IP address or CIDR range"),
-                            )
-                        })?);
-                    }
-                }
-            }
+            let ip = match &p.ip {
+                Some(raw_ip) => ip::compile_ip(raw_ip, &at("ip"))?,
+                None => IpRules::default(),
+            };
             policies.push(Policy {
                 name: p.name,
                 matcher: compile_match(&p.matcher, &at("match"))?,
