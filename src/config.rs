@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::checks::api_key::{self, ApiKey, KeySource, PolicyApiKey, RawApiKeys, RawPolicyApiKey};
 use crate::checks::cors::{self, Cors, RawCors};
-use crate::checks::host::HostPattern;
+use crate::checks::host::{self, HostPattern};
 use crate::checks::ip::{self, IpRules, RawIp};
 use crate::checks::response_headers::{self, Plan, RawSecurityHeaders};
 use crate::checks::signature::{self, RawSignature, SigningKey};
@@ -304,16 +304,8 @@ impl Config {
                 )?),
                 None => None,
             };
-            let trusted_hosts = p
-                .trusted_hosts
-                .iter()
-                .enumerate()
-                .map(|(j, h)| {
-                    HostPattern::parse(h).map_err(|why| {
-                        err(at(&format!("trusted_hosts[{j}]")), format!("`{h}` {why}"))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let trusted_hosts =
+                host::compile_trusted_hosts(&p.trusted_hosts, &at("trusted_hosts"))?;
             let api_key = p.api_key.as_ref().map(api_key::compile_policy_api_key);
             if api_key.as_ref().is_some_and(|k| k.required) && api_keys.is_empty() {
                 return Err(err(

@@ -118,17 +118,6 @@ fn not_json_is_refused_with_a_reason() {
 }
 
 #[test]
-fn bad_trusted_hosts_name_the_entry() {
-    for (json, field) in [(
-        r#"{"policies": [{"name": "a", "signature": false, "trusted_hosts": ["http://x"]}]}"#,
-        "policies[0].trusted_hosts[0]",
-    )] {
-        let e = load(json).expect_err(json);
-        assert_eq!(e.field, field, "{e}");
-    }
-}
-
-#[test]
 fn policies_with_keys_count_as_credentialed() {
     let c = load(&format!(
         r#"{{"api_keys": {{"keys": [{{"id": "k", "sha256": "{}", "role": "admin", "expires_at": "2030-01-01T00:00:00Z"}}]}},
