@@ -139,6 +139,16 @@ impl Default for RawIdentity {
     }
 }
 
+/// Checks the header names of the `identity` section at `field`.
+fn check_identity(raw: &RawIdentity, field: &str) -> Result<(), ConfigError> {
+    validate_header_name(
+        &format!("{field}.api_key_id_header"),
+        &raw.api_key_id_header,
+    )?;
+    validate_header_name(&format!("{field}.role_header"), &raw.role_header)?;
+    validate_header_name(&format!("{field}.client_header"), &raw.client_header)
+}
+
 fn default_api_key_id_header() -> String {
     "x-edge-warden-api-key-id".to_string()
 }
@@ -256,12 +266,7 @@ impl Config {
 
         let keys = signature::compile_secrets(&sig.secrets, "signature.secrets", env)?;
         let api_keys = api_key::compile_api_keys(&raw.api_keys, "api_keys")?;
-        validate_header_name(
-            "identity.api_key_id_header",
-            &raw.identity.api_key_id_header,
-        )?;
-        validate_header_name("identity.role_header", &raw.identity.role_header)?;
-        validate_header_name("identity.client_header", &raw.identity.client_header)?;
+        check_identity(&raw.identity, "identity")?;
         let lockout = store::compile_lockout(&raw.lockout, "lockout")?;
 
         if raw.policies.is_empty() {
