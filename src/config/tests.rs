@@ -161,3 +161,221 @@ fn a_policy_after_one_that_covers_it_is_warned_about() {
     // The shipped shape (a narrow policy, then a catch-all) has nothing to warn about.
     assert!(load(DEFAULT).unwrap().warnings.is_empty());
 }
+
+/// One mistake per configuration, in every section, and several at once to pin which one is
+/// reported first. The fields are those the single-file config.rs reported before each section's
+/// compile step moved beside its check.
+#[test]
+fn every_section_reports_its_mistakes_at_the_same_path() {
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{"signature": {"secrets": [{"id": "a", "env": "HMAC_SHARED_SECRET"}, {"id": "b", "env": "HMAC_SHARED_SECRET"}, {"id": "c", "env": "HMAC_SHARED_SECRET"}, {"id": "d", "env": "HMAC_SHARED_SECRET"}, {"id": "e", "env": "HMAC_SHARED_SECRET"}, {"id": "f", "env": "HMAC_SHARED_SECRET"}, {"id": "g", "env": "HMAC_SHARED_SECRET"}, {"id": "h", "env": "HMAC_SHARED_SECRET"}, {"id": "i", "env": "HMAC_SHARED_SECRET"}]}, "policies": [{"name": "a"}]}"#,
+            "signature.secrets",
+        ),
+        (
+            r#"{"signature": {"secrets": [{"id": "bad id", "env": "HMAC_SHARED_SECRET"}]}, "policies": [{"name": "a"}]}"#,
+            "signature.secrets[0].id",
+        ),
+        (
+            r#"{"signature": {"secrets": [{"id": "k", "env": "NOT-A-NAME"}]}, "policies": [{"name": "a"}]}"#,
+            "signature.secrets[0].env",
+        ),
+        (
+            r#"{"signature": {"secrets": [{"id": "k", "env": "MISSING"}]}, "policies": [{"name": "a"}]}"#,
+            "signature.secrets[0].env",
+        ),
+        (
+            r#"{"signature": {"window_seconds": 3601}, "policies": [{"name": "a", "signature": false}]}"#,
+            "signature.window_seconds",
+        ),
+        (
+            r#"{"signature": {"key_id_header": "x-request-key"}, "policies": [{"name": "a", "signature": false}]}"#,
+            "signature.key_id_header",
+        ),
+        (
+            r#"{"replay": {"capacity": 16777280}, "policies": [{"name": "a", "signature": false}]}"#,
+            "replay.capacity",
+        ),
+        (
+            r#"{"lockout": {"window_seconds": 0}, "policies": [{"name": "a", "signature": false}]}"#,
+            "lockout.window_seconds",
+        ),
+        (
+            r#"{"lockout": {"max_failures": 1001}, "policies": [{"name": "a", "signature": false}]}"#,
+            "lockout.max_failures",
+        ),
+        (
+            r#"{"lockout": {"capacity": 64, "ipv6_prefix": 8}, "policies": [{"name": "a", "signature": false}]}"#,
+            "lockout.ipv6_prefix",
+        ),
+        (
+            r#"{"lockout": {"bogus": 1}, "policies": [{"name": "a", "signature": false}]}"#,
+            "lockout.bogus",
+        ),
+        (
+            r#"{"api_keys": {"header": "X-Api-Key"}, "policies": [{"name": "a", "signature": false}]}"#,
+            "api_keys.header",
+        ),
+        (
+            r#"{"api_keys": {"keys": [{"id": "", "sha256": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "role": "client"}]}, "policies": [{"name": "a", "signature": false}]}"#,
+            "api_keys.keys[0].id",
+        ),
+        (
+            r#"{"api_keys": {"keys": [{"id": "a", "sha256": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "role": "client"}, {"id": "b", "sha256": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "role": "client"}]}, "policies": [{"name": "a", "signature": false}]}"#,
+            "api_keys.keys[1].sha256",
+        ),
+        (
+            r#"{"api_keys": {"keys": [{"id": "a", "sha256": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "role": "client", "not_before": "soon"}]}, "policies": [{"name": "a", "signature": false}]}"#,
+            "api_keys.keys[0].not_before",
+        ),
+        (
+            r#"{"api_keys": {"keys": [{"id": "a", "sha256": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "role": "client"}]}, "policies": [{"name": "a", "signature": false, "api_key": {"roles": ["root"]}}]}"#,
+            "policies[0].api_key.roles[0]",
+        ),
+        (
+            r#"{"identity": {"api_key_id_header": "X-Id"}, "policies": [{"name": "a", "signature": false}]}"#,
+            "identity.api_key_id_header",
+        ),
+        (
+            r#"{"identity": {"role_header": "x-request-role"}, "policies": [{"name": "a", "signature": false}]}"#,
+            "identity.role_header",
+        ),
+        (
+            r#"{"identity": {"client_header": ""}, "policies": [{"name": "a", "signature": false}]}"#,
+            "identity.client_header",
+        ),
+        (
+            r#"{"security_headers": {"headers": {"x a": "remove"}}, "policies": [{"name": "a", "signature": false}]}"#,
+            "security_headers.headers.x a",
+        ),
+        (
+            r#"{"security_headers": {"headers": {"x-a": {"set": "a\nb"}}}, "policies": [{"name": "a", "signature": false}]}"#,
+            "security_headers.headers.x-a",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "cors": {"allow_origin_env": "BAD-NAME"}}]}"#,
+            "policies[1].cors.allow_origin_env",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "cors": {"allow_methods": ["GET", "get"]}}]}"#,
+            "policies[1].cors.allow_methods[1]",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "cors": {"allow_headers": ["content-type", "bad header"]}}]}"#,
+            "policies[1].cors.allow_headers[1]",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "cors": {"expose_headers": ["x:y"]}}]}"#,
+            "policies[1].cors.expose_headers[0]",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "cors": {"max_age": 86401}}]}"#,
+            "policies[1].cors.max_age",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "cors": {"allow_credentials": "yes"}}]}"#,
+            "policies[1].cors.allow_credentials",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "trusted_hosts": ["api.example.com", "*."]}]}"#,
+            "policies[1].trusted_hosts[1]",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "ip": {"allow": ["10.0.0.1"], "deny": ["::1", "300.1.1.1"]}}]}"#,
+            "policies[1].ip.deny[1]",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "ip": {"other": []}}]}"#,
+            "policies[1].ip.other",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "api_key": {"required": true}}]}"#,
+            "api_keys.keys",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "match": {"path": "/a", "path_prefix": "/b"}}]}"#,
+            "policies[1].match",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "match": {"route": ""}}]}"#,
+            "policies[1].match.route",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": " ", "signature": false}]}"#,
+            "policies[1].name",
+        ),
+        (
+            r#"{"max_body_bytes": 67108865, "policies": [{"name": "a", "signature": false}]}"#,
+            "max_body_bytes",
+        ),
+        (
+            r#"{"signature": {"window_seconds": 0}, "max_body_bytes": 0, "replay": {"capacity": 1}, "lockout": {"capacity": 1}, "policies": [{"name": "a", "signature": false}]}"#,
+            "signature.window_seconds",
+        ),
+        (
+            r#"{"max_body_bytes": 0, "replay": {"capacity": 1}, "policies": [{"name": "a", "signature": false}]}"#,
+            "max_body_bytes",
+        ),
+        (
+            r#"{"replay": {"capacity": 1}, "signature": {"secrets": [{"id": "k", "env": "MISSING"}]}, "policies": [{"name": "a"}]}"#,
+            "replay.capacity",
+        ),
+        (
+            r#"{"signature": {"secrets": [{"id": "k", "env": "MISSING"}]}, "api_keys": {"header": "X"}, "policies": [{"name": "a"}]}"#,
+            "signature.secrets[0].env",
+        ),
+        (
+            r#"{"api_keys": {"header": "X", "keys": [{"id": "k", "sha256": "zz", "role": "client"}]}, "identity": {"role_header": "X"}, "policies": [{"name": "a", "signature": false}]}"#,
+            "api_keys.keys[0].sha256",
+        ),
+        (
+            r#"{"api_keys": {"header": "X"}, "identity": {"role_header": "X"}, "lockout": {"capacity": 1}, "policies": []}"#,
+            "api_keys.header",
+        ),
+        (
+            r#"{"identity": {"role_header": "X"}, "lockout": {"capacity": 1}, "policies": []}"#,
+            "identity.role_header",
+        ),
+        (
+            r#"{"lockout": {"capacity": 1}, "security_headers": {"headers": {"x a": "remove"}}, "policies": []}"#,
+            "lockout.capacity",
+        ),
+        (
+            r#"{"security_headers": {"headers": {"x a": "remove"}}, "policies": []}"#,
+            "policies",
+        ),
+        (
+            r#"{"security_headers": {"headers": {"x a": "remove"}}, "policies": [{"name": "", "signature": true}]}"#,
+            "security_headers.headers.x a",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "max_body_bytes": 0, "cors": {"max_age": 86401}, "trusted_hosts": ["*."], "api_key": {}, "ip": {"deny": ["x"]}, "match": {"route": ""}}]}"#,
+            "policies[0].max_body_bytes",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": true, "cors": {"max_age": 86401}, "trusted_hosts": ["*."], "api_key": {}, "ip": {"deny": ["x"]}, "match": {"route": ""}}]}"#,
+            "signature.secrets",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": false, "cors": {"max_age": 86401}, "trusted_hosts": ["*."], "api_key": {}, "ip": {"deny": ["x"]}, "match": {"route": ""}}]}"#,
+            "policies[0].cors.max_age",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": false, "trusted_hosts": ["*."], "api_key": {}, "ip": {"deny": ["x"]}, "match": {"route": ""}}]}"#,
+            "policies[0].trusted_hosts[0]",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": false, "api_key": {}, "ip": {"deny": ["x"]}, "match": {"route": ""}}]}"#,
+            "api_keys.keys",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": false, "ip": {"deny": ["x"]}, "match": {"route": ""}}]}"#,
+            "policies[0].ip.deny[0]",
+        ),
+    ];
+    for (json, field) in cases {
+        let e = load(json).expect_err(json);
+        assert_eq!(&e.field, field, "{json}: {e}");
+        assert!(e.to_string().contains(&format!("field `{field}`")), "{e}");
+    }
+}
