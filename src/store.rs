@@ -547,6 +547,7 @@ impl Lockout {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLockout {
+    /// Whether failed authentications are counted and addresses locked out (default true).
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Failed authentications (wrong key, wrong signature) that lock an address out (default 5).

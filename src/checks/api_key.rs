@@ -149,6 +149,7 @@ pub struct RawApiKeys {
     /// Remove the raw key before the request goes upstream (default true).
     #[serde(default = "default_true")]
     pub strip: bool,
+    /// The keys accepted, each by its SHA-256 only.
     #[serde(default)]
     pub keys: Vec<RawApiKey>,
 }

@@ -95,8 +95,10 @@ impl IpRules {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIp {
+    /// Addresses or CIDR ranges that may call; when non-empty, every other address is refused.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Addresses or CIDR ranges that are refused, even when `allow` lists them too.
     #[serde(default)]
     pub deny: Vec<String>,
 }
