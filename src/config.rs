@@ -4,6 +4,12 @@
 //! `RawConfig` holds only what was typed (serde, unknown fields refused). [`Config::from_json`] is
 //! the one way to build a `Config`: it parses, validates and resolves secrets, or fails with a
 //! [`ConfigError`] naming the field. Each request then only looks policies up.
+//!
+//! Each concern owns its section: the raw serde type and the compile step sit beside its check
+//! (`checks::signature`, `checks::cors`, ..., and `store` for the replay cache and the lockout),
+//! and take the field path they are reached at, so their errors name the full path. This module
+//! keeps the top level, the policies and their `match`, the checks that span sections (a policy
+//! that requires a signature or a key when none is configured), and the helpers sections share.
 
 use std::collections::HashSet;
 use std::fmt;
