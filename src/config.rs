@@ -4,31 +4,30 @@
 //! `RawConfig` holds only what was typed (serde, unknown fields refused). [`Config::from_json`] is
 //! the one way to build a `Config`: it parses, validates and resolves secrets, or fails with a
 //! [`ConfigError`] naming the field. Each request then only looks policies up.
+//!
+//! Each concern owns its section: the raw serde type and the compile step sit beside its check
+//! (`checks::signature`, `checks::cors`, ..., and `store` for the replay cache and the lockout),
+//! and take the field path they are reached at, so their errors name the full path. This module
+//! keeps the top level, the policies and their `match`, the checks that span sections (a policy
+//! that requires a signature or a key when none is configured), and the helpers sections share.
 
 use std::collections::HashSet;
 use std::fmt;
 
 use serde::Deserialize;
 
-use crate::checks::api_key::{ApiKey, KeySource, Role};
-use crate::checks::cors::{Cors, Disallowed, OriginPattern};
-use crate::checks::host::HostPattern;
-use crate::checks::ip::{parse_net, IpRules};
-use crate::checks::response_headers::{HeaderAction, Plan, Preset};
-use crate::secret::Secret;
+use crate::checks::api_key::{self, ApiKey, KeySource, PolicyApiKey, RawApiKeys, RawPolicyApiKey};
+use crate::checks::cors::{self, Cors, RawCors};
+use crate::checks::host::{self, HostPattern};
+use crate::checks::ip::{self, IpRules, RawIp};
+use crate::checks::response_headers::{self, Plan, RawSecurityHeaders};
+use crate::checks::signature::{self, RawSignature, SigningKey};
+use crate::store::{self, LockoutSettings, RawLockout, RawReplay};
 
-/// Shortest HMAC secret accepted, in bytes.
-pub const MIN_SECRET_LEN: usize = 32;
-/// At most this many secrets are active at once (each one costs an HMAC pass over the body).
-pub const MAX_SECRETS: usize = 8;
 /// Default body limit for signed routes: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 /// Largest body limit a policy may set. Envoy buffers the whole body while it is verified.
 pub const MAX_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
-/// Nonces per shard of the replay cache; see `store.rs`.
-pub const NONCES_PER_SHARD: u32 = 64;
-pub const DEFAULT_REPLAY_CAPACITY: u32 = 524_288;
-pub const MAX_REPLAY_CAPACITY: u32 = 16_777_216;
 
 /// A configuration problem: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +52,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.into(),
         reason: reason.into(),
@@ -95,58 +94,6 @@ pub struct RawConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSignature {
-    /// Active secrets, tried in order. Several at once allow rotation without downtime.
-    #[serde(default)]
-    pub secrets: Vec<RawSecret>,
-    /// Allowed distance between `X-Request-Timestamp` and Envoy's clock, in seconds (default 300).
-    #[serde(default = "default_window")]
-    pub window_seconds: u64,
-    /// Request header in which edge-warden tells the upstream which secret matched. Any copy the
-    /// client sends is removed first.
-    #[serde(default = "default_key_id_header")]
-    pub key_id_header: String,
-}
-
-impl Default for RawSignature {
-    fn default() -> Self {
-        Self {
-            secrets: Vec::new(),
-            window_seconds: default_window(),
-            key_id_header: default_key_id_header(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSecret {
-    /// Public name of the secret; sent upstream in `key_id_header` when it matches.
-    pub id: String,
-    /// Environment variable holding the secret. It must be listed in Envoy's
-    /// `vm_config.environment_variables.host_env_keys`.
-    pub env: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawReplay {
-    /// How many nonces the replay cache holds at most (a multiple of 64). Memory is bounded by
-    /// capacity × 16 bytes plus a fixed per-shard overhead.
-    #[serde(default = "default_replay_capacity")]
-    pub capacity: u32,
-}
-
-impl Default for RawReplay {
-    fn default() -> Self {
-        Self {
-            capacity: default_replay_capacity(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     /// Name used in logs and metrics.
     pub name: String,
@@ -175,102 +122,6 @@ pub struct RawPolicy {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPolicyApiKey {
-    /// Whether a valid key is required (default true).
-    #[serde(default = "default_true")]
-    pub required: bool,
-    /// Roles that may pass; empty admits every role.
-    #[serde(default)]
-    pub roles: Vec<Role>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawIp {
-    #[serde(default)]
-    pub allow: Vec<String>,
-    #[serde(default)]
-    pub deny: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawApiKeys {
-    /// Request header carrying the key (default `x-api-key`).
-    #[serde(default = "default_api_key_header")]
-    pub header: String,
-    /// Also accept `Authorization: Bearer <key>`.
-    #[serde(default)]
-    pub allow_bearer: bool,
-    /// Remove the raw key before the request goes upstream (default true).
-    #[serde(default = "default_true")]
-    pub strip: bool,
-    #[serde(default)]
-    pub keys: Vec<RawApiKey>,
-}
-
-impl Default for RawApiKeys {
-    fn default() -> Self {
-        Self {
-            header: default_api_key_header(),
-            allow_bearer: false,
-            strip: true,
-            keys: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawApiKey {
-    /// Public name of the key: logged and sent upstream, never secret.
-    pub id: String,
-    /// Lowercase hex SHA-256 of the key (`warden keygen` / `warden hash-key` print it).
-    pub sha256: String,
-    /// `admin` or `client`.
-    pub role: Role,
-    /// RFC 3339 time before which the key is refused.
-    #[serde(default)]
-    pub not_before: Option<String>,
-    /// RFC 3339 time from which the key is refused.
-    #[serde(default)]
-    pub expires_at: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLockout {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// Failed authentications (wrong key, wrong signature) that lock an address out (default 5).
-    #[serde(default = "default_max_failures")]
-    pub max_failures: u32,
-    /// Window from the first failure, in seconds (default 300); the lockout lasts until it ends.
-    #[serde(default = "default_window")]
-    pub window_seconds: u64,
-    /// Addresses tracked at most (a multiple of 64; default 65536).
-    #[serde(default = "default_lockout_capacity")]
-    pub capacity: u32,
-    /// IPv6 clients are counted by network of this prefix length (default 64: one subscriber
-    /// usually holds a whole /64); 128 counts each address. IPv4 is counted per address.
-    #[serde(default = "default_ipv6_prefix")]
-    pub ipv6_prefix: u8,
-}
-
-impl Default for RawLockout {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_failures: default_max_failures(),
-            window_seconds: default_window(),
-            capacity: default_lockout_capacity(),
-            ipv6_prefix: default_ipv6_prefix(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawIdentity {
     /// The matched API key's id (default `x-edge-warden-api-key-id`).
     #[serde(default = "default_api_key_id_header")]
@@ -294,9 +145,16 @@ impl Default for RawIdentity {
     }
 }
 
-fn default_api_key_header() -> String {
-    "x-api-key".to_string()
+/// Checks the header names of the `identity` section at `field`.
+fn check_identity(raw: &RawIdentity, field: &str) -> Result<(), ConfigError> {
+    validate_header_name(
+        &format!("{field}.api_key_id_header"),
+        &raw.api_key_id_header,
+    )?;
+    validate_header_name(&format!("{field}.role_header"), &raw.role_header)?;
+    validate_header_name(&format!("{field}.client_header"), &raw.client_header)
 }
+
 fn default_api_key_id_header() -> String {
     "x-edge-warden-api-key-id".to_string()
 }
@@ -305,97 +163,6 @@ fn default_role_header() -> String {
 }
 fn default_client_header() -> String {
     "x-edge-warden-client".to_string()
-}
-fn default_max_failures() -> u32 {
-    5
-}
-fn default_lockout_capacity() -> u32 {
-    65_536
-}
-fn default_ipv6_prefix() -> u8 {
-    crate::store::DEFAULT_IPV6_PREFIX
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCors {
-    /// Exact origins (`https://app.example.com`), wildcard subdomains (`https://*.workers.dev`)
-    /// or `null`.
-    #[serde(default)]
-    pub allow_origins: Vec<String>,
-    /// Environment variable holding one more allowed origin (used when set and non-empty). It
-    /// must be listed in `host_env_keys`.
-    #[serde(default)]
-    pub allow_origin_env: Option<String>,
-    /// Methods a cross-origin request may use (default GET, HEAD, POST).
-    #[serde(default = "default_cors_methods")]
-    pub allow_methods: Vec<String>,
-    /// Request headers a cross-origin request may send (default: content-type and the signature
-    /// and idempotency headers).
-    #[serde(default = "default_cors_headers")]
-    pub allow_headers: Vec<String>,
-    /// Response headers the browser may read beyond the safelisted ones.
-    #[serde(default)]
-    pub expose_headers: Vec<String>,
-    /// Whether cookies and credentials may be sent (`Access-Control-Allow-Credentials: true`).
-    #[serde(default)]
-    pub allow_credentials: bool,
-    /// How long a browser may cache a preflight answer, in seconds (default 600).
-    #[serde(default = "default_max_age")]
-    pub max_age: u32,
-    /// An actual request from an origin not allowed: `reject` (403 `origin_not_allowed`,
-    /// default) or `omit` (pass without CORS headers).
-    #[serde(default = "default_disallowed")]
-    pub disallowed: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSecurityHeaders {
-    /// `owasp` (default), `compat` or `none`.
-    #[serde(default)]
-    pub preset: Preset,
-    /// Add `preload` to Strict-Transport-Security (owasp preset).
-    #[serde(default)]
-    pub hsts_preload: bool,
-    /// Remove X-Powered-By and similar banners (default true).
-    #[serde(default = "default_true")]
-    pub remove_banners: bool,
-    /// Per-header overrides: `{"set": "v"}`, `{"set_if_absent": "v"}` or `"remove"`.
-    #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, HeaderAction>,
-}
-
-impl Default for RawSecurityHeaders {
-    fn default() -> Self {
-        Self {
-            preset: Preset::Owasp,
-            hsts_preload: false,
-            remove_banners: true,
-            headers: Default::default(),
-        }
-    }
-}
-
-fn default_cors_methods() -> Vec<String> {
-    ["GET", "HEAD", "POST"].map(String::from).to_vec()
-}
-fn default_cors_headers() -> Vec<String> {
-    [
-        "content-type",
-        "x-request-signature",
-        "x-request-timestamp",
-        "x-request-nonce",
-        "x-idempotency-key",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-fn default_max_age() -> u32 {
-    600
-}
-fn default_disallowed() -> String {
-    "reject".to_string()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -416,31 +183,15 @@ pub struct RawMatch {
     pub methods: Vec<String>,
 }
 
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
-}
-fn default_window() -> u64 {
-    300
-}
-fn default_key_id_header() -> String {
-    "x-edge-warden-key-id".to_string()
 }
 fn default_max_body_bytes() -> u64 {
     DEFAULT_MAX_BODY_BYTES
 }
-fn default_replay_capacity() -> u32 {
-    DEFAULT_REPLAY_CAPACITY
-}
 
 // ---------------------------------------------------------------------------------------------
 // What the filter runs on.
-
-/// One active signing secret.
-#[derive(Debug, Clone)]
-pub struct SigningKey {
-    pub id: String,
-    pub secret: Secret,
-}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -462,20 +213,6 @@ pub struct Config {
     pub api_key_id_header: String,
     pub role_header: String,
     pub client_header: String,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct LockoutSettings {
-    pub max_failures: u32,
-    pub window_seconds: u64,
-    pub capacity: u32,
-    pub ipv6_prefix: u8,
-}
-
-#[derive(Debug, Clone)]
-pub struct PolicyApiKey {
-    pub required: bool,
-    pub roles: Vec<Role>,
 }
 
 #[derive(Debug, Clone)]
@@ -526,81 +263,24 @@ impl Config {
         raw: RawConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        // The plain settings are checked before any secret is read from the environment: the
+        // order decides which mistake is reported when a configuration holds several.
         let sig = &raw.signature;
-        if !(1..=3600).contains(&sig.window_seconds) {
-            return Err(err(
-                "signature.window_seconds",
-                format!(
-                    "must be between 1 and 3600 seconds, got {}",
-                    sig.window_seconds
-                ),
-            ));
-        }
-        validate_header_name("signature.key_id_header", &sig.key_id_header)?;
+        signature::check_settings(sig, "signature")?;
         check_body_limit("max_body_bytes", raw.max_body_bytes)?;
-        let capacity = raw.replay.capacity;
-        if !(NONCES_PER_SHARD..=MAX_REPLAY_CAPACITY).contains(&capacity)
-            || !capacity.is_multiple_of(NONCES_PER_SHARD)
-        {
-            return Err(err(
-                "replay.capacity",
-                format!(
-                    "must be a multiple of {NONCES_PER_SHARD} between {NONCES_PER_SHARD} and \
-                     {MAX_REPLAY_CAPACITY}, got {capacity}"
-                ),
-            ));
-        }
+        let capacity = store::compile_replay(&raw.replay, "replay")?;
 
-        let keys = compile_secrets(&sig.secrets, env)?;
-        let api_keys = compile_api_keys(&raw.api_keys)?;
-        validate_header_name("api_keys.header", &raw.api_keys.header)?;
-        validate_header_name(
-            "identity.api_key_id_header",
-            &raw.identity.api_key_id_header,
-        )?;
-        validate_header_name("identity.role_header", &raw.identity.role_header)?;
-        validate_header_name("identity.client_header", &raw.identity.client_header)?;
-        let lockout = if raw.lockout.enabled {
-            let l = &raw.lockout;
-            if l.max_failures == 0 || l.max_failures > 1000 {
-                return Err(err("lockout.max_failures", "must be between 1 and 1000"));
-            }
-            if !(1..=86_400).contains(&l.window_seconds) {
-                return Err(err(
-                    "lockout.window_seconds",
-                    "must be between 1 and 86400 seconds",
-                ));
-            }
-            if !(64..=1_048_576).contains(&l.capacity) || !l.capacity.is_multiple_of(64) {
-                return Err(err(
-                    "lockout.capacity",
-                    "must be a multiple of 64 between 64 and 1048576",
-                ));
-            }
-            if !(16..=128).contains(&l.ipv6_prefix) {
-                return Err(err(
-                    "lockout.ipv6_prefix",
-                    format!(
-                        "must be a prefix length between 16 and 128, got {}",
-                        l.ipv6_prefix
-                    ),
-                ));
-            }
-            Some(LockoutSettings {
-                max_failures: l.max_failures,
-                window_seconds: l.window_seconds,
-                capacity: l.capacity,
-                ipv6_prefix: l.ipv6_prefix,
-            })
-        } else {
-            None
-        };
+        let keys = signature::compile_secrets(&sig.secrets, "signature.secrets", env)?;
+        let api_keys = api_key::compile_api_keys(&raw.api_keys, "api_keys")?;
+        check_identity(&raw.identity, "identity")?;
+        let lockout = store::compile_lockout(&raw.lockout, "lockout")?;
 
         if raw.policies.is_empty() {
             return Err(err("policies", "at least one policy is required"));
         }
         let mut warnings = Vec::new();
-        let response_headers = compile_security_headers(&raw.security_headers)?;
+        let response_headers =
+            response_headers::compile_security_headers(&raw.security_headers, "security_headers")?;
         let mut names = HashSet::new();
         let mut policies = Vec::with_capacity(raw.policies.len());
         for (i, p) in raw.policies.into_iter().enumerate() {
@@ -626,23 +306,18 @@ impl Config {
                 ));
             }
             let cors = match &p.cors {
-                Some(c) => Some(compile_cors(c, &at("cors"), env, &p.name, &mut warnings)?),
+                Some(c) => Some(cors::compile_cors(
+                    c,
+                    &at("cors"),
+                    env,
+                    &p.name,
+                    &mut warnings,
+                )?),
                 None => None,
             };
-            let trusted_hosts = p
-                .trusted_hosts
-                .iter()
-                .enumerate()
-                .map(|(j, h)| {
-                    HostPattern::parse(h).map_err(|why| {
-                        err(at(&format!("trusted_hosts[{j}]")), format!("`{h}` {why}"))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let api_key = p.api_key.as_ref().map(|k| PolicyApiKey {
-                required: k.required,
-                roles: k.roles.clone(),
-            });
+            let trusted_hosts =
+                host::compile_trusted_hosts(&p.trusted_hosts, &at("trusted_hosts"))?;
+            let api_key = p.api_key.as_ref().map(api_key::compile_policy_api_key);
             if api_key.as_ref().is_some_and(|k| k.required) && api_keys.is_empty() {
                 return Err(err(
                     "api_keys.keys",
@@ -652,22 +327,10 @@ impl Config {
                     ),
                 ));
             }
-            let mut ip = IpRules::default();
-            if let Some(raw_ip) = &p.ip {
-                for (list, out, name) in [
-                    (&raw_ip.allow, &mut ip.allow, "allow"),
-                    (&raw_ip.deny, &mut ip.deny, "deny"),
-                ] {
-                    for (j, entry) in list.iter().enumerate() {
-                        out.push(parse_net(entry).ok_or_else(|| {
-                            err(
-                                at(&format!("ip.{name}[{j}]")),
-                                format!("`{entry}` is not an IP address or CIDR range"),
-                            )
-                        })?);
-                    }
-                }
-            }
+            let ip = match &p.ip {
+                Some(raw_ip) => ip::compile_ip(raw_ip, &at("ip"))?,
+                None => IpRules::default(),
+            };
             policies.push(Policy {
                 name: p.name,
                 matcher: compile_match(&p.matcher, &at("match"))?,
@@ -749,63 +412,8 @@ fn check_body_limit(field: &str, limit: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn compile_secrets(
-    raw: &[RawSecret],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<SigningKey>, ConfigError> {
-    if raw.len() > MAX_SECRETS {
-        return Err(err(
-            "signature.secrets",
-            format!(
-                "at most {MAX_SECRETS} secrets may be active at once, got {}",
-                raw.len()
-            ),
-        ));
-    }
-    let mut ids = HashSet::new();
-    let mut keys = Vec::with_capacity(raw.len());
-    for (i, s) in raw.iter().enumerate() {
-        let at = |f: &str| format!("signature.secrets[{i}].{f}");
-        check_id(&mut ids, &s.id, at("id"), "secret")?;
-        if s.env.is_empty()
-            || !s
-                .env
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            return Err(err(at("env"), "must be an environment variable name"));
-        }
-        // Never put the value in an error: only its name and length.
-        let value = env(&s.env).ok_or_else(|| {
-            err(
-                at("env"),
-                format!(
-                    "environment variable {} is not set or not visible to the VM (list it in \
-                     vm_config.environment_variables.host_env_keys)",
-                    s.env
-                ),
-            )
-        })?;
-        if value.len() < MIN_SECRET_LEN {
-            return Err(err(
-                at("env"),
-                format!(
-                    "the secret in {} is {} bytes; at least {MIN_SECRET_LEN} are required",
-                    s.env,
-                    value.len()
-                ),
-            ));
-        }
-        keys.push(SigningKey {
-            id: s.id.clone(),
-            secret: Secret::new(value.into_bytes()),
-        });
-    }
-    Ok(keys)
-}
-
 /// Ids are public names (logged, sent upstream): short, plain, and unique within their list.
-fn check_id<'a>(
+pub(crate) fn check_id<'a>(
     seen: &mut HashSet<&'a str>,
     id: &'a str,
     field: String,
@@ -824,190 +432,6 @@ fn check_id<'a>(
         return Err(err(field, format!("`{id}` is used by an earlier {what}")));
     }
     Ok(())
-}
-
-fn compile_api_keys(raw: &RawApiKeys) -> Result<Vec<ApiKey>, ConfigError> {
-    let mut ids = HashSet::new();
-    let mut hashes = HashSet::new();
-    let mut keys = Vec::with_capacity(raw.keys.len());
-    for (i, k) in raw.keys.iter().enumerate() {
-        let at = |f: &str| format!("api_keys.keys[{i}].{f}");
-        check_id(&mut ids, &k.id, at("id"), "key")?;
-        let mut sha256 = [0u8; 32];
-        if k.sha256.len() != 64 || hex::decode_to_slice(&k.sha256, &mut sha256).is_err() {
-            return Err(err(
-                at("sha256"),
-                "must be the 64-character hex SHA-256 of the key (see `warden hash-key`)",
-            ));
-        }
-        if !hashes.insert(sha256) {
-            return Err(err(at("sha256"), "the same key is listed twice"));
-        }
-        let time = |field: &str, value: &Option<String>| -> Result<Option<u64>, ConfigError> {
-            value
-                .as_deref()
-                .map(|v| {
-                    humantime::parse_rfc3339(v)
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| d.as_secs())
-                        .ok_or_else(|| {
-                            err(
-                                at(field),
-                                format!(
-                                    "`{v}` is not an RFC 3339 time such as 2026-12-01T00:00:00Z"
-                                ),
-                            )
-                        })
-                })
-                .transpose()
-        };
-        let not_before = time("not_before", &k.not_before)?;
-        let expires_at = time("expires_at", &k.expires_at)?;
-        if let (Some(a), Some(b)) = (not_before, expires_at) {
-            if a >= b {
-                return Err(err(at("expires_at"), "must be later than not_before"));
-            }
-        }
-        keys.push(ApiKey {
-            id: k.id.clone(),
-            sha256,
-            role: k.role,
-            not_before,
-            expires_at,
-        });
-    }
-    Ok(keys)
-}
-
-fn compile_cors(
-    raw: &RawCors,
-    field: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    policy: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Cors, ConfigError> {
-    let mut origins = Vec::new();
-    for (i, o) in raw.allow_origins.iter().enumerate() {
-        let pattern = OriginPattern::parse(o).map_err(|why| {
-            err(
-                format!("{field}.allow_origins[{i}]"),
-                format!("`{o}` {why}"),
-            )
-        })?;
-        origins.push(pattern);
-    }
-    if let Some(name) = &raw.allow_origin_env {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(err(
-                format!("{field}.allow_origin_env"),
-                "must be an environment variable name",
-            ));
-        }
-        if let Some(value) = env(name).filter(|v| !v.trim().is_empty()) {
-            let pattern = OriginPattern::parse(value.trim()).map_err(|why| {
-                err(
-                    format!("{field}.allow_origin_env"),
-                    format!("the origin in {name} (`{}`) {why}", value.trim()),
-                )
-            })?;
-            origins.push(pattern);
-        }
-    }
-    for o in &origins {
-        if let Some(suffix) = o.wildcard_suffix() {
-            // `*.workers.dev` admits every tenant of that platform: anyone can host a page there.
-            if psl::suffix_str(suffix) == Some(suffix) {
-                warnings.push(format!(
-                    "policy `{policy}`: CORS origin wildcard `*.{suffix}` covers a public suffix, so \
-                     any site hosted under {suffix} (anyone can create one) is an allowed origin; \
-                     prefer exact origins, and require request signatures on these routes"
-                ));
-            }
-        }
-    }
-    for (i, m) in raw.allow_methods.iter().enumerate() {
-        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(err(
-                format!("{field}.allow_methods[{i}]"),
-                format!("`{m}` is not an uppercase HTTP method"),
-            ));
-        }
-    }
-    let lower_tokens = |list: &[String], what: &str| -> Result<Vec<String>, ConfigError> {
-        list.iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let lower = h.to_ascii_lowercase();
-                if lower.is_empty()
-                    || !lower
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
-                    Err(err(
-                        format!("{field}.{what}[{i}]"),
-                        format!("`{h}` is not a header name"),
-                    ))
-                } else {
-                    Ok(lower)
-                }
-            })
-            .collect()
-    };
-    let allow_headers = lower_tokens(&raw.allow_headers, "allow_headers")?;
-    let expose_headers = lower_tokens(&raw.expose_headers, "expose_headers")?;
-    let disallowed = match raw.disallowed.as_str() {
-        "reject" => Disallowed::Reject,
-        "omit" => Disallowed::Omit,
-        other => {
-            return Err(err(
-                format!("{field}.disallowed"),
-                format!("`{other}` must be `reject` or `omit`"),
-            ))
-        }
-    };
-    if raw.max_age > 86_400 {
-        return Err(err(
-            format!("{field}.max_age"),
-            "must be at most 86400 seconds",
-        ));
-    }
-    Ok(Cors {
-        origins,
-        allow_methods: raw.allow_methods.clone(),
-        allow_headers,
-        expose_headers,
-        allow_credentials: raw.allow_credentials,
-        max_age: raw.max_age,
-        disallowed,
-    })
-}
-
-fn compile_security_headers(raw: &RawSecurityHeaders) -> Result<Plan, ConfigError> {
-    let mut overrides = Vec::new();
-    for (name, action) in &raw.headers {
-        let field = format!("security_headers.headers.{name}");
-        let lower = name.to_ascii_lowercase();
-        if lower.is_empty()
-            || !lower
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(err(field, "is not a header name"));
-        }
-        if let HeaderAction::Set(v) | HeaderAction::SetIfAbsent(v) = action {
-            if v.bytes().any(|b| b.is_ascii_control()) {
-                return Err(err(field, "the value must not contain control characters"));
-            }
-        }
-        overrides.push((lower, action.clone()));
-    }
-    Ok(Plan::new(
-        raw.preset,
-        raw.hsts_preload,
-        raw.remove_banners,
-        overrides,
-    ))
 }
 
 fn compile_match(raw: &RawMatch, field: &str) -> Result<Matcher, ConfigError> {
@@ -1055,7 +479,7 @@ fn check_path(p: &str, field: &str) -> Result<String, ConfigError> {
     Ok(p.to_string())
 }
 
-fn validate_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name
             .bytes()

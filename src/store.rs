@@ -22,10 +22,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::checks::signature::SignatureVerified;
-use crate::config::NONCES_PER_SHARD;
+use crate::config::{default_true, err, ConfigError};
 use crate::reject::Reject;
 
 /// Why a write to shared data did not happen.
@@ -159,6 +160,8 @@ fn locate(value: &[u8], shards: u32) -> (u32, [u8; FINGERPRINT]) {
     (shard, fingerprint)
 }
 
+/// Nonces per shard of the replay cache; see the module documentation.
+pub const NONCES_PER_SHARD: u32 = 64;
 const RECORD: usize = 16;
 const FINGERPRINT: usize = 12;
 /// CAS retries before giving up on a contended shard. Contention comes only from other workers
@@ -263,6 +266,50 @@ impl NonceCache {
         }
         Err(Reject::ReplayCheckUnavailable)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration: the `replay` section, and its compile step.
+
+pub const DEFAULT_REPLAY_CAPACITY: u32 = 524_288;
+pub const MAX_REPLAY_CAPACITY: u32 = 16_777_216;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplay {
+    /// How many nonces the replay cache holds at most (a multiple of 64). Memory is bounded by
+    /// capacity × 16 bytes plus a fixed per-shard overhead.
+    #[serde(default = "default_replay_capacity")]
+    pub capacity: u32,
+}
+
+impl Default for RawReplay {
+    fn default() -> Self {
+        Self {
+            capacity: default_replay_capacity(),
+        }
+    }
+}
+
+fn default_replay_capacity() -> u32 {
+    DEFAULT_REPLAY_CAPACITY
+}
+
+/// The capacity of the replay cache configured at `field` (`replay`).
+pub(crate) fn compile_replay(raw: &RawReplay, field: &str) -> Result<u32, ConfigError> {
+    let capacity = raw.capacity;
+    if !(NONCES_PER_SHARD..=MAX_REPLAY_CAPACITY).contains(&capacity)
+        || !capacity.is_multiple_of(NONCES_PER_SHARD)
+    {
+        return Err(err(
+            format!("{field}.capacity"),
+            format!(
+                "must be a multiple of {NONCES_PER_SHARD} between {NONCES_PER_SHARD} and \
+                 {MAX_REPLAY_CAPACITY}, got {capacity}"
+            ),
+        ));
+    }
+    Ok(capacity)
 }
 
 /// Failed authentications per client IP, shared by all workers: after `max_failures` within
@@ -494,11 +541,108 @@ impl Lockout {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Configuration: the `lockout` section, and its compile step.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLockout {
+    /// Whether failed authentications are counted and addresses locked out (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Failed authentications (wrong key, wrong signature) that lock an address out (default 5).
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// Window from the first failure, in seconds (default 300); the lockout lasts until it ends.
+    #[serde(default = "default_window")]
+    pub window_seconds: u64,
+    /// Addresses tracked at most (a multiple of 64; default 65536).
+    #[serde(default = "default_lockout_capacity")]
+    pub capacity: u32,
+    /// IPv6 clients are counted by network of this prefix length (default 64: one subscriber
+    /// usually holds a whole /64); 128 counts each address. IPv4 is counted per address.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+}
+
+impl Default for RawLockout {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_failures: default_max_failures(),
+            window_seconds: default_window(),
+            capacity: default_lockout_capacity(),
+            ipv6_prefix: default_ipv6_prefix(),
+        }
+    }
+}
+
+fn default_max_failures() -> u32 {
+    5
+}
+fn default_window() -> u64 {
+    300
+}
+fn default_lockout_capacity() -> u32 {
+    65_536
+}
+fn default_ipv6_prefix() -> u8 {
+    DEFAULT_IPV6_PREFIX
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LockoutSettings {
+    pub max_failures: u32,
+    pub window_seconds: u64,
+    pub capacity: u32,
+    pub ipv6_prefix: u8,
+}
+
+/// The lockout configured at `field` (`lockout`); `None` when it is disabled.
+pub(crate) fn compile_lockout(
+    raw: &RawLockout,
+    field: &str,
+) -> Result<Option<LockoutSettings>, ConfigError> {
+    if !raw.enabled {
+        return Ok(None);
+    }
+    let at = |f: &str| format!("{field}.{f}");
+    if raw.max_failures == 0 || raw.max_failures > 1000 {
+        return Err(err(at("max_failures"), "must be between 1 and 1000"));
+    }
+    if !(1..=86_400).contains(&raw.window_seconds) {
+        return Err(err(
+            at("window_seconds"),
+            "must be between 1 and 86400 seconds",
+        ));
+    }
+    if !(64..=1_048_576).contains(&raw.capacity) || !raw.capacity.is_multiple_of(64) {
+        return Err(err(
+            at("capacity"),
+            "must be a multiple of 64 between 64 and 1048576",
+        ));
+    }
+    if !(16..=128).contains(&raw.ipv6_prefix) {
+        return Err(err(
+            at("ipv6_prefix"),
+            format!(
+                "must be a prefix length between 16 and 128, got {}",
+                raw.ipv6_prefix
+            ),
+        ));
+    }
+    Ok(Some(LockoutSettings {
+        max_failures: raw.max_failures,
+        window_seconds: raw.window_seconds,
+        capacity: raw.capacity,
+        ipv6_prefix: raw.ipv6_prefix,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks::signature::{parse_headers, sign, Keyring, Verifier};
-    use crate::config::SigningKey;
+    use crate::checks::signature::{parse_headers, sign, Keyring, SigningKey, Verifier};
     use crate::headers::RequestHeaders;
     use crate::secret::Secret;
 
@@ -788,5 +932,56 @@ mod tests {
             c.record(&store, &proof(), "nonce-aaaaaaaaaaaaaaaa", 1300, 1000),
             Err(Reject::NonceReplayed)
         );
+    }
+
+    // The `replay` and `lockout` sections, compiled through the whole configuration so the paths
+    // are the ones an operator sees.
+
+    fn load(json: &str) -> Result<crate::config::Config, ConfigError> {
+        crate::config::Config::from_json(json.as_bytes(), &|_| None)
+    }
+
+    /// A configuration that loads with no environment; the tests insert one section into it.
+    const BASE: &str = r#"{"policies": [{"name": "a", "signature": false}]}"#;
+
+    #[test]
+    fn invalid_replay_and_lockout_settings_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"replay": {"capacity": 100}, "policies": [{"name": "a", "signature": false}]}"#,
+                "replay.capacity",
+            ),
+            (
+                r#"{"lockout": {"max_failures": 0}, "policies": [{"name": "a", "signature": false}]}"#,
+                "lockout.max_failures",
+            ),
+            (
+                r#"{"lockout": {"capacity": 100}, "policies": [{"name": "a", "signature": false}]}"#,
+                "lockout.capacity",
+            ),
+        ];
+        for (json, field) in cases {
+            let e = load(json).expect_err(json);
+            assert_eq!(&e.field, field, "{json}: {e}");
+            assert!(e.to_string().contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn lockout_ipv6_prefix_defaults_to_64_and_is_bounded() {
+        let c = load(BASE).unwrap();
+        assert_eq!(c.lockout.unwrap().ipv6_prefix, 64);
+        let with = |prefix: u32| {
+            load(&BASE.replacen(
+                "\"policies\"",
+                &format!("\"lockout\": {{\"ipv6_prefix\": {prefix}}}, \"policies\""),
+                1,
+            ))
+        };
+        assert_eq!(with(56).unwrap().lockout.unwrap().ipv6_prefix, 56);
+        for bad in [0, 8, 129] {
+            let e = with(bad).expect_err("out of range");
+            assert_eq!(e.field, "lockout.ipv6_prefix", "{e}");
+        }
     }
 }

@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 
 use edge_warden::checks::api_key::hash_key;
-use edge_warden::checks::signature::sign;
-use edge_warden::config::{parse_raw, Config, ConfigError, MIN_SECRET_LEN};
+use edge_warden::checks::signature::{sign, MIN_SECRET_LEN};
+use edge_warden::config::{parse_raw, Config, ConfigError};
 use edge_warden::config_locate::{
     locate_field, parse_error_position, plugin_configs, without_json_position, Position,
 };

@@ -2,14 +2,18 @@
 //! no credential. A presented key is hashed once and compared in constant time against every
 //! configured hash (no early exit), so timing reveals neither which key nor how much matched.
 
+use std::collections::HashSet;
+
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::{check_id, default_true, err, validate_header_name, ConfigError};
 use crate::headers::RequestHeaders;
 use crate::reject::Reject;
 
 /// Roles a key can carry. `admin` passes wherever `client` does only if the policy lists it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Admin,
@@ -130,6 +134,140 @@ pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.trim().as_bytes()))
 }
 
+// ---------------------------------------------------------------------------------------------
+// Configuration: the `api_keys` section and a policy's `api_key` section, and their compile steps.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeys {
+    /// Request header carrying the key (default `x-api-key`).
+    #[serde(default = "default_api_key_header")]
+    pub header: String,
+    /// Also accept `Authorization: Bearer <key>`.
+    #[serde(default)]
+    pub allow_bearer: bool,
+    /// Remove the raw key before the request goes upstream (default true).
+    #[serde(default = "default_true")]
+    pub strip: bool,
+    /// The keys accepted, each by its SHA-256 only.
+    #[serde(default)]
+    pub keys: Vec<RawApiKey>,
+}
+
+impl Default for RawApiKeys {
+    fn default() -> Self {
+        Self {
+            header: default_api_key_header(),
+            allow_bearer: false,
+            strip: true,
+            keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    /// Public name of the key: logged and sent upstream, never secret.
+    pub id: String,
+    /// Lowercase hex SHA-256 of the key (`warden keygen` / `warden hash-key` print it).
+    pub sha256: String,
+    /// `admin` or `client`.
+    pub role: Role,
+    /// RFC 3339 time before which the key is refused.
+    #[serde(default)]
+    pub not_before: Option<String>,
+    /// RFC 3339 time from which the key is refused.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyApiKey {
+    /// Whether a valid key is required (default true).
+    #[serde(default = "default_true")]
+    pub required: bool,
+    /// Roles that may pass; empty admits every role.
+    #[serde(default)]
+    pub roles: Vec<Role>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyApiKey {
+    pub required: bool,
+    pub roles: Vec<Role>,
+}
+
+/// Compiles the `api_keys` section at `field` (`api_keys`): the keys, then the header name.
+pub(crate) fn compile_api_keys(raw: &RawApiKeys, field: &str) -> Result<Vec<ApiKey>, ConfigError> {
+    let mut ids = HashSet::new();
+    let mut hashes = HashSet::new();
+    let mut keys = Vec::with_capacity(raw.keys.len());
+    for (i, k) in raw.keys.iter().enumerate() {
+        let at = |f: &str| format!("{field}.keys[{i}].{f}");
+        check_id(&mut ids, &k.id, at("id"), "key")?;
+        let mut sha256 = [0u8; 32];
+        if k.sha256.len() != 64 || hex::decode_to_slice(&k.sha256, &mut sha256).is_err() {
+            return Err(err(
+                at("sha256"),
+                "must be the 64-character hex SHA-256 of the key (see `warden hash-key`)",
+            ));
+        }
+        if !hashes.insert(sha256) {
+            return Err(err(at("sha256"), "the same key is listed twice"));
+        }
+        let time = |field: &str, value: &Option<String>| -> Result<Option<u64>, ConfigError> {
+            value
+                .as_deref()
+                .map(|v| {
+                    humantime::parse_rfc3339(v)
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs())
+                        .ok_or_else(|| {
+                            err(
+                                at(field),
+                                format!(
+                                    "`{v}` is not an RFC 3339 time such as 2026-12-01T00:00:00Z"
+                                ),
+                            )
+                        })
+                })
+                .transpose()
+        };
+        let not_before = time("not_before", &k.not_before)?;
+        let expires_at = time("expires_at", &k.expires_at)?;
+        if let (Some(a), Some(b)) = (not_before, expires_at) {
+            if a >= b {
+                return Err(err(at("expires_at"), "must be later than not_before"));
+            }
+        }
+        keys.push(ApiKey {
+            id: k.id.clone(),
+            sha256,
+            role: k.role,
+            not_before,
+            expires_at,
+        });
+    }
+    validate_header_name(&format!("{field}.header"), &raw.header)?;
+    Ok(keys)
+}
+
+/// Compiles a policy's `api_key` section. Whether any key is configured for it to require is
+/// checked by `Config::compile`, which sees both sections.
+pub(crate) fn compile_policy_api_key(raw: &RawPolicyApiKey) -> PolicyApiKey {
+    PolicyApiKey {
+        required: raw.required,
+        roles: raw.roles.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +346,52 @@ mod tests {
         assert!(source.find(&h).is_err());
         let h = RequestHeaders::new(vec![("authorization".into(), b"Basic abc".to_vec())]);
         assert_eq!(source.find(&h), Ok(None));
+    }
+
+    // The `api_keys` section, compiled through the whole configuration so the paths are the ones an
+    // operator sees.
+
+    // Every case goes through format! so the table reads alike, with or without placeholders.
+    #[allow(clippy::useless_format)]
+    #[test]
+    fn invalid_api_key_settings_name_the_field() {
+        let hash = "a".repeat(64);
+        let cases = [
+            (
+                format!(
+                    r#"{{"api_keys": {{"keys": [{{"id": "k", "sha256": "abc", "role": "client"}}]}}, "policies": [{{"name": "a", "signature": false}}]}}"#
+                ),
+                "api_keys.keys[0].sha256",
+            ),
+            (
+                format!(
+                    r#"{{"api_keys": {{"keys": [{{"id": "k", "sha256": "{hash}", "role": "root"}}]}}, "policies": [{{"name": "a", "signature": false}}]}}"#
+                ),
+                "api_keys.keys[0].role",
+            ),
+            (
+                format!(
+                    r#"{{"api_keys": {{"keys": [{{"id": "k", "sha256": "{hash}", "role": "client", "expires_at": "next year"}}]}}, "policies": [{{"name": "a", "signature": false}}]}}"#
+                ),
+                "api_keys.keys[0].expires_at",
+            ),
+            (
+                format!(
+                    r#"{{"api_keys": {{"keys": [{{"id": "k", "sha256": "{hash}", "role": "client", "not_before": "2027-01-01T00:00:00Z", "expires_at": "2026-01-01T00:00:00Z"}}]}}, "policies": [{{"name": "a", "signature": false}}]}}"#
+                ),
+                "api_keys.keys[0].expires_at",
+            ),
+            (
+                format!(
+                    r#"{{"api_keys": {{"keys": [{{"id": "k", "sha256": "{hash}", "role": "client"}}, {{"id": "k", "sha256": "{}", "role": "client"}}]}}, "policies": [{{"name": "a", "signature": false}}]}}"#,
+                    "b".repeat(64)
+                ),
+                "api_keys.keys[1].id",
+            ),
+        ];
+        for (json, field) in &cases {
+            let e = crate::config::Config::from_json(json.as_bytes(), &|_| None).expect_err(json);
+            assert_eq!(&e.field, field, "{e}");
+        }
     }
 }

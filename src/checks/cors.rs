@@ -5,6 +5,9 @@
 //! `https://workers.dev.evil.com`, `https://x.workers.dev.` and `https://u@x.workers.dev` do not
 //! match `https://*.workers.dev`.
 
+use serde::Deserialize;
+
+use crate::config::{err, ConfigError};
 use crate::reject::Reject;
 
 /// A parsed, normalised origin: lowercase scheme and host, explicit port.
@@ -299,6 +302,168 @@ impl Cors {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Configuration: a policy's `cors` section, and its compile step.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// Exact origins (`https://app.example.com`), wildcard subdomains (`https://*.workers.dev`)
+    /// or `null`.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Environment variable holding one more allowed origin (used when set and non-empty). It
+    /// must be listed in `host_env_keys`.
+    #[serde(default)]
+    pub allow_origin_env: Option<String>,
+    /// Methods a cross-origin request may use (default GET, HEAD, POST).
+    #[serde(default = "default_cors_methods")]
+    pub allow_methods: Vec<String>,
+    /// Request headers a cross-origin request may send (default: content-type and the signature
+    /// and idempotency headers).
+    #[serde(default = "default_cors_headers")]
+    pub allow_headers: Vec<String>,
+    /// Response headers the browser may read beyond the safelisted ones.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Whether cookies and credentials may be sent (`Access-Control-Allow-Credentials: true`).
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer, in seconds (default 600).
+    #[serde(default = "default_max_age")]
+    pub max_age: u32,
+    /// An actual request from an origin not allowed: `reject` (403 `origin_not_allowed`,
+    /// default) or `omit` (pass without CORS headers).
+    #[serde(default = "default_disallowed")]
+    pub disallowed: String,
+}
+
+fn default_cors_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST"].map(String::from).to_vec()
+}
+fn default_cors_headers() -> Vec<String> {
+    [
+        "content-type",
+        "x-request-signature",
+        "x-request-timestamp",
+        "x-request-nonce",
+        "x-idempotency-key",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_max_age() -> u32 {
+    600
+}
+fn default_disallowed() -> String {
+    "reject".to_string()
+}
+
+/// Compiles the `cors` section at `field` (`policies[i].cors`) of the policy named `policy`.
+/// Settings that load but deserve the operator's attention are pushed to `warnings`.
+pub(crate) fn compile_cors(
+    raw: &RawCors,
+    field: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    policy: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Cors, ConfigError> {
+    let mut origins = Vec::new();
+    for (i, o) in raw.allow_origins.iter().enumerate() {
+        let pattern = OriginPattern::parse(o).map_err(|why| {
+            err(
+                format!("{field}.allow_origins[{i}]"),
+                format!("`{o}` {why}"),
+            )
+        })?;
+        origins.push(pattern);
+    }
+    if let Some(name) = &raw.allow_origin_env {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(err(
+                format!("{field}.allow_origin_env"),
+                "must be an environment variable name",
+            ));
+        }
+        if let Some(value) = env(name).filter(|v| !v.trim().is_empty()) {
+            let pattern = OriginPattern::parse(value.trim()).map_err(|why| {
+                err(
+                    format!("{field}.allow_origin_env"),
+                    format!("the origin in {name} (`{}`) {why}", value.trim()),
+                )
+            })?;
+            origins.push(pattern);
+        }
+    }
+    for o in &origins {
+        if let Some(suffix) = o.wildcard_suffix() {
+            // `*.workers.dev` admits every tenant of that platform: anyone can host a page there.
+            if psl::suffix_str(suffix) == Some(suffix) {
+                warnings.push(format!(
+                    "policy `{policy}`: CORS origin wildcard `*.{suffix}` covers a public suffix, so \
+                     any site hosted under {suffix} (anyone can create one) is an allowed origin; \
+                     prefer exact origins, and require request signatures on these routes"
+                ));
+            }
+        }
+    }
+    for (i, m) in raw.allow_methods.iter().enumerate() {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(err(
+                format!("{field}.allow_methods[{i}]"),
+                format!("`{m}` is not an uppercase HTTP method"),
+            ));
+        }
+    }
+    let lower_tokens = |list: &[String], what: &str| -> Result<Vec<String>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let lower = h.to_ascii_lowercase();
+                if lower.is_empty()
+                    || !lower
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    Err(err(
+                        format!("{field}.{what}[{i}]"),
+                        format!("`{h}` is not a header name"),
+                    ))
+                } else {
+                    Ok(lower)
+                }
+            })
+            .collect()
+    };
+    let allow_headers = lower_tokens(&raw.allow_headers, "allow_headers")?;
+    let expose_headers = lower_tokens(&raw.expose_headers, "expose_headers")?;
+    let disallowed = match raw.disallowed.as_str() {
+        "reject" => Disallowed::Reject,
+        "omit" => Disallowed::Omit,
+        other => {
+            return Err(err(
+                format!("{field}.disallowed"),
+                format!("`{other}` must be `reject` or `omit`"),
+            ))
+        }
+    };
+    if raw.max_age > 86_400 {
+        return Err(err(
+            format!("{field}.max_age"),
+            "must be at most 86400 seconds",
+        ));
+    }
+    Ok(Cors {
+        origins,
+        allow_methods: raw.allow_methods.clone(),
+        allow_headers,
+        expose_headers,
+        allow_credentials: raw.allow_credentials,
+        max_age: raw.max_age,
+        disallowed,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,5 +612,82 @@ mod tests {
         );
         c.disallowed = Disallowed::Omit;
         assert_eq!(c.check(Some(b"https://b.dev")), Ok(Outcome::Omit));
+    }
+
+    // The `cors` section, compiled through the whole configuration so the paths are the ones an
+    // operator sees.
+
+    fn load(json: &str) -> Result<crate::config::Config, ConfigError> {
+        crate::config::Config::from_json(json.as_bytes(), &|_| None)
+    }
+
+    #[test]
+    fn cors_settings_compile_and_bad_origins_name_the_entry() {
+        let c = load(
+            r#"{"policies": [{"name": "a", "signature": false,
+                "cors": {"allow_origins": ["https://*.workers.dev", "https://app.example.com"]}}]}"#,
+        )
+        .unwrap();
+        let cors = c.policies[0].cors.as_ref().unwrap();
+        assert!(cors.allows_origin("https://x.workers.dev"));
+        assert_eq!(cors.max_age, 600);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("*.workers.dev"), "{:?}", c.warnings);
+
+        for (json, field) in [
+            (
+                r#"{"policies": [{"name": "a", "signature": false, "cors": {"allow_origins": ["app.example.com"]}}]}"#,
+                "policies[0].cors.allow_origins[0]",
+            ),
+            (
+                r#"{"policies": [{"name": "a", "signature": false, "cors": {"allow_origins": ["*"]}}]}"#,
+                "policies[0].cors.allow_origins[0]",
+            ),
+            (
+                r#"{"policies": [{"name": "a", "signature": false, "cors": {"disallowed": "drop"}}]}"#,
+                "policies[0].cors.disallowed",
+            ),
+        ] {
+            let e = load(json).expect_err(json);
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn an_exact_origin_under_a_registrable_domain_gives_no_warning() {
+        let c = load(
+            r#"{"policies": [{"name": "a", "signature": false,
+                "cors": {"allow_origins": ["https://*.example.com", "https://app.example.com"]}}]}"#,
+        )
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn the_origin_from_the_environment_is_added_and_validated() {
+        let env = |name: &str| match name {
+            "WORKERS_ORIGIN" => Some("https://app.example.com".to_string()),
+            "BAD_ORIGIN" => Some("app.example.com/path".to_string()),
+            _ => None,
+        };
+        let json = |var: &str| {
+            format!(
+                r#"{{"policies": [{{"name": "a", "signature": false, "cors": {{"allow_origin_env": "{var}"}}}}]}}"#
+            )
+        };
+        let c = crate::config::Config::from_json(json("WORKERS_ORIGIN").as_bytes(), &env).unwrap();
+        assert!(c.policies[0]
+            .cors
+            .as_ref()
+            .unwrap()
+            .allows_origin("https://app.example.com"));
+        let c = crate::config::Config::from_json(json("UNSET_ORIGIN").as_bytes(), &env).unwrap();
+        assert!(!c.policies[0]
+            .cors
+            .as_ref()
+            .unwrap()
+            .allows_origin("https://app.example.com"));
+        let e = crate::config::Config::from_json(json("BAD_ORIGIN").as_bytes(), &env).unwrap_err();
+        assert_eq!(e.field, "policies[0].cors.allow_origin_env");
     }
 }

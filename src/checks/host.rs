@@ -2,6 +2,7 @@
 //! a request routed here by a forged Host header (cache poisoning, password-reset links) stops.
 
 use crate::checks::cors::split_host_port;
+use crate::config::{err, ConfigError};
 use crate::reject::Reject;
 
 /// One entry of `trusted_hosts`: `api.example.com`, `*.example.com`, optionally `:port`.
@@ -53,6 +54,23 @@ pub fn check(patterns: &[HostPattern], authority: Option<&[u8]>) -> Result<(), R
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Configuration: a policy's `trusted_hosts` list, and its compile step.
+
+/// Compiles the `trusted_hosts` list at `field` (`policies[i].trusted_hosts`).
+pub(crate) fn compile_trusted_hosts(
+    raw: &[String],
+    field: &str,
+) -> Result<Vec<HostPattern>, ConfigError> {
+    raw.iter()
+        .enumerate()
+        .map(|(j, h)| {
+            HostPattern::parse(h)
+                .map_err(|why| err(format!("{field}[{j}]"), format!("`{h}` {why}")))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +119,16 @@ mod tests {
         let p = patterns(&["[::1]:10000"]);
         assert_eq!(check(&p, Some(b"[::1]:10000")), Ok(()));
         assert_eq!(check(&p, Some(b"[::1]:10001")), Err(Reject::HostNotAllowed));
+    }
+
+    // The `trusted_hosts` list, compiled through the whole configuration so the paths are the ones
+    // an operator sees.
+
+    #[test]
+    fn a_bad_trusted_host_names_the_entry() {
+        let json =
+            r#"{"policies": [{"name": "a", "signature": false, "trusted_hosts": ["http://x"]}]}"#;
+        let e = crate::config::Config::from_json(json.as_bytes(), &|_| None).expect_err(json);
+        assert_eq!(e.field, "policies[0].trusted_hosts[0]", "{e}");
     }
 }

@@ -5,7 +5,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
+use serde::Deserialize;
 
+use crate::config::{err, ConfigError};
 use crate::reject::Reject;
 
 #[derive(Debug, Clone, Default)]
@@ -87,6 +89,39 @@ impl IpRules {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Configuration: a policy's `ip` section, and its compile step.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIp {
+    /// Addresses or CIDR ranges that may call; when non-empty, every other address is refused.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Addresses or CIDR ranges that are refused, even when `allow` lists them too.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// Compiles the `ip` section at `field` (`policies[i].ip`).
+pub(crate) fn compile_ip(raw: &RawIp, field: &str) -> Result<IpRules, ConfigError> {
+    let mut ip = IpRules::default();
+    for (list, out, name) in [
+        (&raw.allow, &mut ip.allow, "allow"),
+        (&raw.deny, &mut ip.deny, "deny"),
+    ] {
+        for (j, entry) in list.iter().enumerate() {
+            out.push(parse_net(entry).ok_or_else(|| {
+                err(
+                    format!("{field}.{name}[{j}]"),
+                    format!("`{entry}` is not an IP address or CIDR range"),
+                )
+            })?);
+        }
+    }
+    Ok(ip)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +184,26 @@ mod tests {
         assert!(IpRules::default()
             .check(|| unreachable!("the address is read without rules"))
             .is_ok());
+    }
+
+    // The `ip` section, compiled through the whole configuration so the paths are the ones an
+    // operator sees.
+
+    #[test]
+    fn invalid_ip_entries_name_the_entry() {
+        let cases = [
+            (
+                r#"{"policies": [{"name": "a", "signature": false, "ip": {"allow": ["10.0.0.0/8", "10.0.0.0/33"]}}]}"#,
+                "policies[0].ip.allow[1]",
+            ),
+            (
+                r#"{"policies": [{"name": "a", "signature": false, "ip": {"deny": ["nope"]}}]}"#,
+                "policies[0].ip.deny[0]",
+            ),
+        ];
+        for (json, field) in &cases {
+            let e = crate::config::Config::from_json(json.as_bytes(), &|_| None).expect_err(json);
+            assert_eq!(&e.field, field, "{e}");
+        }
     }
 }

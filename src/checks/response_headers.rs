@@ -6,6 +6,7 @@
 
 use serde::Deserialize;
 
+use crate::config::{default_true, err, ConfigError};
 use crate::headers::replace;
 
 /// What to do with one response header.
@@ -210,6 +211,68 @@ fn merge_vary(headers: &mut Vec<(String, Vec<u8>)>, tokens: &[&str]) {
     headers.push(("vary".to_string(), all.join(", ").into_bytes()));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Configuration: the `security_headers` section, and its compile step.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurityHeaders {
+    /// `owasp` (default), `compat` or `none`.
+    #[serde(default)]
+    pub preset: Preset,
+    /// Add `preload` to Strict-Transport-Security (owasp preset).
+    #[serde(default)]
+    pub hsts_preload: bool,
+    /// Remove X-Powered-By and similar banners (default true).
+    #[serde(default = "default_true")]
+    pub remove_banners: bool,
+    /// Per-header overrides: `{"set": "v"}`, `{"set_if_absent": "v"}` or `"remove"`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, HeaderAction>,
+}
+
+impl Default for RawSecurityHeaders {
+    fn default() -> Self {
+        Self {
+            preset: Preset::Owasp,
+            hsts_preload: false,
+            remove_banners: true,
+            headers: Default::default(),
+        }
+    }
+}
+
+/// Compiles the `security_headers` section at `field` into the plan applied to every response.
+pub(crate) fn compile_security_headers(
+    raw: &RawSecurityHeaders,
+    field: &str,
+) -> Result<Plan, ConfigError> {
+    let mut overrides = Vec::new();
+    for (name, action) in &raw.headers {
+        let field = format!("{field}.headers.{name}");
+        let lower = name.to_ascii_lowercase();
+        if lower.is_empty()
+            || !lower
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(err(field, "is not a header name"));
+        }
+        if let HeaderAction::Set(v) | HeaderAction::SetIfAbsent(v) = action {
+            if v.bytes().any(|b| b.is_ascii_control()) {
+                return Err(err(field, "the value must not contain control characters"));
+            }
+        }
+        overrides.push((lower, action.clone()));
+    }
+    Ok(Plan::new(
+        raw.preset,
+        raw.hsts_preload,
+        raw.remove_banners,
+        overrides,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,5 +387,25 @@ mod tests {
         assert_eq!(get(&h, "vary"), Some("Accept-Encoding, Origin"));
         let h = plan.apply(response(&[("vary", "origin")]), &[], &["Origin"]);
         assert_eq!(get(&h, "vary"), Some("origin"));
+    }
+
+    // The `security_headers` section, compiled through the whole configuration so the paths are
+    // the ones an operator sees.
+
+    #[test]
+    fn bad_security_headers_name_the_entry() {
+        for (json, field) in [
+            (
+                r#"{"policies": [{"name": "a", "signature": false}], "security_headers": {"preset": "strict"}}"#,
+                "security_headers.preset",
+            ),
+            (
+                r#"{"policies": [{"name": "a", "signature": false}], "security_headers": {"headers": {"X-A": {"add": "1"}}}}"#,
+                "security_headers.headers.X-A",
+            ),
+        ] {
+            let e = crate::config::Config::from_json(json.as_bytes(), &|_| None).expect_err(json);
+            assert_eq!(e.field, field, "{e}");
+        }
     }
 }

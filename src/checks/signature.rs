@@ -8,12 +8,16 @@
 //! `X-Request-Nonce` header values exactly as sent. Because the body comes first, the MAC is fed
 //! chunk by chunk as the body streams in and finished with timestamp and nonce at end of stream.
 
+use std::collections::HashSet;
+
 use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::config::SigningKey;
+use crate::config::{check_id, err, validate_header_name, ConfigError};
 use crate::headers::RequestHeaders;
 use crate::reject::{Reject, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::secret::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -141,6 +145,13 @@ pub fn check_window(timestamp: u64, now: u64, window: u64) -> Result<(), Reject>
     Ok(())
 }
 
+/// One active signing secret.
+#[derive(Debug, Clone)]
+pub struct SigningKey {
+    pub id: String,
+    pub secret: Secret,
+}
+
 /// The signing secrets as keyed HMAC states, made once per configuration. Each request clones
 /// them instead of hashing the key pads again (two SHA-256 blocks per secret per request).
 #[derive(Clone)]
@@ -226,6 +237,128 @@ pub fn sign(secret: &[u8], body: &[u8], timestamp: &str, nonce: &str) -> String 
     mac.update(timestamp.as_bytes());
     mac.update(nonce.as_bytes());
     hex::encode(mac.finalize().into_bytes())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration: the `signature` section, and its compile step.
+
+/// Shortest HMAC secret accepted, in bytes.
+pub const MIN_SECRET_LEN: usize = 32;
+/// At most this many secrets are active at once (each one costs an HMAC pass over the body).
+pub const MAX_SECRETS: usize = 8;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignature {
+    /// Active secrets, tried in order. Several at once allow rotation without downtime.
+    #[serde(default)]
+    pub secrets: Vec<RawSecret>,
+    /// Allowed distance between `X-Request-Timestamp` and Envoy's clock, in seconds (default 300).
+    #[serde(default = "default_window")]
+    pub window_seconds: u64,
+    /// Request header in which edge-warden tells the upstream which secret matched. Any copy the
+    /// client sends is removed first.
+    #[serde(default = "default_key_id_header")]
+    pub key_id_header: String,
+}
+
+impl Default for RawSignature {
+    fn default() -> Self {
+        Self {
+            secrets: Vec::new(),
+            window_seconds: default_window(),
+            key_id_header: default_key_id_header(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    /// Public name of the secret; sent upstream in `key_id_header` when it matches.
+    pub id: String,
+    /// Environment variable holding the secret. It must be listed in Envoy's
+    /// `vm_config.environment_variables.host_env_keys`.
+    pub env: String,
+}
+
+fn default_window() -> u64 {
+    300
+}
+fn default_key_id_header() -> String {
+    "x-edge-warden-key-id".to_string()
+}
+
+/// Checks the window and the header name of the section at `field` (`signature`). The secrets
+/// are resolved separately, by [`compile_secrets`], once every plain setting has been checked.
+pub(crate) fn check_settings(raw: &RawSignature, field: &str) -> Result<(), ConfigError> {
+    if !(1..=3600).contains(&raw.window_seconds) {
+        return Err(err(
+            format!("{field}.window_seconds"),
+            format!(
+                "must be between 1 and 3600 seconds, got {}",
+                raw.window_seconds
+            ),
+        ));
+    }
+    validate_header_name(&format!("{field}.key_id_header"), &raw.key_id_header)
+}
+
+/// Reads the secrets listed at `field` (`signature.secrets`) from the environment.
+pub(crate) fn compile_secrets(
+    raw: &[RawSecret],
+    field: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<SigningKey>, ConfigError> {
+    if raw.len() > MAX_SECRETS {
+        return Err(err(
+            field,
+            format!(
+                "at most {MAX_SECRETS} secrets may be active at once, got {}",
+                raw.len()
+            ),
+        ));
+    }
+    let mut ids = HashSet::new();
+    let mut keys = Vec::with_capacity(raw.len());
+    for (i, s) in raw.iter().enumerate() {
+        let at = |f: &str| format!("{field}[{i}].{f}");
+        check_id(&mut ids, &s.id, at("id"), "secret")?;
+        if s.env.is_empty()
+            || !s
+                .env
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(err(at("env"), "must be an environment variable name"));
+        }
+        // Never put the value in an error: only its name and length.
+        let value = env(&s.env).ok_or_else(|| {
+            err(
+                at("env"),
+                format!(
+                    "environment variable {} is not set or not visible to the VM (list it in \
+                     vm_config.environment_variables.host_env_keys)",
+                    s.env
+                ),
+            )
+        })?;
+        if value.len() < MIN_SECRET_LEN {
+            return Err(err(
+                at("env"),
+                format!(
+                    "the secret in {} is {} bytes; at least {MIN_SECRET_LEN} are required",
+                    s.env,
+                    value.len()
+                ),
+            ));
+        }
+        keys.push(SigningKey {
+            id: s.id.clone(),
+            secret: Secret::new(value.into_bytes()),
+        });
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]
@@ -451,5 +584,63 @@ mod tests {
             })
         );
         assert!(check_window(0, now, 300).is_err());
+    }
+
+    // The `signature` section, compiled through the whole configuration so the paths are the ones
+    // an operator sees.
+
+    fn env(name: &str) -> Option<String> {
+        let secret = std::str::from_utf8(SECRET).unwrap();
+        match name {
+            "HMAC_SHARED_SECRET" => Some(secret.to_string()),
+            "OLD_SECRET" => Some(format!("old-{secret}")),
+            "SHORT_SECRET" => Some("too-short".to_string()),
+            _ => None,
+        }
+    }
+
+    fn load(json: &str) -> Result<crate::config::Config, ConfigError> {
+        crate::config::Config::from_json(json.as_bytes(), &env)
+    }
+
+    #[test]
+    fn invalid_signature_settings_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"signature": {"secrets": [{"id": "k", "env": "MISSING"}]}, "policies": [{"name": "a"}]}"#,
+                "signature.secrets[0].env",
+            ),
+            (
+                r#"{"signature": {"secrets": [{"id": "k", "env": "SHORT_SECRET"}]}, "policies": [{"name": "a"}]}"#,
+                "signature.secrets[0].env",
+            ),
+            (
+                r#"{"signature": {"secrets": [{"id": "k", "env": "HMAC_SHARED_SECRET"}, {"id": "k", "env": "OLD_SECRET"}]}, "policies": [{"name": "a"}]}"#,
+                "signature.secrets[1].id",
+            ),
+            (
+                r#"{"signature": {"window_seconds": 0}, "policies": [{"name": "a", "signature": false}]}"#,
+                "signature.window_seconds",
+            ),
+            (
+                r#"{"signature": {"key_id_header": "X-Key"}, "policies": [{"name": "a", "signature": false}]}"#,
+                "signature.key_id_header",
+            ),
+        ];
+        for (json, field) in cases {
+            let e = load(json).expect_err(json);
+            assert_eq!(&e.field, field, "{json}: {e}");
+            assert!(e.to_string().contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_short_secret_error_gives_its_length_not_its_value() {
+        let e = load(
+            r#"{"signature": {"secrets": [{"id": "k", "env": "SHORT_SECRET"}]}, "policies": [{"name": "a"}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("9 bytes"), "{e}");
+        assert!(!e.to_string().contains("too-short"));
     }
 }

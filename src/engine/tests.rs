@@ -186,7 +186,7 @@ fn proof() -> SignatureVerified {
     let nonce = "proof-nonce-0123456789";
     let h = RequestHeaders::new(with(Vec::new(), &signed(b"", 1, nonce)));
     let req = signature::parse_headers(&h).unwrap();
-    let key = crate::config::SigningKey {
+    let key = crate::checks::signature::SigningKey {
         id: "k".into(),
         secret: crate::secret::Secret::new(SECRET.as_bytes().to_vec()),
     };

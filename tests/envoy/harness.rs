@@ -480,6 +480,19 @@ impl Envoy {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
     }
 
+    /// The log once it holds `needle` (Envoy writes its log file every 20 ms, so a line can
+    /// trail the event by that much), or as it is after 5 s.
+    pub fn log_once_it_has(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// What the access log wrote so far (Envoy flushes it every `--file-flush-interval-msec`).
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
