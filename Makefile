@@ -96,10 +96,13 @@ integration: deps wasm native native-faults
 	EDGE_WARDEN_RUNTIME=wasm cargo test --test envoy
 	EDGE_WARDEN_RUNTIME=native cargo test --test envoy
 
+# Last, a short bounded fuzz run of every target (fuzz/fuzz.mk): the native runtime has no
+# sandbox, so a parser or request path that panics must not land.
 test: deps wasm native native-faults lint
 	cargo test --lib --bins
 	EDGE_WARDEN_RUNTIME=wasm cargo test --test envoy
 	EDGE_WARDEN_RUNTIME=native cargo test --test envoy
+	$(MAKE) --no-print-directory fuzz-smoke
 
 # wrk from Debian's packages; uvicorn for the Python middleware scenario.
 bench-deps: envoy
@@ -118,3 +121,5 @@ bench: wasm-target envoy bench-deps wasm native cli
 clean:
 	cargo clean
 	rm -rf $(VENV) tests/node/node_modules
+
+include fuzz/fuzz.mk

@@ -131,7 +131,9 @@ pub fn authorize(roles: &[Role], key: &ApiKey) -> Result<(), Reject> {
 
 /// The hash a configuration stores for `key`.
 pub fn hash_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.trim().as_bytes()))
+    // The same trimming as `authenticate` (ASCII whitespace only): with `str::trim`, a key
+    // ending in a Unicode space would hash differently here and never authenticate.
+    hex::encode(Sha256::digest(key.as_bytes().trim_ascii()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -354,6 +356,21 @@ mod tests {
     // Every case goes through format! so the table reads alike, with or without placeholders.
     #[allow(clippy::useless_format)]
     #[test]
+    fn a_key_hashed_for_the_config_authenticates_whatever_whitespace_surrounds_it() {
+        // Found by fuzzing: hash_key trimmed Unicode whitespace, authenticate only ASCII.
+        for presented in ["ew_key\u{b}", "ew_key\u{a0}", " ew_key\t", "ew_key"] {
+            let k = key("k", presented, Role::Client);
+            assert_eq!(
+                authenticate(&[k], presented.as_bytes(), 0),
+                Ok(Authenticated { index: 0 }),
+                "{presented:?}"
+            );
+        }
+    }
+
+    #[test]
+    // Every row of the table is a `format!`, also the one without arguments, so they read alike.
+    #[allow(clippy::useless_format)]
     fn invalid_api_key_settings_name_the_field() {
         let hash = "a".repeat(64);
         let cases = [

@@ -389,7 +389,13 @@ pub(crate) fn compile_cors(
             let pattern = OriginPattern::parse(value.trim()).map_err(|why| {
                 err(
                     format!("{field}.allow_origin_env"),
-                    format!("the origin in {name} (`{}`) {why}", value.trim()),
+                    // Never the value: the variable may hold a secret by mistake, and a
+                    // value with a newline could forge a log line. Its length is enough to
+                    // tell an empty or truncated variable.
+                    format!(
+                        "the value of {name} ({} bytes) is not a usable origin: {why}",
+                        value.trim().len()
+                    ),
                 )
             })?;
             origins.push(pattern);
@@ -689,5 +695,21 @@ mod tests {
             .allows_origin("https://app.example.com"));
         let e = crate::config::Config::from_json(json("BAD_ORIGIN").as_bytes(), &env).unwrap_err();
         assert_eq!(e.field, "policies[0].cors.allow_origin_env");
+    }
+
+    #[test]
+    fn a_bad_origin_variable_is_named_but_its_value_never_shown() {
+        // Found by fuzzing (fuzz/regressions/config_json/): pointed at the signing secret by
+        // mistake, the old message put the secret in Envoy's log.
+        let secret = "0123456789abcdef0123456789abcdef\ninjected log line";
+        let env = |name: &str| (name == "HMAC_SHARED_SECRET").then(|| secret.to_string());
+        let json = r#"{"policies": [{"name": "a", "signature": false,
+                       "cors": {"allow_origin_env": "HMAC_SHARED_SECRET"}}]}"#;
+        let e = crate::config::Config::from_json(json.as_bytes(), &env).unwrap_err();
+        assert_eq!(e.field, "policies[0].cors.allow_origin_env");
+        let text = e.to_string();
+        assert!(text.contains("HMAC_SHARED_SECRET (50 bytes)"), "{text}");
+        assert!(!text.contains("0123456789abcdef"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
     }
 }
