@@ -90,6 +90,50 @@ impl<S: SharedStore> LocalState<S> {
     }
 }
 
+impl<S> LocalState<S> {
+    /// The line a runtime logs once a configuration is loaded (ids only, never a secret).
+    pub fn describe(&self, config: &Config) -> String {
+        let ids: Vec<&str> = config.keys.iter().map(|k| k.id.as_str()).collect();
+        format!(
+            "{} policies, {} signing secrets ({}), replay cache of {} nonces in {} shards",
+            config.policies.len(),
+            config.keys.len(),
+            ids.join(", "),
+            config.replay_capacity,
+            self.cache.shards()
+        )
+    }
+}
+
+/// A state shared through an `Arc` (as the tests do, to look into it).
+impl<T: State + ?Sized> State for std::sync::Arc<T> {
+    fn claim_nonce(
+        &self,
+        proof: &SignatureVerified,
+        nonce: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<Recorded, Reject> {
+        (**self).claim_nonce(proof, nonce, expires_at, now)
+    }
+
+    fn check_lockout(
+        &self,
+        client: &mut dyn FnMut() -> Option<String>,
+        now: u64,
+    ) -> Result<(), Reject> {
+        (**self).check_lockout(client, now)
+    }
+
+    fn record_failure(&self, client: &str, now: u64) {
+        (**self).record_failure(client, now)
+    }
+
+    fn lockout_prefix(&self) -> Option<u8> {
+        (**self).lockout_prefix()
+    }
+}
+
 impl<S: SharedStore> State for LocalState<S> {
     fn claim_nonce(
         &self,

@@ -128,20 +128,7 @@ impl RootContext for Root {
             log::error!("edge-warden: {why} in shared data");
             return false;
         }
-        log::info!(
-            "edge-warden configured: {} policies, {} signing secrets ({}), replay cache of {} \
-             nonces in {} shards",
-            config.policies.len(),
-            config.keys.len(),
-            config
-                .keys
-                .iter()
-                .map(|k| k.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            config.replay_capacity,
-            state.cache.shards()
-        );
+        log::info!("edge-warden configured: {}", state.describe(&config));
         self.shared = Some(Rc::new(Shared {
             engine: Engine::new(config, Box::new(state)),
             metrics: Metrics::define(),

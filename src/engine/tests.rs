@@ -33,40 +33,12 @@ fn config_json() -> String {
     )
 }
 
-/// A shared store the test can look into, behind the engine's `State`.
-struct Shared(Arc<LocalState<MemoryStore>>);
-
-impl State for Shared {
-    fn claim_nonce(
-        &self,
-        proof: &SignatureVerified,
-        nonce: &str,
-        expires_at: u64,
-        now: u64,
-    ) -> Result<Recorded, Reject> {
-        self.0.claim_nonce(proof, nonce, expires_at, now)
-    }
-    fn check_lockout(
-        &self,
-        client: &mut dyn FnMut() -> Option<String>,
-        now: u64,
-    ) -> Result<(), Reject> {
-        self.0.check_lockout(client, now)
-    }
-    fn record_failure(&self, client: &str, now: u64) {
-        self.0.record_failure(client, now)
-    }
-    fn lockout_prefix(&self) -> Option<u8> {
-        self.0.lockout_prefix()
-    }
-}
-
 fn engine() -> (Engine, Arc<LocalState<MemoryStore>>) {
     let config =
         Config::from_json(config_json().as_bytes(), &|_| Some(SECRET.to_string())).expect("config");
     let state = Arc::new(LocalState::new(&config, MemoryStore::default()));
     state.prepare().expect("prepare");
-    (Engine::new(config, Box::new(Shared(state.clone()))), state)
+    (Engine::new(config, Box::new(state.clone())), state)
 }
 
 /// A host whose answers the test sets, counting what the engine asked.

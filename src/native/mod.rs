@@ -73,18 +73,8 @@ impl FilterConfig {
             return None;
         }
         log::info!(
-            "edge-warden configured (native): {} policies, {} signing secrets ({}), replay cache \
-             of {} nonces in {} shards",
-            config.policies.len(),
-            config.keys.len(),
-            config
-                .keys
-                .iter()
-                .map(|k| k.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            config.replay_capacity,
-            state.cache.shards()
+            "edge-warden configured (native): {}",
+            state.describe(&config)
         );
         Some(Self {
             engine: Engine::new(config, Box::new(state)),
