@@ -19,6 +19,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use super::{Filter, FilterConfig};
+use crate::engine::LocalReply;
 
 /// Memory owned by Envoy, valid until the hook returns or a call that changes what it points
 /// into (a header or body write).
@@ -104,6 +105,7 @@ enum BodyKind {
     ReceivedRequest = 0,
     BufferedRequest = 1,
     ReceivedResponse = 2,
+    BufferedResponse = 3,
 }
 
 #[derive(Clone, Copy)]
@@ -322,13 +324,14 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// All headers of a map (pseudo-headers included, one entry per value), copied.
-    pub fn headers(&self, map: HeaderMap) -> Vec<(String, Vec<u8>)> {
+    /// All headers of a map (pseudo-headers included, one entry per value), copied; `None` when
+    /// Envoy has none to give (a request or response always has pseudo-headers) or fails.
+    pub fn headers(&self, map: HeaderMap) -> Option<Vec<(String, Vec<u8>)>> {
         // SAFETY: `ptr` is the live filter of the running hook.
         let count =
             unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.ptr, map as u32) };
         if count == 0 {
-            return Vec::new();
+            return None;
         }
         let mut raw = vec![
             EnvoyHeader {
@@ -344,16 +347,18 @@ impl Stream {
             envoy_dynamic_module_callback_http_get_headers(self.ptr, map as u32, raw.as_mut_ptr())
         };
         if !ok {
-            return Vec::new();
+            return None;
         }
-        raw.iter()
-            .map(|h| {
-                (
-                    String::from_utf8_lossy(borrow(h.key_ptr, h.key_length)).into_owned(),
-                    copy(h.value_ptr, h.value_length),
-                )
-            })
-            .collect()
+        Some(
+            raw.iter()
+                .map(|h| {
+                    (
+                        String::from_utf8_lossy(borrow(h.key_ptr, h.key_length)).into_owned(),
+                        copy(h.value_ptr, h.value_length),
+                    )
+                })
+                .collect(),
+        )
     }
 
     /// Sets every value of `name` to `value` (`None` removes the header).
@@ -458,19 +463,18 @@ impl Stream {
         });
     }
 
-    /// Replaces the response body received in this hook with `body`.
+    /// Replaces the whole response body (what earlier calls buffered and what this one
+    /// received) with `body`.
     pub fn replace_response_body(&self, body: &[u8]) -> bool {
         // SAFETY: plain calls on the live filter; `body` is read during the call only.
         unsafe {
-            let size = envoy_dynamic_module_callback_http_get_body_size(
-                self.ptr,
-                BodyKind::ReceivedResponse as u32,
-            );
-            envoy_dynamic_module_callback_http_drain_body(
-                self.ptr,
-                BodyKind::ReceivedResponse as u32,
-                size,
-            ) && envoy_dynamic_module_callback_http_append_body(
+            for kind in [BodyKind::BufferedResponse, BodyKind::ReceivedResponse] {
+                let size = envoy_dynamic_module_callback_http_get_body_size(self.ptr, kind as u32);
+                if size > 0 {
+                    envoy_dynamic_module_callback_http_drain_body(self.ptr, kind as u32, size);
+                }
+            }
+            envoy_dynamic_module_callback_http_append_body(
                 self.ptr,
                 BodyKind::ReceivedResponse as u32,
                 ModuleBuffer::of(body),
@@ -530,11 +534,23 @@ fn guard<R>(hook: &str, fallback: R, on_panic: impl FnOnce(), body: impl FnOnce(
     }
 }
 
-fn filter<'a>(ptr: FilterModulePtr) -> &'a Filter {
-    // SAFETY: `ptr` is what `on_http_filter_new` returned (`Box::into_raw`); Envoy hands it back
-    // only until `on_http_filter_destroy`. Only shared references are made, because hooks can
-    // run inside other hooks (`send_response` completes the stream before it returns).
-    unsafe { &*(ptr as *const Filter) }
+/// The stream's filter, or `None` when `on_http_filter_new` failed (returned null; Envoy calls
+/// the hooks all the same).
+fn filter<'a>(ptr: FilterModulePtr) -> Option<&'a Filter> {
+    // SAFETY: a non-null `ptr` is what `on_http_filter_new` returned (`Box::into_raw`); Envoy
+    // hands it back until `on_http_filter_destroy`, which `send_response` can run before it
+    // returns: so every hook makes its last use of the reference before it sends a reply (see
+    // `finish`). Only shared references are made.
+    unsafe { (ptr as *const Filter).as_ref() }
+}
+
+/// Sends the reply a request hook decided on, after its last use of the filter (Envoy may
+/// destroy the filter inside `send_response`).
+fn finish<S>(stream: &Stream, (status, reply): (S, Option<LocalReply>)) -> S {
+    if let Some(reply) = reply {
+        stream.send_response(reply.status, &reply.headers, &reply.body);
+    }
+    status
 }
 
 fn config<'a>(ptr: FilterConfigModulePtr) -> &'a Arc<FilterConfig> {
@@ -629,9 +645,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(ptr: FilterModuleP
     )
 }
 
-/// The 500 reply of a request whose hook panicked.
+/// The 500 reply of a request whose hook panicked (or that has no filter).
 fn refuse(stream: &Stream) {
-    super::refuse(stream);
+    let reply = super::refusal();
+    stream.send_response(reply.status, &reply.headers, &reply.body);
 }
 
 #[no_mangle]
@@ -645,7 +662,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         "request_headers",
         HeadersStatus::StopIteration,
         || refuse(&stream),
-        || filter(module).on_request_headers(&stream, end_of_stream),
+        || match filter(module) {
+            Some(f) => finish(&stream, f.on_request_headers(&stream, end_of_stream)),
+            None => finish(
+                &stream,
+                (HeadersStatus::StopIteration, Some(super::refusal())),
+            ),
+        },
     ) as u32
 }
 
@@ -660,7 +683,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
         "request_body",
         BodyStatus::StopIterationNoBuffer,
         || refuse(&stream),
-        || filter(module).on_request_body(&stream, end_of_stream),
+        || match filter(module) {
+            Some(f) => finish(&stream, f.on_request_body(&stream, end_of_stream)),
+            None => finish(
+                &stream,
+                (BodyStatus::StopIterationNoBuffer, Some(super::refusal())),
+            ),
+        },
     ) as u32
 }
 
@@ -674,7 +703,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
         "request_trailers",
         TrailersStatus::StopIteration,
         || refuse(&stream),
-        || filter(module).on_request_trailers(&stream),
+        || match filter(module) {
+            Some(f) => finish(&stream, f.on_request_trailers(&stream)),
+            None => finish(
+                &stream,
+                (TrailersStatus::StopIteration, Some(super::refusal())),
+            ),
+        },
     ) as u32
 }
 
@@ -690,7 +725,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
         "response_headers",
         HeadersStatus::Continue,
         || (),
-        || filter(module).on_response_headers(&stream),
+        || filter(module).map_or(HeadersStatus::Continue, |f| f.on_response_headers(&stream)),
     ) as u32
 }
 
@@ -705,7 +740,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
         "response_body",
         BodyStatus::Continue,
         || (),
-        || filter(module).on_response_body(&stream, end_of_stream),
+        || {
+            filter(module).map_or(BodyStatus::Continue, |f| {
+                f.on_response_body(&stream, end_of_stream)
+            })
+        },
     ) as u32
 }
 

@@ -17,7 +17,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::checks::ip;
 use crate::config::Config;
-use crate::engine::{Action, Engine, Exchange, Host, LocalState, Metric, ResponseAction};
+use crate::engine::{
+    Action, Engine, Exchange, Host, LocalReply, LocalState, Metric, ResponseAction,
+};
 use crate::reject::{self, Reject};
 use crate::store::MemoryStore;
 
@@ -149,41 +151,61 @@ impl Filter {
         step(&mut exchange, &config.engine, &mut host)
     }
 
-    fn on_request_headers(&self, stream: &Stream, end_of_stream: bool) -> HeadersStatus {
-        let pairs = stream.headers(HeaderMap::Request);
+    // The request hooks return the local reply to send, if any, rather than sending it: Envoy
+    // completes and destroys this filter inside `send_response`, so `ffi` sends it only after
+    // the last use of `self`.
+
+    fn on_request_headers(
+        &self,
+        stream: &Stream,
+        end_of_stream: bool,
+    ) -> (HeadersStatus, Option<LocalReply>) {
+        // Fail closed: without the headers, client copies of identity headers could not be
+        // found and removed.
+        let Some(pairs) = stream.headers(HeaderMap::Request) else {
+            return (
+                HeadersStatus::StopIteration,
+                Some(internal_error("read the request headers")),
+            );
+        };
         #[cfg(feature = "fault-injection")]
         inject_fault(&pairs, "headers");
         let action = self.decide(stream, |x, engine, host| {
             x.on_request_headers(engine, pairs, end_of_stream, host)
         });
         match action {
-            Action::Continue(edits) => {
-                apply_edits(stream, edits);
-                HeadersStatus::Continue
-            }
-            Action::Pause => HeadersStatus::StopIteration,
-            Action::Reply(reply) => {
-                stream.send_response(reply.status, &reply.headers, &reply.body);
-                HeadersStatus::StopIteration
-            }
+            Action::Continue(edits) => match apply_edits(stream, edits) {
+                Ok(()) => (HeadersStatus::Continue, None),
+                Err(reply) => (HeadersStatus::StopIteration, Some(reply)),
+            },
+            Action::Pause => (HeadersStatus::StopIteration, None),
+            Action::Reply(reply) => (HeadersStatus::StopIteration, Some(reply)),
         }
     }
 
-    fn on_request_body(&self, stream: &Stream, end_of_stream: bool) -> BodyStatus {
+    fn on_request_body(
+        &self,
+        stream: &Stream,
+        end_of_stream: bool,
+    ) -> (BodyStatus, Option<LocalReply>) {
         let (wants, answered) = {
             let x = self.exchange.borrow();
             (x.wants_body(), x.answered())
         };
         if !wants {
-            return if answered {
+            let status = if answered {
                 BodyStatus::StopIterationNoBuffer
             } else {
                 BodyStatus::Continue
             };
+            return (status, None);
         }
         let action = self.decide(stream, |x, engine, host| {
             #[cfg(feature = "fault-injection")]
-            inject_fault(&stream.headers(HeaderMap::Request), "body");
+            inject_fault(
+                &stream.headers(HeaderMap::Request).unwrap_or_default(),
+                "body",
+            );
             let mut last = None;
             let mut seen = self.read.get();
             stream.new_request_body(seen, &mut |slice| {
@@ -203,34 +225,28 @@ impl Filter {
             }
         });
         match action {
-            Action::Continue(edits) => {
-                // The headers were held, so edits made now still reach the upstream.
-                apply_edits(stream, edits);
-                BodyStatus::Continue
-            }
+            // The headers were held, so edits made now still reach the upstream.
+            Action::Continue(edits) => match apply_edits(stream, edits) {
+                Ok(()) => (BodyStatus::Continue, None),
+                Err(reply) => (BodyStatus::StopIterationNoBuffer, Some(reply)),
+            },
             // Envoy keeps the body for the upstream while it is verified.
-            Action::Pause => BodyStatus::StopIterationAndBuffer,
-            Action::Reply(reply) => {
-                stream.send_response(reply.status, &reply.headers, &reply.body);
-                BodyStatus::StopIterationNoBuffer
-            }
+            Action::Pause => (BodyStatus::StopIterationAndBuffer, None),
+            Action::Reply(reply) => (BodyStatus::StopIterationNoBuffer, Some(reply)),
         }
     }
 
-    fn on_request_trailers(&self, stream: &Stream) -> TrailersStatus {
+    fn on_request_trailers(&self, stream: &Stream) -> (TrailersStatus, Option<LocalReply>) {
         let action = self.decide(stream, |x, engine, host| {
             x.on_request_trailers(engine, host)
         });
         match action {
-            Action::Continue(edits) => {
-                apply_edits(stream, edits);
-                TrailersStatus::Continue
-            }
-            Action::Pause => TrailersStatus::StopIteration,
-            Action::Reply(reply) => {
-                stream.send_response(reply.status, &reply.headers, &reply.body);
-                TrailersStatus::StopIteration
-            }
+            Action::Continue(edits) => match apply_edits(stream, edits) {
+                Ok(()) => (TrailersStatus::Continue, None),
+                Err(reply) => (TrailersStatus::StopIteration, Some(reply)),
+            },
+            Action::Pause => (TrailersStatus::StopIteration, None),
+            Action::Reply(reply) => (TrailersStatus::StopIteration, Some(reply)),
         }
     }
 
@@ -238,7 +254,10 @@ impl Filter {
         if self.exchange.borrow().answered() {
             return HeadersStatus::Continue;
         }
-        let before = stream.headers(HeaderMap::Response);
+        let Some(before) = stream.headers(HeaderMap::Response) else {
+            log::warn!("edge-warden could not read the response headers");
+            return HeadersStatus::Continue;
+        };
         let action = self.decide(stream, |x, engine, host| {
             x.on_response_headers(engine, before.clone(), host)
         });
@@ -255,7 +274,9 @@ impl Filter {
         if !end_of_stream {
             return BodyStatus::StopIterationAndBuffer;
         }
-        if let Some(body) = self.exchange.borrow_mut().take_replacement_body() {
+        // Taken out first: no borrow of the exchange is held across the calls into Envoy.
+        let body = self.exchange.borrow_mut().take_replacement_body();
+        if let Some(body) = body {
             if !stream.replace_response_body(&body) {
                 log::warn!("edge-warden could not reshape a rate-limited reply");
             }
@@ -268,6 +289,7 @@ impl Filter {
 /// `x-edge-warden-fault: <hook>` panics in that hook, so the tests can prove a panic is caught
 /// at the ABI boundary and answered 500 while Envoy keeps serving.
 #[cfg(feature = "fault-injection")]
+#[allow(clippy::panic)] // The point of this test build.
 fn inject_fault(headers: &[(String, Vec<u8>)], hook: &str) {
     if headers
         .iter()
@@ -278,16 +300,19 @@ fn inject_fault(headers: &[(String, Vec<u8>)], hook: &str) {
 }
 
 /// Writes request header edits one by one (the ABI has no whole-map write; each is cheap).
-fn apply_edits(stream: &Stream, edits: crate::engine::Edits) {
+/// Fails closed like the wasm adapter: the upstream must be able to rely on the identity
+/// headers, so an edit Envoy refuses refuses the request.
+fn apply_edits(stream: &Stream, edits: crate::engine::Edits) -> Result<(), LocalReply> {
     for (name, value) in &edits.list {
         if !stream.set_header(
             HeaderMap::Request,
             name,
             value.as_deref().map(str::as_bytes),
         ) {
-            log::warn!("edge-warden could not edit request header {name}");
+            return Err(internal_error("edit the request headers"));
         }
     }
+    Ok(())
 }
 
 /// Brings the response headers from `before` to `after` with as few calls as possible: names
@@ -325,15 +350,25 @@ fn write_response_headers(
     }
 }
 
-/// Fails closed after a panic: a 500 problem+json reply, and nothing of the request logged.
-fn refuse(stream: &Stream) {
+/// The 500 problem+json reply of a request edge-warden could not process (a host call failed,
+/// or a hook panicked), logged without anything of the request.
+fn internal_error(what: &str) -> LocalReply {
+    log::error!("edge-warden could not {what}; refusing the request");
     let response = reject::respond(&Reject::Internal, None);
-    let headers: Vec<(String, Vec<u8>)> = response
-        .headers
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.clone().into_bytes()))
-        .collect();
-    stream.send_response(response.status, &headers, &response.body);
+    LocalReply {
+        status: response.status,
+        headers: response
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.clone().into_bytes()))
+            .collect(),
+        body: response.body,
+    }
+}
+
+/// Fails closed after a panic (from `ffi`, which then sends it).
+fn refusal() -> LocalReply {
+    internal_error("finish a hook")
 }
 
 /// Routes the `log` crate to Envoy's log, and panic messages with it (once per process).
