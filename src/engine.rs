@@ -560,7 +560,7 @@ impl Exchange {
                         Some(key.role.as_str().to_string()),
                     ));
                     // A bearer key goes too (the key header was dropped above already).
-                    if config.strip_api_key {
+                    if config.strip_api_key && presented.header != config.key_source.header {
                         self.edits.list.push((presented.header.clone(), None));
                     }
                 }

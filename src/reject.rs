@@ -298,7 +298,7 @@ pub fn respond(reject: &Reject, request_id: Option<&str>) -> Response {
         status: reject.status(),
         detail: reject.detail(),
         code: reject.code(),
-        request_id: request_id.filter(|id| is_printable_token(id)),
+        request_id: request_id.filter(|id| usable_request_id(id.as_bytes()).is_some()),
     };
     // Serialising a struct of strings and integers cannot fail; fall back to a fixed body anyway so
     // that no path here can panic.
@@ -333,10 +333,6 @@ pub fn usable_request_id(value: &[u8]) -> Option<&str> {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
     // Checked ASCII above, so this cannot fail.
     ok.then(|| std::str::from_utf8(value).ok()).flatten()
-}
-
-fn is_printable_token(s: &str) -> bool {
-    usable_request_id(s.as_bytes()).is_some()
 }
 
 #[cfg(test)]
