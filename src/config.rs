@@ -22,6 +22,7 @@ use crate::checks::host::{self, HostPattern};
 use crate::checks::ip::{self, IpRules, RawIp};
 use crate::checks::response_headers::{self, Plan, RawSecurityHeaders};
 use crate::checks::signature::{self, RawSignature, SigningKey};
+use crate::remote::{self, RawRemoteState, RemoteState};
 use crate::store::{self, LockoutSettings, RawLockout, RawReplay};
 
 /// Default body limit for signed routes: 1 MiB.
@@ -84,6 +85,10 @@ pub struct RawConfig {
     /// Brute-force lockout per client address.
     #[serde(default)]
     pub lockout: RawLockout,
+    /// Fleet-wide replay and lockout state through the edge-warden-state service (absent: this
+    /// Envoy's own memory only).
+    #[serde(default)]
+    pub remote_state: Option<RawRemoteState>,
     /// Headers in which edge-warden tells the upstream (and Envoy's rate limits) who called.
     #[serde(default)]
     pub identity: RawIdentity,
@@ -210,6 +215,8 @@ pub struct Config {
     pub key_source: KeySource,
     pub strip_api_key: bool,
     pub lockout: Option<LockoutSettings>,
+    /// The fleet's shared state, asked after the local store.
+    pub remote: Option<RemoteState>,
     pub api_key_id_header: String,
     pub role_header: String,
     pub client_header: String,
@@ -274,6 +281,10 @@ impl Config {
         let api_keys = api_key::compile_api_keys(&raw.api_keys, "api_keys")?;
         check_identity(&raw.identity, "identity")?;
         let lockout = store::compile_lockout(&raw.lockout, "lockout")?;
+        let remote = match &raw.remote_state {
+            Some(r) => Some(remote::compile_remote_state(r, "remote_state")?),
+            None => None,
+        };
 
         if raw.policies.is_empty() {
             return Err(err("policies", "at least one policy is required"));
@@ -371,6 +382,7 @@ impl Config {
             },
             strip_api_key: raw.api_keys.strip,
             lockout,
+            remote,
             api_key_id_header: raw.identity.api_key_id_header.clone(),
             role_header: raw.identity.role_header.clone(),
             client_header: raw.identity.client_header.clone(),

@@ -14,6 +14,7 @@ use crate::checks::{api_key, cors, host, ip};
 use crate::config::Config;
 use crate::headers::{self, RequestHeaders};
 use crate::reject::{self, Reject};
+use crate::remote::{self, AdmitRequest, AdmitResponse, Call, FailureMode, Unavailable};
 use crate::store::{Lockout, NonceCache, Recorded, SharedStore};
 
 /// What the engine needs from the runtime around it. Each method may cost a host call, so the
@@ -173,6 +174,37 @@ pub enum Metric {
     Allowed = 0,
     Rejected = 1,
     ReplayEntries = 2,
+    /// Calls made to the state service.
+    StateCalls = 3,
+    /// Calls that brought no usable answer in time.
+    StateUnavailable = 4,
+    /// Requests let through without an answer (`failure_mode: fail_open`).
+    StateFailedOpen = 5,
+}
+
+impl Metric {
+    pub const COUNT: usize = 6;
+    /// Every metric, in index order, with its name and whether it is a gauge.
+    pub const ALL: [(Metric, &'static str, bool); Self::COUNT] = [
+        (Metric::Allowed, "edge_warden_requests_allowed", false),
+        (Metric::Rejected, "edge_warden_requests_rejected", false),
+        (
+            Metric::ReplayEntries,
+            "edge_warden_replay_cache_entries",
+            true,
+        ),
+        (Metric::StateCalls, "edge_warden_state_calls", false),
+        (
+            Metric::StateUnavailable,
+            "edge_warden_state_unavailable",
+            false,
+        ),
+        (
+            Metric::StateFailedOpen,
+            "edge_warden_state_failed_open",
+            false,
+        ),
+    ];
 }
 
 /// One configuration, compiled, with its signing secrets as ready HMAC states and the state
@@ -202,6 +234,10 @@ pub enum Action {
     Pause,
     /// Answer it here (a rejection or a preflight answer); the rest of the request is ignored.
     Reply(LocalReply),
+    /// Hold the request and make this call to the state service (`remote_state.cluster`,
+    /// within `remote_state.timeout_ms`); hand its answer, or its failure, to
+    /// [`Exchange::on_state_answer`], and do what that answers.
+    Call(Call),
 }
 
 /// Request header edits: remove every copy (`None`) or set one value. Adapters that write the
@@ -252,8 +288,20 @@ enum Phase {
         verifier: Verifier,
         limit: u64,
     },
+    /// Waiting for the state service's answer.
+    Calling(Pending),
     /// A local reply was sent (a rejection or a preflight answer); ignore the rest.
     Answered,
+}
+
+/// What a call to the state service decides.
+enum Pending {
+    /// The fleet-wide lockout check of a request whose credential passed locally.
+    Lockout,
+    /// A verified signed request: the fleet-wide claim of its nonce (and lockout check).
+    Claim { key_id: String },
+    /// A wrong credential, counted fleet-wide before it is answered with `why`.
+    Failure { why: Reject },
 }
 
 /// One request and its response, as the engine follows it.
@@ -300,6 +348,12 @@ impl Exchange {
         matches!(self.phase, Phase::Verifying { .. })
     }
 
+    /// Whether the request is held for the state service's answer: body and trailers stay
+    /// with the adapter (buffered) until [`Exchange::on_state_answer`] lets them go.
+    pub fn calling(&self) -> bool {
+        matches!(self.phase, Phase::Calling(_))
+    }
+
     /// Whether a local reply was sent: the adapter ignores the rest of the request.
     pub fn answered(&self) -> bool {
         matches!(self.phase, Phase::Answered)
@@ -337,6 +391,7 @@ impl Exchange {
                         self.finish(engine, request, verifier, now, host)
                     }
                     Proceed::Wait => Action::Pause,
+                    Proceed::Call(call) => self.call(Pending::Lockout, call, host),
                 }
             }
             Err(Answer::Reject(why)) => self.reject(engine, why, host),
@@ -354,7 +409,8 @@ impl Exchange {
     ) -> Action {
         match &mut self.phase {
             Phase::Pass => Action::Continue(Edits::default()),
-            Phase::Answered => Action::Pause,
+            // The held request goes on only once the answer is in.
+            Phase::Answered | Phase::Calling(_) => Action::Pause,
             Phase::Verifying {
                 verifier, limit, ..
             } => {
@@ -377,7 +433,7 @@ impl Exchange {
     pub fn on_request_trailers(&mut self, engine: &Engine, host: &mut dyn Host) -> Action {
         match self.phase {
             Phase::Verifying { .. } => self.end_of_body(engine, host),
-            Phase::Answered => Action::Pause,
+            Phase::Answered | Phase::Calling(_) => Action::Pause,
             Phase::Pass => Action::Continue(Edits::default()),
         }
     }
@@ -576,6 +632,16 @@ impl Exchange {
         }
 
         if !policy.signature {
+            // The fleet may have locked this address out where this Envoy has not seen it;
+            // a signed request asks in the same call that claims its nonce.
+            if checks_credential {
+                if let Some(lockout) = self.remote_lockout(engine, host) {
+                    return Ok(Proceed::Call(Call::admit(&AdmitRequest {
+                        lockout: Some(lockout),
+                        claim: None,
+                    })));
+                }
+            }
             return Ok(Proceed::Pass);
         }
         // Every header-only check runs before any body is read.
@@ -644,10 +710,134 @@ impl Exchange {
             .get(proof.key_index)
             .map(|k| k.id.clone())
             .unwrap_or_default();
+        if config.remote.is_some() {
+            // Claimed here first, so a replay to this Envoy never needs the call; now the fleet.
+            let ttl = expires_at.saturating_sub(now).clamp(1, u64::from(u32::MAX));
+            let call = Call::admit(&AdmitRequest {
+                lockout: self.remote_lockout(engine, host),
+                claim: Some(remote::Claim {
+                    fingerprint: remote::fingerprint(&request.nonce),
+                    ttl_seconds: u32::try_from(ttl).unwrap_or(u32::MAX),
+                }),
+            });
+            return self.call(Pending::Claim { key_id }, call, host);
+        }
+        self.pass_signed(engine, key_id, host)
+    }
+
+    /// Passes a verified signed request, naming its signing key to the upstream.
+    fn pass_signed(&mut self, engine: &Engine, key_id: String, host: &mut dyn Host) -> Action {
         self.edits
             .list
-            .push((config.key_id_header.clone(), Some(key_id)));
+            .push((engine.config.key_id_header.clone(), Some(key_id)));
         self.pass(host)
+    }
+
+    /// The lockout part of a call to the state service, when the fleet shares lockouts.
+    fn remote_lockout(
+        &mut self,
+        engine: &Engine,
+        host: &mut dyn Host,
+    ) -> Option<remote::LockoutCheck> {
+        let config = &engine.config;
+        let (Some(_), Some(lockout)) = (&config.remote, &config.lockout) else {
+            return None;
+        };
+        let ip = self.client_ip(host)?;
+        Some(remote::LockoutCheck {
+            client: ip::lockout_key(ip, lockout.ipv6_prefix),
+            max_failures: lockout.max_failures,
+        })
+    }
+
+    /// Holds the request for a call to the state service.
+    fn call(&mut self, pending: Pending, call: Call, host: &mut dyn Host) -> Action {
+        host.count(Metric::StateCalls, 1);
+        self.phase = Phase::Calling(pending);
+        Action::Call(call)
+    }
+
+    /// The state service answered (`Ok`: the response message) or could not (`Err`: refused,
+    /// reset, timed out, a gRPC error). Returns what to do with the held request.
+    pub fn on_state_answer(
+        &mut self,
+        engine: &Engine,
+        answer: Result<Vec<u8>, Unavailable>,
+        host: &mut dyn Host,
+    ) -> Action {
+        let pending = match std::mem::replace(&mut self.phase, Phase::Pass) {
+            Phase::Calling(pending) => pending,
+            other => {
+                // No call was pending (a late answer): nothing to decide.
+                self.phase = other;
+                return Action::Pause;
+            }
+        };
+        if let Pending::Failure { why } = pending {
+            // The reply was decided; the answer only tells whether the address was locked
+            // out before this failure (then it is told so, as the local lockout would).
+            let why = match remote::decode::<remote::RecordFailureResponse>(answer) {
+                Ok(r) if r.locked_for_seconds > 0 && r.failures > self.max_failures(engine) => {
+                    Reject::TooManyAuthFailures {
+                        retry_after: r.locked_for_seconds,
+                    }
+                }
+                Ok(_) => why,
+                Err(Unavailable(reason)) => {
+                    host.count(Metric::StateUnavailable, 1);
+                    log::warn!(
+                        "edge-warden: state service unavailable ({reason}); a failed \
+                         authentication was counted by this Envoy only: policy={} request_id={}",
+                        self.policy_label(engine),
+                        self.request_id.as_deref().unwrap_or("-"),
+                    );
+                    why
+                }
+            };
+            return self.answer(engine, &why);
+        }
+        let answer = match remote::decode::<AdmitResponse>(answer) {
+            Ok(answer) => answer,
+            Err(Unavailable(reason)) => {
+                host.count(Metric::StateUnavailable, 1);
+                let mode = engine.config.remote.as_ref().map(|r| r.failure_mode);
+                if mode != Some(FailureMode::FailOpen) {
+                    log::warn!(
+                        "edge-warden: state service unavailable ({reason}); refusing the \
+                         request (fail_closed): policy={} request_id={}",
+                        self.policy_label(engine),
+                        self.request_id.as_deref().unwrap_or("-"),
+                    );
+                    return self.reject(engine, Reject::StateUnavailable, host);
+                }
+                host.count(Metric::StateFailedOpen, 1);
+                log::warn!(
+                    "edge-warden: state service unavailable ({reason}); letting the request \
+                     through on local checks only (fail_open): policy={} request_id={}",
+                    self.policy_label(engine),
+                    self.request_id.as_deref().unwrap_or("-"),
+                );
+                AdmitResponse {
+                    locked_for_seconds: 0,
+                    claimed: true,
+                }
+            }
+        };
+        if answer.locked_for_seconds > 0 {
+            let retry_after = answer.locked_for_seconds;
+            return self.reject(engine, Reject::TooManyAuthFailures { retry_after }, host);
+        }
+        match pending {
+            Pending::Claim { .. } if !answer.claimed => {
+                self.reject(engine, Reject::NonceReplayed, host)
+            }
+            Pending::Claim { key_id } => self.pass_signed(engine, key_id, host),
+            _ => self.pass(host),
+        }
+    }
+
+    fn max_failures(&self, engine: &Engine) -> u32 {
+        engine.config.lockout.map_or(u32::MAX, |l| l.max_failures)
     }
 
     /// A local reply with the security headers every response gets, and `cors` headers.
@@ -687,27 +877,40 @@ impl Exchange {
     }
 
     fn reject(&mut self, engine: &Engine, why: Reject, host: &mut dyn Host) -> Action {
-        let response = reject::respond(&why, self.request_id.as_deref());
         // One security event per rejection: the code and where, never a credential.
         log::info!(
             "edge-warden rejected request: code={} status={} policy={} request_id={}",
             why.code(),
-            response.status,
+            why.status(),
             self.policy_label(engine),
             self.request_id.as_deref().unwrap_or("-"),
         );
         host.count(Metric::Rejected, 1);
-        // A wrong credential counts toward the lockout of the address that sent it.
+        // A wrong credential counts toward the lockout of the address that sent it: here,
+        // then (when the fleet shares state) everywhere, before the reply goes.
         if let (true, Some(prefix)) = (why.is_auth_failure(), engine.state.lockout_prefix()) {
             if let Some(ip) = self.client_ip(host) {
                 // A fresh clock: a failure found after a slow upload belongs to now, not to
                 // when its headers arrived.
                 let now = host.now();
-                engine
-                    .state
-                    .record_failure(&ip::lockout_key(ip, prefix), now);
+                let client = ip::lockout_key(ip, prefix);
+                engine.state.record_failure(&client, now);
+                if let (Some(_), Some(lockout)) = (&engine.config.remote, &engine.config.lockout) {
+                    let call = Call::record_failure(&remote::RecordFailureRequest {
+                        client,
+                        window_seconds: u32::try_from(lockout.window_seconds).unwrap_or(u32::MAX),
+                        max_failures: lockout.max_failures,
+                    });
+                    return self.call(Pending::Failure { why }, call, host);
+                }
             }
         }
+        self.answer(engine, &why)
+    }
+
+    /// Sends the reply of a rejection (already logged and counted).
+    fn answer(&mut self, engine: &Engine, why: &Reject) -> Action {
+        let response = reject::respond(why, self.request_id.as_deref());
         let reply = self.local_reply(engine, response.status, response.headers, response.body);
         self.phase = Phase::Answered;
         Action::Reply(reply)
@@ -747,6 +950,8 @@ enum Proceed {
     Verify(SignedRequest, u64),
     /// Signed, a body follows: hold the headers.
     Wait,
+    /// Ask the state service first (the fleet-wide lockout).
+    Call(Call),
 }
 
 /// How a request is answered from the header checks.

@@ -30,21 +30,23 @@ const METRICS_FLUSH: Duration = Duration::from_secs(1);
 /// the bookkeeping.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    ids: [Option<u32>; 3],
-    pending: [Cell<i64>; 3],
+    ids: [Option<u32>; Metric::COUNT],
+    pending: [Cell<i64>; Metric::COUNT],
     /// The root context is gone (no more ticks): streams still in flight hand over at once.
     closed: Cell<bool>,
 }
 
 impl Metrics {
     fn define() -> Self {
-        let define = |t, name| hostcalls::define_metric(t, name).ok();
         Self {
-            ids: [
-                define(MetricType::Counter, "edge_warden_requests_allowed"),
-                define(MetricType::Counter, "edge_warden_requests_rejected"),
-                define(MetricType::Gauge, "edge_warden_replay_cache_entries"),
-            ],
+            ids: Metric::ALL.map(|(_, name, gauge)| {
+                let kind = if gauge {
+                    MetricType::Gauge
+                } else {
+                    MetricType::Counter
+                };
+                hostcalls::define_metric(kind, name).ok()
+            }),
             pending: Default::default(),
             closed: Cell::new(false),
         }

@@ -33,6 +33,9 @@ pub enum Reject {
     ReplayCacheFull { retry_after: u64 },
     /// The shared replay cache could not be updated (contention); retry with a fresh nonce.
     ReplayCheckUnavailable,
+    /// The fleet's shared state (edge-warden-state) did not answer in time and the
+    /// configuration fails closed; retry with a fresh nonce.
+    StateUnavailable,
     /// No policy in the configuration covers this route.
     NoMatchingPolicy,
     /// The `Origin` is not in the route's CORS allow list.
@@ -90,6 +93,7 @@ impl Reject {
             Reject::InsufficientRole | Reject::IpNotAllowed => 403,
             Reject::TooManyAuthFailures { .. } | Reject::RateLimited => 429,
             Reject::Internal => 500,
+            Reject::StateUnavailable => 503,
         }
     }
 
@@ -117,6 +121,7 @@ impl Reject {
             Reject::TooManyAuthFailures { .. } => "too_many_auth_failures",
             Reject::RateLimited => "rate_limited",
             Reject::Internal => "internal_error",
+            Reject::StateUnavailable => "state_unavailable",
         }
     }
 
@@ -143,6 +148,7 @@ impl Reject {
             Reject::TooManyAuthFailures { .. } => "Too many failed authentications",
             Reject::RateLimited => "Too many requests",
             Reject::Internal => "Internal error",
+            Reject::StateUnavailable => "Shared state unavailable",
         }
     }
 
@@ -226,6 +232,11 @@ impl Reject {
             Reject::Internal => "edge-warden could not process this request, so it was not \
                                  forwarded; retry, and report the request id if it persists."
                 .to_string(),
+            Reject::StateUnavailable => "The replay and lockout state shared by this \
+                                         service's gateways could not be reached in time, so \
+                                         the request was not forwarded; retry after the \
+                                         seconds in Retry-After, with a fresh nonce if signed."
+                .to_string(),
         }
     }
 
@@ -253,7 +264,9 @@ impl Reject {
             Reject::ReplayCacheFull { retry_after } => {
                 vec![("retry-after", retry_after.to_string())]
             }
-            Reject::ReplayCheckUnavailable => vec![("retry-after", "1".to_string())],
+            Reject::ReplayCheckUnavailable | Reject::StateUnavailable => {
+                vec![("retry-after", "1".to_string())]
+            }
             Reject::TooManyAuthFailures { retry_after } => {
                 vec![("retry-after", retry_after.to_string())]
             }
@@ -360,6 +373,7 @@ mod tests {
             Reject::BodyTooLarge { limit: 10 },
             Reject::ReplayCacheFull { retry_after: 7 },
             Reject::ReplayCheckUnavailable,
+            Reject::StateUnavailable,
             Reject::NoMatchingPolicy,
             Reject::OriginNotAllowed,
             Reject::CorsMethodNotAllowed {

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -15,12 +15,15 @@ use crate::checks::ip;
 use crate::engine::{Action, Edits, Exchange, Host, LocalReply, Metric, ResponseAction};
 use crate::plugin::Shared;
 use crate::reject::{self, Reject};
+use crate::remote::{self, Call, Unavailable};
 
 pub(crate) struct Stream {
     shared: Option<Rc<Shared>>,
     exchange: Exchange,
     /// Bytes of the buffered request body already handed to the engine.
     read: usize,
+    /// The call to the state service this stream waits for.
+    calling: Option<u32>,
 }
 
 /// The host, as the engine sees it: each method is a host call, made only when asked.
@@ -69,15 +72,30 @@ impl Stream {
             shared,
             exchange: Exchange::new(),
             read: 0,
+            calling: None,
         }
     }
 
     /// Carries out what the engine answered.
-    fn act(&mut self, action: Action, map: MapType) -> WasmAction {
+    fn act(&mut self, shared: &Shared, action: Action, map: MapType) -> WasmAction {
         match action {
             Action::Continue(edits) => self.write_edits(edits, map),
             Action::Pause => WasmAction::Pause,
             Action::Reply(reply) => send(&reply),
+            Action::Call(call) => match dispatch(shared, &call) {
+                Ok(token) => {
+                    self.calling = Some(token);
+                    WasmAction::Pause
+                }
+                // Not even sent (no such cluster): the engine decides as for any failure.
+                Err(failure) => {
+                    let mut host = WasmHost { shared };
+                    let action =
+                        self.exchange
+                            .on_state_answer(&shared.engine, Err(failure), &mut host);
+                    self.act(shared, action, map)
+                }
+            },
         }
     }
 
@@ -97,6 +115,28 @@ impl Stream {
         }
         WasmAction::Continue
     }
+}
+
+/// Sends a call to the state service through Envoy's gRPC client (`remote_state.cluster`).
+fn dispatch(shared: &Shared, call: &Call) -> Result<u32, Unavailable> {
+    let Some(remote) = &shared.engine.config.remote else {
+        return Err(Unavailable("no remote_state configured"));
+    };
+    hostcalls::dispatch_grpc_call(
+        &remote.cluster,
+        remote::SERVICE,
+        call.method.name(),
+        Vec::new(),
+        Some(&call.message),
+        Duration::from_millis(remote.timeout_ms),
+    )
+    .map_err(|status| {
+        log::warn!(
+            "edge-warden: could not call the state service on cluster `{}`: {status:?}",
+            remote.cluster
+        );
+        Unavailable("call not sent")
+    })
 }
 
 /// Refuses the request because the host failed us (fail closed, problem+json like every
@@ -125,7 +165,38 @@ fn send(reply: &LocalReply) -> WasmAction {
     WasmAction::Pause
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if self.calling != Some(token_id) {
+            return;
+        }
+        self.calling = None;
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let answer = if status_code == 0 {
+            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
+                .map(Option::unwrap_or_default)
+                .map_err(|_| Unavailable("answer unreadable"))
+        } else {
+            // 4 is DEADLINE_EXCEEDED (Envoy's timeout), 14 UNAVAILABLE (refused, reset).
+            Err(Unavailable(match status_code {
+                4 => "timed out",
+                14 => "unavailable",
+                _ => "gRPC error",
+            }))
+        };
+        let mut host = WasmHost { shared: &shared };
+        let action = self
+            .exchange
+            .on_state_answer(&shared.engine, answer, &mut host);
+        if let WasmAction::Continue = self.act(&shared, action, MapType::HttpRequestHeaders) {
+            if hostcalls::resume_http_request().is_err() {
+                log::error!("edge-warden could not resume a request after its state call");
+            }
+        }
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
@@ -141,7 +212,7 @@ impl HttpContext for Stream {
             self.exchange
                 .on_request_headers(&shared.engine, pairs, end_of_stream, &mut host);
         // Holding the headers for the body needs `allow_on_headers_stop_iteration`.
-        self.act(action, MapType::HttpRequestHeaders)
+        self.act(&shared, action, MapType::HttpRequestHeaders)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
@@ -149,7 +220,8 @@ impl HttpContext for Stream {
             return WasmAction::Pause;
         };
         if !self.exchange.wants_body() {
-            return if self.exchange.answered() {
+            // Held for a state call: returning Continue now would send the held headers on.
+            return if self.exchange.answered() || self.exchange.calling() {
                 WasmAction::Pause
             } else {
                 WasmAction::Continue
@@ -175,7 +247,7 @@ impl HttpContext for Stream {
             self.exchange
                 .on_request_body(&shared.engine, &chunk, end_of_stream, &mut host);
         // Headers set here still reach the upstream: the headers were held.
-        self.act(action, MapType::HttpRequestHeaders)
+        self.act(&shared, action, MapType::HttpRequestHeaders)
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> WasmAction {
@@ -184,7 +256,7 @@ impl HttpContext for Stream {
         };
         let mut host = WasmHost { shared: &shared };
         let action = self.exchange.on_request_trailers(&shared.engine, &mut host);
-        self.act(action, MapType::HttpRequestHeaders)
+        self.act(&shared, action, MapType::HttpRequestHeaders)
     }
 
     fn on_http_response_headers(

@@ -34,8 +34,24 @@ fn config_json() -> String {
 }
 
 fn engine() -> (Engine, Arc<LocalState<MemoryStore>>) {
-    let config =
-        Config::from_json(config_json().as_bytes(), &|_| Some(SECRET.to_string())).expect("config");
+    engine_of(&config_json())
+}
+
+/// The test configuration with the fleet's shared state behind it.
+fn fleet_engine(failure_mode: &str) -> (Engine, Arc<LocalState<MemoryStore>>) {
+    let json = config_json().replacen(
+        "\"policies\"",
+        &format!(
+            r#""remote_state": {{"cluster": "state", "failure_mode": "{failure_mode}"}},
+            "policies""#
+        ),
+        1,
+    );
+    engine_of(&json)
+}
+
+fn engine_of(json: &str) -> (Engine, Arc<LocalState<MemoryStore>>) {
+    let config = Config::from_json(json.as_bytes(), &|_| Some(SECRET.to_string())).expect("config");
     let state = Arc::new(LocalState::new(&config, MemoryStore::default()));
     state.prepare().expect("prepare");
     (Engine::new(config, Box::new(state.clone())), state)
@@ -49,6 +65,7 @@ struct TestHost {
     clock_reads: u32,
     allowed: i64,
     rejected: i64,
+    state_calls: i64,
 }
 
 impl TestHost {
@@ -60,6 +77,7 @@ impl TestHost {
             clock_reads: 0,
             allowed: 0,
             rejected: 0,
+            state_calls: 0,
         }
     }
 }
@@ -84,6 +102,8 @@ impl Host for TestHost {
             Metric::Allowed => self.allowed += delta,
             Metric::Rejected => self.rejected += delta,
             Metric::ReplayEntries => {}
+            Metric::StateCalls => self.state_calls += delta,
+            Metric::StateUnavailable | Metric::StateFailedOpen => {}
         }
     }
 }
@@ -460,4 +480,211 @@ fn a_rate_limiters_429_is_left_alone_unless_envoy_made_it() {
     let r = x.on_response_headers(&engine, headers(&[(":status", "429")]), &mut host);
     assert!(matches!(r, ResponseAction::Replace(_)));
     assert!(!x.replaces_response_body());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fleet's shared state: what is asked of the state service, and what its answers decide.
+
+fn expect_call(action: Action) -> Call {
+    match action {
+        Action::Call(call) => call,
+        other => panic!("expected a call to the state service, got {other:?}"),
+    }
+}
+
+fn admit(locked_for_seconds: u64, claimed: bool) -> Result<Vec<u8>, Unavailable> {
+    Ok(prost::Message::encode_to_vec(&AdmitResponse {
+        locked_for_seconds,
+        claimed,
+    }))
+}
+
+fn signed_get(nonce: &str) -> Vec<(String, Vec<u8>)> {
+    with(request("GET", "/orders", &[]), &signed(b"", NOW, nonce))
+}
+
+#[test]
+fn a_verified_nonce_is_claimed_here_then_fleet_wide_with_a_fingerprint_only() {
+    let (engine, _) = fleet_engine("fail_closed");
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    let call = expect_call(x.on_request_headers(
+        &engine,
+        signed_get("nonce-fleet-0001-abcdef"),
+        true,
+        &mut host,
+    ));
+    assert_eq!(call.method, remote::Method::Admit);
+    let sent: AdmitRequest = prost::Message::decode(call.message.as_slice()).unwrap();
+    let claim = sent.claim.expect("a claim");
+    assert_eq!(
+        claim.fingerprint,
+        remote::fingerprint("nonce-fleet-0001-abcdef")
+    );
+    assert_eq!(claim.ttl_seconds, 300);
+    assert_eq!(sent.lockout.expect("a lockout check").client, "127.0.0.1");
+    assert!(!String::from_utf8_lossy(&call.message).contains("nonce-fleet-0001-abcdef"));
+    assert_eq!(host.state_calls, 1);
+    // While the call is out, the request stays held.
+    assert!(matches!(
+        x.on_request_body(&engine, b"", true, &mut host),
+        Action::Pause
+    ));
+    let passed = edits(x.on_state_answer(&engine, admit(0, true), &mut host));
+    assert!(passed.contains(&("x-edge-warden-key-id".into(), Some("primary".into()))));
+    assert_eq!(host.allowed, 1);
+
+    // The same nonce again at this Envoy: refused from the local cache, no call.
+    let mut again = Exchange::new();
+    let action = again.on_request_headers(
+        &engine,
+        signed_get("nonce-fleet-0001-abcdef"),
+        true,
+        &mut host,
+    );
+    assert_eq!(code(&action), "nonce_replayed");
+    assert_eq!(host.state_calls, 1);
+}
+
+#[test]
+fn a_nonce_another_envoy_claimed_is_a_replay() {
+    let (engine, _) = fleet_engine("fail_closed");
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    expect_call(x.on_request_headers(
+        &engine,
+        signed_get("nonce-fleet-0002-abcdef"),
+        true,
+        &mut host,
+    ));
+    let action = x.on_state_answer(&engine, admit(0, false), &mut host);
+    assert_eq!(code(&action), "nonce_replayed");
+    assert_eq!((host.allowed, host.rejected), (0, 1));
+}
+
+#[test]
+fn without_an_answer_fail_closed_refuses_with_503_and_fail_open_lets_through() {
+    let (engine, _) = fleet_engine("fail_closed");
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    expect_call(x.on_request_headers(
+        &engine,
+        signed_get("nonce-fleet-0003-abcdef"),
+        true,
+        &mut host,
+    ));
+    let action = x.on_state_answer(&engine, Err(Unavailable("timed out")), &mut host);
+    assert_eq!(code(&action), "state_unavailable");
+    let Action::Reply(reply) = action else {
+        unreachable!()
+    };
+    assert_eq!(reply.status, 503);
+    assert!(reply
+        .headers
+        .iter()
+        .any(|(n, v)| n == "retry-after" && v == b"1"));
+
+    // An answer that does not decode is no answer.
+    let mut x = Exchange::new();
+    expect_call(x.on_request_headers(
+        &engine,
+        signed_get("nonce-fleet-0004-abcdef"),
+        true,
+        &mut host,
+    ));
+    let action = x.on_state_answer(&engine, Ok(vec![0xff, 0xff]), &mut host);
+    assert_eq!(code(&action), "state_unavailable");
+
+    let (engine, _) = fleet_engine("fail_open");
+    let mut x = Exchange::new();
+    expect_call(x.on_request_headers(
+        &engine,
+        signed_get("nonce-fleet-0005-abcdef"),
+        true,
+        &mut host,
+    ));
+    let passed = edits(x.on_state_answer(&engine, Err(Unavailable("refused")), &mut host));
+    assert!(passed.contains(&("x-edge-warden-key-id".into(), Some("primary".into()))));
+}
+
+#[test]
+fn an_api_key_request_asks_the_fleet_whether_its_address_is_locked_out() {
+    let (engine, _) = fleet_engine("fail_closed");
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    let keyed = request("GET", "/keyed", &[("x-api-key", KEY)]);
+    let call = expect_call(x.on_request_headers(&engine, keyed.clone(), true, &mut host));
+    let sent: AdmitRequest = prost::Message::decode(call.message.as_slice()).unwrap();
+    assert!(sent.claim.is_none());
+    assert_eq!(sent.lockout.map(|l| l.max_failures), Some(2));
+    let action = x.on_state_answer(&engine, admit(120, false), &mut host);
+    assert_eq!(code(&action), "too_many_auth_failures");
+    let Action::Reply(reply) = action else {
+        unreachable!()
+    };
+    assert!(reply
+        .headers
+        .iter()
+        .any(|(n, v)| n == "retry-after" && v == b"120"));
+
+    let mut x = Exchange::new();
+    expect_call(x.on_request_headers(&engine, keyed, true, &mut host));
+    let passed = edits(x.on_state_answer(&engine, admit(0, false), &mut host));
+    assert!(passed.contains(&("x-edge-warden-api-key-id".into(), Some("bot".into()))));
+    // A route without a credential makes no call.
+    let calls = host.state_calls;
+    let mut x = Exchange::new();
+    let action = x.on_request_headers(&engine, request("GET", "/health", &[]), true, &mut host);
+    assert!(matches!(action, Action::Continue(_)));
+    assert_eq!(host.state_calls, calls);
+}
+
+#[test]
+fn a_wrong_credential_is_counted_fleet_wide_before_it_is_answered() {
+    let (engine, state) = fleet_engine("fail_closed");
+    let mut host = TestHost::new();
+    let wrong = request(
+        "GET",
+        "/keyed",
+        &[("x-api-key", "ew_wrong_key_0123456789abcdefghijklmn")],
+    );
+    let mut x = Exchange::new();
+    let call = expect_call(x.on_request_headers(&engine, wrong.clone(), true, &mut host));
+    assert_eq!(call.method, remote::Method::RecordFailure);
+    let sent: remote::RecordFailureRequest =
+        prost::Message::decode(call.message.as_slice()).unwrap();
+    assert_eq!(
+        (sent.client.as_str(), sent.window_seconds, sent.max_failures),
+        ("127.0.0.1", 300, 2)
+    );
+    let failure = |failures, locked_for_seconds| {
+        Ok(prost::Message::encode_to_vec(
+            &remote::RecordFailureResponse {
+                failures,
+                locked_for_seconds,
+            },
+        ))
+    };
+    // The failure that reaches the limit is answered as what it is...
+    assert_eq!(
+        code(&x.on_state_answer(&engine, failure(2, 300), &mut host)),
+        "invalid_api_key"
+    );
+    // ...and one from an address the fleet had locked out already says so.
+    let mut x = Exchange::new();
+    let _ = state;
+    expect_call(x.on_request_headers(&engine, wrong.clone(), true, &mut host));
+    assert_eq!(
+        code(&x.on_state_answer(&engine, failure(3, 250), &mut host)),
+        "too_many_auth_failures"
+    );
+    // Without an answer the reply goes anyway (the failure was counted here).
+    let mut other = TestHost::new();
+    other.address = Some("192.0.2.9".parse().unwrap());
+    let mut x = Exchange::new();
+    expect_call(x.on_request_headers(&engine, wrong, true, &mut other));
+    assert_eq!(
+        code(&x.on_state_answer(&engine, Err(Unavailable("reset")), &mut other)),
+        "invalid_api_key"
+    );
 }

@@ -244,6 +244,23 @@ extern "C" {
     ) -> u32;
 }
 
+extern "C" {
+    fn envoy_dynamic_module_callback_http_filter_http_callout(
+        filter: FilterEnvoyPtr,
+        callout_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *mut ModuleHeader,
+        headers_count: usize,
+        body: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: FilterEnvoyPtr);
+}
+
+/// `envoy_dynamic_module_type_http_callout_init_result_Success` (and `..._result_Success` of a
+/// finished callout).
+const CALLOUT_SUCCESS: u32 = 0;
+
 /// `envoy_dynamic_module_type_metrics_result_Success`.
 const METRICS_SUCCESS: u32 = 0;
 
@@ -512,6 +529,52 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Starts an HTTP request to `cluster` through Envoy's async client; its id, or `None` when
+    /// Envoy would not start it (no such cluster, no healthy host). The answer comes to
+    /// `on_http_filter_http_callout_done` on this stream's worker.
+    pub fn http_callout(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u64> {
+        let mut raw: Vec<ModuleHeader> = headers
+            .iter()
+            .map(|(n, v)| ModuleHeader {
+                key_ptr: n.as_ptr(),
+                key_length: n.len(),
+                value_ptr: v.as_ptr(),
+                value_length: v.len(),
+            })
+            .collect();
+        let mut id = 0u64;
+        // SAFETY: `ptr` is the live filter of the running hook; the cluster name, the header
+        // array and its strings and the body outlive the call, and Envoy copies them during it;
+        // `id` is a valid out-pointer.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_http_callout(
+                self.ptr,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                raw.as_mut_ptr(),
+                raw.len(),
+                ModuleBuffer::of(body),
+                timeout_ms,
+            )
+        };
+        (result == CALLOUT_SUCCESS).then_some(id)
+    }
+
+    /// Resumes a request held by an earlier hook (after a callout's answer). Envoy may run
+    /// other hooks of this stream, even destroy it, before this returns.
+    pub fn continue_decoding(&self) {
+        // SAFETY: `ptr` is the live filter of the running callout hook.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.ptr) }
+    }
+}
+
 /// Runs a hook, turning a panic into a log line, `on_panic()` (a fail-closed reply where a
 /// request is waiting) and `fallback`. A panic must never unwind into Envoy's C++ (undefined
 /// behaviour), nor abort the process.
@@ -757,7 +820,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
 }
 
 // Hooks Envoy 1.40 requires a module to export (it refuses the configuration otherwise) but
-// edge-warden has no use for: it starts no callouts, streams or timers.
+// edge-warden has no use for (it starts no streams or timers; callouts are answered below).
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
@@ -774,17 +837,62 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
 ) {
 }
 
+/// A callout to the state service finished (or failed): the engine decides what happens to
+/// the held request.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _envoy: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-    _callout: u64,
-    _result: u32,
-    _headers: *mut EnvoyHeader,
-    _headers_count: usize,
-    _body: *mut EnvoyBuffer,
-    _body_count: usize,
+    envoy: FilterEnvoyPtr,
+    module: FilterModulePtr,
+    callout: u64,
+    result: u32,
+    headers: *mut EnvoyHeader,
+    headers_count: usize,
+    body: *mut EnvoyBuffer,
+    body_count: usize,
 ) {
+    let stream = Stream { ptr: envoy };
+    guard(
+        "http_callout_done",
+        (),
+        || refuse(&stream),
+        || {
+            let Some(f) = filter(module) else { return };
+            let answer = (result == CALLOUT_SUCCESS).then(|| {
+                let headers: Vec<(String, Vec<u8>)> = entries(headers, headers_count)
+                    .iter()
+                    .map(|h| {
+                        let name = borrow(h.key_ptr, h.key_length);
+                        (
+                            String::from_utf8_lossy(name).to_ascii_lowercase(),
+                            copy(h.value_ptr, h.value_length),
+                        )
+                    })
+                    .collect();
+                let mut bytes = Vec::new();
+                for chunk in entries(body, body_count) {
+                    bytes.extend_from_slice(borrow(chunk.ptr, chunk.length));
+                }
+                (headers, bytes)
+            });
+            let (resume, reply) = f.on_callout_done(&stream, callout, answer);
+            // The filter is not used after this point: resuming or replying may destroy it.
+            if let Some(reply) = reply {
+                stream.send_response(reply.status, &reply.headers, &reply.body);
+            } else if resume {
+                stream.continue_decoding();
+            }
+        },
+    )
+}
+
+/// An array Envoy handed to a hook, as a slice (empty for null).
+fn entries<'a, T>(ptr: *const T, count: usize) -> &'a [T] {
+    if ptr.is_null() || count == 0 {
+        return &[];
+    }
+    // SAFETY: Envoy passes `count` initialised entries that stay valid while the hook runs;
+    // the slice is used only inside it.
+    unsafe { std::slice::from_raw_parts(ptr, count) }
 }
 
 #[no_mangle]

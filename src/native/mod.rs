@@ -21,6 +21,7 @@ use crate::engine::{
     Action, Engine, Exchange, Host, LocalReply, LocalState, Metric, ResponseAction,
 };
 use crate::reject::{self, Reject};
+use crate::remote::{self, Call, Unavailable};
 use crate::store::MemoryStore;
 
 use ffi::{
@@ -34,17 +35,10 @@ fn store() -> &'static MemoryStore {
     STORE.get_or_init(MemoryStore::default)
 }
 
-/// The metrics, in the order of [`Metric`]: counters, then the replay-cache gauge.
-const METRICS: [(&str, bool); 3] = [
-    ("edge_warden_requests_allowed", false),
-    ("edge_warden_requests_rejected", false),
-    ("edge_warden_replay_cache_entries", true),
-];
-
 /// One plugin configuration, shared by every worker.
 pub struct FilterConfig {
     engine: Engine,
-    metrics: [Option<usize>; 3],
+    metrics: [Option<usize>; Metric::COUNT],
 }
 
 // The engine is shared across worker threads: checked at compile time.
@@ -80,7 +74,7 @@ impl FilterConfig {
         );
         Some(Self {
             engine: Engine::new(config, Box::new(state)),
-            metrics: METRICS.map(|(name, gauge)| handle.define(name, gauge)),
+            metrics: Metric::ALL.map(|(_, name, gauge)| handle.define(name, gauge)),
         })
     }
 
@@ -89,6 +83,7 @@ impl FilterConfig {
             config: config.clone(),
             exchange: RefCell::new(Exchange::new()),
             read: Cell::new(0),
+            calling: Cell::new(None),
         }
     }
 }
@@ -100,6 +95,18 @@ pub struct Filter {
     exchange: RefCell<Exchange>,
     /// Request body bytes already handed to the engine.
     read: Cell<usize>,
+    /// The callout to the state service this stream waits for.
+    calling: Cell<Option<u64>>,
+}
+
+/// A finished callout's response headers and body.
+pub type CalloutAnswer = (Vec<(String, Vec<u8>)>, Vec<u8>);
+
+/// What a hook does once the engine has decided.
+enum Step {
+    Continue,
+    Hold,
+    Reply(LocalReply),
 }
 
 /// What the engine asks of Envoy, through one stream's handle.
@@ -133,7 +140,7 @@ impl Host for NativeHost<'_> {
     fn count(&mut self, metric: Metric, delta: i64) {
         if let Some(id) = self.config.metrics[metric as usize] {
             self.stream
-                .add_to_metric(id, metric == Metric::ReplayEntries, delta);
+                .add_to_metric(id, Metric::ALL[metric as usize].2, delta);
         }
     }
 }
@@ -149,6 +156,71 @@ impl Filter {
         let mut host = NativeHost { stream, config };
         let mut exchange = self.exchange.borrow_mut();
         step(&mut exchange, &config.engine, &mut host)
+    }
+
+    /// Carries out an action: header edits, or a call to the state service (an HTTP/2 callout
+    /// in gRPC framing; a call Envoy will not start is a failed call, decided at once).
+    fn carry(&self, stream: &Stream, action: Action) -> Step {
+        match action {
+            Action::Continue(edits) => match apply_edits(stream, edits) {
+                Ok(()) => Step::Continue,
+                Err(reply) => Step::Reply(reply),
+            },
+            Action::Pause => Step::Hold,
+            Action::Reply(reply) => Step::Reply(reply),
+            Action::Call(call) => match self.start_call(stream, &call) {
+                Some(id) => {
+                    self.calling.set(Some(id));
+                    Step::Hold
+                }
+                None => {
+                    let action = self.decide(stream, |x, engine, host| {
+                        x.on_state_answer(engine, Err(Unavailable("call not sent")), host)
+                    });
+                    self.carry(stream, action)
+                }
+            },
+        }
+    }
+
+    fn start_call(&self, stream: &Stream, call: &Call) -> Option<u64> {
+        let remote = self.config.engine.config.remote.as_ref()?;
+        let (headers, body) = remote::grpc_request(call, remote);
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+        let id = stream.http_callout(&remote.cluster, &headers, &body, remote.timeout_ms);
+        if id.is_none() {
+            log::warn!(
+                "edge-warden: could not call the state service on cluster `{}`",
+                remote.cluster
+            );
+        }
+        id
+    }
+
+    /// The state service answered (headers and body; `None`: reset, or no answer at all).
+    /// Returns whether to resume the held request, or the reply to send.
+    fn on_callout_done(
+        &self,
+        stream: &Stream,
+        id: u64,
+        answer: Option<CalloutAnswer>,
+    ) -> (bool, Option<LocalReply>) {
+        if self.calling.get() != Some(id) {
+            return (false, None);
+        }
+        self.calling.set(None);
+        let answer = match answer {
+            Some((headers, body)) => remote::grpc_answer(&headers, &body),
+            None => Err(Unavailable("reset")),
+        };
+        let action = self.decide(stream, |x, engine, host| {
+            x.on_state_answer(engine, answer, host)
+        });
+        match self.carry(stream, action) {
+            Step::Continue => (true, None),
+            Step::Hold => (false, None),
+            Step::Reply(reply) => (false, Some(reply)),
+        }
     }
 
     // The request hooks return the local reply to send, if any, rather than sending it: Envoy
@@ -173,13 +245,10 @@ impl Filter {
         let action = self.decide(stream, |x, engine, host| {
             x.on_request_headers(engine, pairs, end_of_stream, host)
         });
-        match action {
-            Action::Continue(edits) => match apply_edits(stream, edits) {
-                Ok(()) => (HeadersStatus::Continue, None),
-                Err(reply) => (HeadersStatus::StopIteration, Some(reply)),
-            },
-            Action::Pause => (HeadersStatus::StopIteration, None),
-            Action::Reply(reply) => (HeadersStatus::StopIteration, Some(reply)),
+        match self.carry(stream, action) {
+            Step::Continue => (HeadersStatus::Continue, None),
+            Step::Hold => (HeadersStatus::StopIteration, None),
+            Step::Reply(reply) => (HeadersStatus::StopIteration, Some(reply)),
         }
     }
 
@@ -188,13 +257,16 @@ impl Filter {
         stream: &Stream,
         end_of_stream: bool,
     ) -> (BodyStatus, Option<LocalReply>) {
-        let (wants, answered) = {
+        let (wants, answered, calling) = {
             let x = self.exchange.borrow();
-            (x.wants_body(), x.answered())
+            (x.wants_body(), x.answered(), x.calling())
         };
         if !wants {
             let status = if answered {
                 BodyStatus::StopIterationNoBuffer
+            } else if calling {
+                // Held for the state service: Continue would send the held headers on.
+                BodyStatus::StopIterationAndBuffer
             } else {
                 BodyStatus::Continue
             };
@@ -224,15 +296,12 @@ impl Filter {
                 None => Action::Pause,
             }
         });
-        match action {
+        match self.carry(stream, action) {
             // The headers were held, so edits made now still reach the upstream.
-            Action::Continue(edits) => match apply_edits(stream, edits) {
-                Ok(()) => (BodyStatus::Continue, None),
-                Err(reply) => (BodyStatus::StopIterationNoBuffer, Some(reply)),
-            },
-            // Envoy keeps the body for the upstream while it is verified.
-            Action::Pause => (BodyStatus::StopIterationAndBuffer, None),
-            Action::Reply(reply) => (BodyStatus::StopIterationNoBuffer, Some(reply)),
+            Step::Continue => (BodyStatus::Continue, None),
+            // Envoy keeps the body for the upstream while it is verified (or a call is out).
+            Step::Hold => (BodyStatus::StopIterationAndBuffer, None),
+            Step::Reply(reply) => (BodyStatus::StopIterationNoBuffer, Some(reply)),
         }
     }
 
@@ -240,13 +309,10 @@ impl Filter {
         let action = self.decide(stream, |x, engine, host| {
             x.on_request_trailers(engine, host)
         });
-        match action {
-            Action::Continue(edits) => match apply_edits(stream, edits) {
-                Ok(()) => (TrailersStatus::Continue, None),
-                Err(reply) => (TrailersStatus::StopIteration, Some(reply)),
-            },
-            Action::Pause => (TrailersStatus::StopIteration, None),
-            Action::Reply(reply) => (TrailersStatus::StopIteration, Some(reply)),
+        match self.carry(stream, action) {
+            Step::Continue => (TrailersStatus::Continue, None),
+            Step::Hold => (TrailersStatus::StopIteration, None),
+            Step::Reply(reply) => (TrailersStatus::StopIteration, Some(reply)),
         }
     }
 
