@@ -146,6 +146,10 @@ pub struct Options {
     pub runtime: Option<Runtime>,
     /// Where the native module is loaded from, instead of target/native.
     pub module_dir: Option<PathBuf>,
+    /// Serve the listeners over LDS from a watched file instead of `static_resources`, so a
+    /// test can change the plugin configuration of a running Envoy
+    /// ([`Envoy::update_plugin_config`]).
+    pub lds: bool,
     /// Text of the Envoy config replaced before it is started (`from` must occur exactly once):
     /// a setting a user would change, such as `xff_num_trusted_hops: 0`.
     pub edits: Vec<(&'static str, String)>,
@@ -168,6 +172,7 @@ impl Default for Options {
             edits: Vec::new(),
             runtime: None,
             module_dir: None,
+            lds: false,
         }
     }
 }
@@ -258,6 +263,44 @@ pub fn render(opts: &Options, upstream_port: u16) -> String {
     out
 }
 
+/// A rendered config split into a bootstrap that reads its listeners from `dir/lds.yaml`
+/// (watched) and that file's contents.
+fn split_lds(yaml: &str, dir: &std::path::Path) -> (String, String) {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| *l == "  listeners:")
+        .expect("static listeners");
+    let end = start
+        + 1
+        + lines[start + 1..]
+            .iter()
+            .position(|l| l.starts_with("  ") && !l.starts_with("   ") && !l.starts_with("  -"))
+            .expect("a section after the listeners");
+    let mut listeners = String::from("resources:\n");
+    for line in &lines[start + 1..end] {
+        let line = line.strip_prefix("  ").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix("- ") {
+            listeners
+                .push_str("- \"@type\": type.googleapis.com/envoy.config.listener.v3.Listener\n");
+            listeners.push_str(&format!("  {rest}\n"));
+        } else {
+            listeners.push_str(line);
+            listeners.push('\n');
+        }
+    }
+    let mut bootstrap: Vec<String> = lines[..start].iter().map(|l| l.to_string()).collect();
+    bootstrap.extend(lines[end..].iter().map(|l| l.to_string()));
+    bootstrap.push(format!(
+        "node: {{ id: edge-warden-test, cluster: edge-warden-test }}\n\
+         dynamic_resources:\n  lds_config:\n    path_config_source:\n      path: {}\n      \
+         watched_directory: {{ path: {} }}",
+        dir.join("lds.yaml").display(),
+        dir.display()
+    ));
+    (bootstrap.join("\n") + "\n", listeners)
+}
+
 fn replace_once(text: &str, from: &str, to: &str) -> String {
     assert_eq!(
         text.matches(from).count(),
@@ -343,6 +386,8 @@ pub struct Envoy {
     child: Child,
     _upstream: Upstream,
     dir: tempfile::TempDir,
+    /// The listeners as LDS serves them (with `Options::lds`).
+    lds: Option<String>,
     pub port: u16,
     pub admin_port: u16,
     /// Every listener's bound port, by listener name.
@@ -382,7 +427,18 @@ impl Envoy {
         let upstream = Upstream::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("envoy.yaml");
-        std::fs::write(&config, render(&opts, upstream.port)).expect("write config");
+        let rendered = render(&opts, upstream.port);
+        let lds = if opts.lds {
+            let lds_dir = dir.path().join("lds");
+            std::fs::create_dir(&lds_dir).expect("lds dir");
+            let (bootstrap, listeners) = split_lds(&rendered, &lds_dir);
+            std::fs::write(&config, bootstrap).expect("write config");
+            std::fs::write(lds_dir.join("lds.yaml"), &listeners).expect("write lds");
+            Some(listeners)
+        } else {
+            std::fs::write(&config, rendered).expect("write config");
+            None
+        };
         let admin_file = dir.path().join("admin");
         let log = dir.path().join("envoy.log");
         let mut cmd = Command::new(envoy_binary());
@@ -430,6 +486,7 @@ impl Envoy {
             child,
             _upstream: upstream,
             dir,
+            lds,
             port: 0,
             admin_port,
             ports: Vec::new(),
@@ -496,6 +553,38 @@ impl Envoy {
     /// What the access log wrote so far (Envoy flushes it every `--file-flush-interval-msec`).
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
+    /// Delivers a new plugin configuration to the running Envoy through LDS (needs
+    /// `Options::lds`), as a control plane would, and waits until Envoy took it. The listener
+    /// keeps its address, so `port` stays valid.
+    pub fn update_plugin_config(&mut self, config: &str) {
+        let listeners = self.lds.as_deref().expect("started with Options::lds");
+        let updated = replace_plugin_config(listeners, config);
+        let before = self.lds_updates();
+        let lds_dir = self.dir.path().join("lds");
+        let staged = self.dir.path().join("lds.yaml.new");
+        std::fs::write(&staged, &updated).expect("stage lds");
+        // A rename into the watched directory is what Envoy's file watch sees.
+        std::fs::rename(&staged, lds_dir.join("lds.yaml")).expect("move lds");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.lds_updates() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "LDS update not taken:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.lds = Some(updated);
+    }
+
+    fn lds_updates(&self) -> i64 {
+        let (_, text) = self.admin("/stats?filter=^listener_manager\\.lds\\.update_success$");
+        text.lines()
+            .find_map(|l| l.split_once(": "))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// GET on the admin interface: (status, body).

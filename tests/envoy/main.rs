@@ -9,6 +9,7 @@ mod hostcalls;
 mod identity;
 mod packaging;
 mod ratelimit;
+mod reload;
 mod signature;
 mod tls;
 mod tooling;
