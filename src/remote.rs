@@ -246,14 +246,13 @@ pub(crate) fn compile_remote_state(
     field: &str,
 ) -> Result<RemoteState, ConfigError> {
     let cluster = raw.cluster.trim();
-    if cluster.is_empty()
-        || !cluster
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+    // Envoy's names are free-form (Istio's look like `outbound|50051||state.ns.svc.cluster.local`):
+    // refuse only what cannot be a name.
+    if cluster.is_empty() || cluster.len() > 256 || !cluster.bytes().all(|b| b.is_ascii_graphic())
     {
         return Err(err(
             format!("{field}.cluster"),
-            "must name an Envoy cluster (letters, digits, `_`, `-`, `.`, `:`)",
+            "must name an Envoy cluster (1 to 256 visible ASCII characters, no spaces)",
         ));
     }
     if !(1..=MAX_TIMEOUT_MS).contains(&raw.timeout_ms) {
@@ -358,5 +357,7 @@ mod tests {
         let e = compile_remote_state(&raw("state", 0), "remote_state").unwrap_err();
         assert_eq!(e.field, "remote_state.timeout_ms");
         assert!(compile_remote_state(&raw("edge_warden_state", 50), "remote_state").is_ok());
+        let istio = "outbound|50051||edge-warden-state.edge-warden.svc.cluster.local";
+        assert!(compile_remote_state(&raw(istio, 50), "remote_state").is_ok());
     }
 }
