@@ -96,11 +96,72 @@ fn the_native_config_is_envoy_yaml_with_the_dynamic_module_in_place_of_the_wasm_
     );
 }
 
+/// A plugin configuration (the `value: |` block) as JSON.
+fn plugin_json(file: &str) -> serde_json::Value {
+    serde_json::from_str(&plugin_config_of(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// The names of the clusters an Envoy config defines statically.
+fn cluster_names(config: &serde_json::Value) -> Vec<&str> {
+    config["static_resources"]["clusters"]
+        .as_array()
+        .expect("static clusters")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect()
+}
+
+/// The fleet configs' plugin configuration is envoy.yaml's plus exactly `remote_state`, which
+/// names a cluster the file defines: HTTP/2 (gRPC), health-checked over grpc.health.v1.
+fn assert_fleet_plugin_configuration(file: &str) -> serde_json::Value {
+    let mut fleet = plugin_json(file);
+    let remote = fleet
+        .as_object_mut()
+        .unwrap()
+        .remove("remote_state")
+        .unwrap_or_else(|| panic!("{file} has no remote_state"));
+    assert_eq!(fleet, plugin_json("envoy/envoy.yaml"), "{file}");
+    let cluster = remote["cluster"].as_str().expect("remote_state.cluster");
+    let config = &yaml_docs(&repo().join(file))[0];
+    assert!(
+        cluster_names(config).contains(&cluster),
+        "{file}: remote_state.cluster `{cluster}` is not one of its clusters"
+    );
+    let state = config["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == cluster)
+        .unwrap();
+    let options = &state["typed_extension_protocol_options"]
+        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+    assert!(
+        options["explicit_http_config"]["http2_protocol_options"].is_object(),
+        "{file}: cluster {cluster} must speak HTTP/2 (gRPC)"
+    );
+    assert!(
+        state["health_checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|h| h["grpc_health_check"].is_object()),
+        "{file}: cluster {cluster} has no gRPC health check"
+    );
+    // The configuration the filter would load, with its remote_state.
+    let mut with_remote = fleet;
+    with_remote["remote_state"] = remote.clone();
+    let lookup = |name: &str| (name == "HMAC_SHARED_SECRET").then(|| SECRET.to_string());
+    edge_warden::config::Config::from_json(&serde_json::to_vec(&with_remote).unwrap(), &lookup)
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    remote
+}
+
 #[test]
 fn the_fleet_config_carries_the_same_plugin_configuration() {
+    let remote = assert_fleet_plugin_configuration("envoy/envoy-fleet.yaml");
     assert_eq!(
-        plugin_config_of("envoy/envoy-fleet.yaml"),
-        plugin_config_of("envoy/envoy.yaml")
+        remote,
+        serde_json::json!({ "cluster": "edge_warden_state", "timeout_ms": 50 })
     );
 }
 
