@@ -170,13 +170,68 @@ fn the_compose_stack_parses_and_references_files_that_exist() {
     let envoy_dir = repo().join("envoy");
     let compose = &yaml_docs(&envoy_dir.join("docker-compose.yaml"))[0];
     let services = compose["services"].as_object().expect("services");
-    for name in ["envoy", "ratelimit", "redis", "upstream"] {
+    for name in [
+        "envoy",
+        "envoy-b",
+        "ratelimit",
+        "state",
+        "redis",
+        "upstream",
+    ] {
         assert!(services.contains_key(name), "service {name} missing");
     }
-    assert!(compose["services"]["envoy"]["image"]
-        .as_str()
+    let depends = |service: &str| -> Vec<&str> {
+        compose["services"][service]["depends_on"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{service} depends on nothing"))
+            .iter()
+            .map(|d| d.as_str().unwrap())
+            .collect()
+    };
+    // Two Envoys with the same config, on host ports of their own, both reaching the state service.
+    let mut published = Vec::new();
+    for envoy in ["envoy", "envoy-b"] {
+        let service = &compose["services"][envoy];
+        assert!(service["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("envoyproxy/envoy:v1.40"));
+        assert_eq!(service["volumes"], compose["services"]["envoy"]["volumes"]);
+        for needed in ["ratelimit", "state", "upstream"] {
+            assert!(
+                depends(envoy).contains(&needed),
+                "{envoy} must depend on {needed}"
+            );
+        }
+        published.push(service["ports"][0].as_str().unwrap());
+    }
+    assert_eq!(published, ["10000:10000", "10001:10000"]);
+    // edge-warden-state, built from the repository, listening where envoy-fleet.yaml's
+    // edge_warden_state cluster (`state:50051`) sends, on the shared Redis.
+    assert_eq!(depends("state"), ["redis"]);
+    let state = &compose["services"]["state"];
+    let args: Vec<&str> = state["command"]
+        .as_array()
         .unwrap()
-        .starts_with("envoyproxy/envoy:v1.40"));
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        ["--listen", "0.0.0.0:50051", "--redis", "redis://redis:6379"]
+    );
+    let fleet_config = &yaml_docs(&envoy_dir.join("envoy-fleet.yaml"))[0];
+    let state_cluster = fleet_config["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "edge_warden_state")
+        .expect("edge_warden_state cluster");
+    assert_eq!(
+        state_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"],
+        serde_json::json!({ "address": "state", "port_value": 50051 })
+    );
     assert!(compose["services"]["ratelimit"]["image"]
         .as_str()
         .unwrap()
@@ -193,10 +248,23 @@ fn the_compose_stack_parses_and_references_files_that_exist() {
             mounts += 1;
         }
     }
-    assert_eq!(mounts, 3);
-    let build = &compose["services"]["upstream"]["build"];
-    let context = envoy_dir.join(build["context"].as_str().unwrap());
-    assert!(context.join(build["dockerfile"].as_str().unwrap()).exists());
+    // Two per Envoy (config and .wasm), one for the ratelimit config.
+    assert_eq!(mounts, 5);
+    for service in ["upstream", "state"] {
+        let build = &compose["services"][service]["build"];
+        let context = envoy_dir.join(build["context"].as_str().unwrap());
+        assert!(
+            context.join(build["dockerfile"].as_str().unwrap()).exists(),
+            "{service}: no Dockerfile"
+        );
+    }
+    // The state image: the service built from the workspace on the official Rust image, run on
+    // Debian slim as a non-root user.
+    let dockerfile = std::fs::read_to_string(envoy_dir.join("Dockerfile.state")).unwrap();
+    assert!(dockerfile.contains("FROM rust:1"));
+    assert!(dockerfile.contains("cargo build --release --locked -p edge-warden-state"));
+    assert!(dockerfile.contains("FROM debian:bookworm-slim"));
+    assert!(dockerfile.contains("USER 10001"));
 
     // The ratelimit service's domain is the one Envoy sends, with the four tiers and hourly limits.
     let rl = &yaml_docs(&envoy_dir.join("ratelimit/config.yaml"))[0];
