@@ -330,4 +330,96 @@ fn the_istio_wasmplugin_carries_a_configuration_the_filter_accepts() {
     assert!(docs.iter().any(|d| d["kind"] == "Secret"));
     let dockerfile = std::fs::read_to_string(repo().join("envoy/istio/Dockerfile")).unwrap();
     assert!(dockerfile.contains("FROM scratch") && dockerfile.contains("edge_warden.wasm"));
+    // Sidecars name the state service by Istio's outbound cluster: when the WasmPlugin carries
+    // remote_state, it is that one (envoy/istio/README.md shows the snippet otherwise).
+    if let Some(remote) = plugin["spec"]["pluginConfig"].get("remote_state") {
+        assert_eq!(remote["cluster"], ISTIO_STATE_CLUSTER);
+    }
+}
+
+/// The Istio outbound cluster of envoy/istio/state-service.yaml's Service, as sidecars see it.
+const ISTIO_STATE_CLUSTER: &str = "outbound|50051||edge-warden-state.edge-warden.svc.cluster.local";
+
+#[test]
+fn the_istio_state_service_is_the_cluster_the_sidecars_are_told_to_call() {
+    let docs = yaml_docs(&repo().join("envoy/istio/state-service.yaml"));
+    let kind = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in state-service.yaml"))
+    };
+    let deployment = kind("Deployment");
+    let service = kind("Service");
+    let pdb = kind("PodDisruptionBudget");
+
+    // Two replicas at least, spared by node drains one at a time.
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for selector in [
+        &deployment["spec"]["selector"]["matchLabels"],
+        &service["spec"]["selector"],
+        &pdb["spec"]["selector"]["matchLabels"],
+    ] {
+        for (key, value) in selector.as_object().unwrap() {
+            assert_eq!(
+                &labels[key], value,
+                "selector {key} does not match the pods"
+            );
+        }
+    }
+
+    let pod = &deployment["spec"]["template"]["spec"];
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let container = &containers[0];
+    assert_eq!(
+        container["image"],
+        "registry.example.com/platform/edge-warden-state:0.1.0"
+    );
+    let env = container["env"].as_array().unwrap();
+    let redis = env
+        .iter()
+        .find(|e| e["name"] == "EDGE_WARDEN_STATE_REDIS")
+        .expect("EDGE_WARDEN_STATE_REDIS");
+    assert_eq!(redis["value"], "redis://redis.edge-warden.svc:6379");
+    // Kubernetes' native gRPC probes, on the port the service listens on.
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(container[probe]["grpc"]["port"], 50051, "{probe}");
+    }
+    assert_eq!(container["ports"][0]["containerPort"], 50051);
+    for bound in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(
+                container["resources"][bound][resource].is_string(),
+                "resources.{bound}.{resource}"
+            );
+        }
+    }
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+
+    // The Service is gRPC to Istio, and exactly the outbound cluster the filter is given.
+    let port = &service["spec"]["ports"][0];
+    assert_eq!(port["name"], "grpc");
+    assert_eq!(port["appProtocol"], "grpc");
+    let (direction, rest) = ISTIO_STATE_CLUSTER.split_once('|').unwrap();
+    let parts: Vec<&str> = rest.splitn(3, '|').collect();
+    assert_eq!(direction, "outbound");
+    assert_eq!(port["port"].as_u64().unwrap().to_string(), parts[0]);
+    assert_eq!(parts[1], "", "no subset");
+    assert_eq!(
+        parts[2],
+        format!(
+            "{}.{}.svc.cluster.local",
+            service["metadata"]["name"].as_str().unwrap(),
+            service["metadata"]["namespace"].as_str().unwrap()
+        )
+    );
+    let readme = std::fs::read_to_string(repo().join("envoy/istio/README.md")).unwrap();
+    assert!(readme.contains(ISTIO_STATE_CLUSTER));
 }
