@@ -69,6 +69,7 @@ fn every_envoy_config_under_envoy_validates() {
     assert_eq!(
         validated,
         [
+            "envoy-fleet-local.yaml",
             "envoy-fleet.yaml",
             "envoy-native.yaml",
             "envoy-tls.yaml",
@@ -163,6 +164,60 @@ fn the_fleet_config_carries_the_same_plugin_configuration() {
         remote,
         serde_json::json!({ "cluster": "edge_warden_state", "timeout_ms": 50 })
     );
+}
+
+/// Every `google.protobuf.StringValue` that holds JSON, as that JSON without `remote_state`.
+fn without_remote_state(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map.get("@type").and_then(|t| t.as_str())
+                == Some("type.googleapis.com/google.protobuf.StringValue")
+            {
+                if let Some(serde_json::Value::String(text)) = map.get("value") {
+                    if let Ok(mut json) = serde_json::from_str::<serde_json::Value>(text) {
+                        if let Some(obj) = json.as_object_mut() {
+                            obj.remove("remote_state");
+                        }
+                        map.insert("value".into(), json);
+                    }
+                }
+            }
+            map.values_mut().for_each(without_remote_state);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(without_remote_state),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_local_fleet_config_is_envoy_yaml_with_remote_state_and_the_state_cluster() {
+    // What `make run-fleet` starts twice: envoy.yaml (listener, filter chain, local rate limits,
+    // admin) with only the plugin configuration's remote_state and its loopback cluster added.
+    let remote = assert_fleet_plugin_configuration("envoy/envoy-fleet-local.yaml");
+    let cluster = remote["cluster"].as_str().unwrap();
+    let mut local = yaml_docs(&repo().join("envoy/envoy-fleet-local.yaml")).remove(0);
+    let clusters = local["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap();
+    let at = clusters.iter().position(|c| c["name"] == cluster).unwrap();
+    let state = clusters.remove(at);
+    assert_eq!(state["type"], "STATIC");
+    assert_eq!(
+        state["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"],
+        serde_json::json!({ "address": "127.0.0.1", "port_value": 50051 })
+    );
+    let mut base = yaml_docs(&repo().join("envoy/envoy.yaml")).remove(0);
+    without_remote_state(&mut local);
+    without_remote_state(&mut base);
+    assert_eq!(local, base);
+    // scripts/run-fleet.sh renders the second instance by moving exactly these two ports.
+    let text = std::fs::read_to_string(repo().join("envoy/envoy-fleet-local.yaml")).unwrap();
+    assert_eq!(text.matches("port_value: 10000 ").count(), 1);
+    assert_eq!(text.matches("port_value: 9901 ").count(), 1);
+    let script = std::fs::read_to_string(repo().join("scripts/run-fleet.sh")).unwrap();
+    assert!(script.contains("port_value: 10000 /port_value: 10001 "));
+    assert!(script.contains("port_value: 9901 /port_value: 9902 "));
 }
 
 #[test]

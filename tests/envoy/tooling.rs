@@ -293,6 +293,7 @@ fn warden_check_config_reads_the_shipped_envoy_yaml_files() {
         "envoy/envoy.yaml",
         "envoy/envoy-tls.yaml",
         "envoy/envoy-fleet.yaml",
+        "envoy/envoy-fleet-local.yaml",
     ] {
         let out = check_config(Path::new(file));
         assert!(out.status.success(), "{file}: {}", text(&out));
