@@ -14,10 +14,11 @@ NATIVE := target/native/libedge_warden.so
 RUNTIME ?= wasm
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: help run run-tls certs validate bench bench-deps test wasm native native-faults cli deps envoy wasm-target node-deps browser-deps lint unit integration clean
+.PHONY: help run run-fleet state redis-deps run-tls certs validate bench bench-deps test wasm native native-faults cli deps envoy wasm-target node-deps browser-deps lint unit integration clean
 
 help:
 	@echo "make run    build edge-warden and start Envoy on 127.0.0.1:10000 (admin :9901) before the demo upstream"
+	@echo "make run-fleet  two Envoys (10000, 10001) sharing replay and lockout state through edge-warden-state and Redis"
 	@echo "make run-tls  the same behind TLS: https://localhost:10443, http://127.0.0.1:10080 redirects"
 	@echo "make certs  a development CA and server certificate in certs/ (git-ignored)"
 	@echo "make validate  check CONFIG (default envoy/envoy.yaml) with warden check-config and envoy --mode validate"
@@ -70,6 +71,19 @@ cli:
 
 run: wasm-target envoy cli $(if $(filter native,$(RUNTIME)),native,wasm)
 	@./scripts/run.sh $(if $(filter native,$(RUNTIME)),envoy/envoy-native.yaml,envoy/envoy.yaml)
+
+# edge-warden-state (state/), the fleet's gRPC state service in front of Redis.
+state:
+	cargo build --release -p edge-warden-state
+
+# redis-server from Debian's packages, for make run-fleet.
+redis-deps:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null)
+
+# Redis, edge-warden-state, the demo upstream and two Envoys (envoy/envoy-fleet-local.yaml on
+# 10000 and a copy on 10001) sharing replay claims and lockouts; Ctrl-C stops all.
+run-fleet: wasm-target envoy cli wasm state redis-deps
+	@./scripts/run-fleet.sh
 
 certs:
 	@./scripts/certs.sh certs

@@ -293,6 +293,7 @@ fn warden_check_config_reads_the_shipped_envoy_yaml_files() {
         "envoy/envoy.yaml",
         "envoy/envoy-tls.yaml",
         "envoy/envoy-fleet.yaml",
+        "envoy/envoy-fleet-local.yaml",
     ] {
         let out = check_config(Path::new(file));
         assert!(out.status.success(), "{file}: {}", text(&out));
@@ -590,4 +591,28 @@ fn the_readme_errors_table_documents_rate_limited_as_the_filter_answers_it() {
     assert!(row.contains(&format!("| {} |", why.status())), "{row}");
     assert!(row.contains(&format!("\"{}\"", why.title())), "{row}");
     assert!(row.contains(&format!("\"{}\"", why.detail())), "{row}");
+}
+
+#[test]
+fn the_readme_run_fleet_commands_are_the_ones_run_fleet_prints() {
+    // README "Running a fleet locally" and what scripts/run-fleet.sh prints agree: the secret
+    // line is the development secret (dev-secret.sh), the rest is verbatim.
+    let script = std::fs::read_to_string(repo().join("scripts/run-fleet.sh")).unwrap();
+    let dev = std::fs::read_to_string(repo().join("scripts/dev-secret.sh")).unwrap();
+    let snippet = readme_snippet("run-fleet-replay");
+    let mut lines = snippet.lines();
+    let export = lines.next().unwrap();
+    let secret = export
+        .strip_prefix("export HMAC_SHARED_SECRET=")
+        .expect("the snippet starts with the secret");
+    assert!(dev.contains(&format!("DEV_SECRET=\"{secret}\"")));
+    assert!(script.contains("secret_line=\"export HMAC_SHARED_SECRET=$DEV_SECRET\""));
+    let commands: Vec<&str> = lines.collect();
+    assert_eq!(commands.len(), 3);
+    for line in commands {
+        assert!(
+            script.contains(&format!("\n  {line}\n")),
+            "run-fleet.sh does not print: {line}"
+        );
+    }
 }
