@@ -248,8 +248,7 @@ pub(crate) fn compile_remote_state(
     let cluster = raw.cluster.trim();
     // Envoy's names are free-form (Istio's look like `outbound|50051||state.ns.svc.cluster.local`):
     // refuse only what cannot be a name.
-    if cluster.is_empty() || cluster.len() > 256 || !cluster.bytes().all(|b| b.is_ascii_graphic())
-    {
+    if cluster.is_empty() || cluster.len() > 256 || !cluster.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(err(
             format!("{field}.cluster"),
             "must name an Envoy cluster (1 to 256 visible ASCII characters, no spaces)",

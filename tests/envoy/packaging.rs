@@ -385,11 +385,11 @@ fn the_istio_wasmplugin_carries_a_configuration_the_filter_accepts() {
     assert!(docs.iter().any(|d| d["kind"] == "Secret"));
     let dockerfile = std::fs::read_to_string(repo().join("envoy/istio/Dockerfile")).unwrap();
     assert!(dockerfile.contains("FROM scratch") && dockerfile.contains("edge_warden.wasm"));
-    // Sidecars name the state service by Istio's outbound cluster: when the WasmPlugin carries
-    // remote_state, it is that one (envoy/istio/README.md shows the snippet otherwise).
-    if let Some(remote) = plugin["spec"]["pluginConfig"].get("remote_state") {
-        assert_eq!(remote["cluster"], ISTIO_STATE_CLUSTER);
-    }
+    // Sidecars name the state service by Istio's outbound cluster, and the filter accepts it.
+    let remote = config
+        .remote
+        .expect("the WasmPlugin shares state fleet-wide");
+    assert_eq!(remote.cluster, ISTIO_STATE_CLUSTER);
 }
 
 /// The Istio outbound cluster of envoy/istio/state-service.yaml's Service, as sidecars see it.

@@ -2,6 +2,7 @@
 //! plane or Istio delivers it) keeps the state of the filter: nonces already seen stay seen,
 //! locally and in the fleet's store.
 
+use crate::fleet::{Redis, StateService};
 use crate::harness::{default_plugin_config, Envoy, Options, Signed, SECRET};
 
 /// The default plugin configuration with one more policy, so the update is a real change.
@@ -40,4 +41,28 @@ fn a_plugin_configuration_change_keeps_the_nonces_already_seen() {
             .status,
         200
     );
+}
+
+#[test]
+fn with_fleet_state_a_reload_keeps_local_and_remote_nonces() {
+    let redis = Redis::start();
+    let service = StateService::start(redis.port);
+    let mut envoy =
+        crate::fleet::fleet_envoy_with(&[service.port], "fail_closed", |o| o.lds = true);
+    let before = Signed::new(SECRET, b"");
+    assert_eq!(
+        envoy
+            .request("GET", "/orders", &before.headers(), b"")
+            .status,
+        200
+    );
+    let calls = crate::fleet::state_requests(&envoy);
+    let config = crate::fleet::plugin_config("fail_closed");
+    envoy.update_plugin_config(&changed(&config));
+    assert_eq!(envoy.request("GET", "/status", &[], b"").status, 200);
+    let r = envoy.request("GET", "/orders", &before.headers(), b"");
+    assert_eq!((r.status, r.code().as_str()), (401, "nonce_replayed"));
+    // Refused by this Envoy's own memory, which the reload kept: no call was needed.
+    assert_eq!(crate::fleet::state_requests(&envoy), calls);
+    assert!(redis.keys() >= 1, "and the fleet's record is in Redis");
 }
