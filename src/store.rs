@@ -522,33 +522,43 @@ pub(crate) fn compile_replay(raw: &RawReplay, field: &str) -> Result<u32, Config
 /// Failed authentications per client IP, shared by all workers: after `max_failures` within
 /// `window` seconds of the first one, the IP is locked out until that window ends.
 ///
-/// Fixed shard keys like the replay cache's: `capacity / 64` shard keys of at most 64 records of
-/// 16 bytes (IP fingerprint, window start, count). When a shard is full, expired records go first,
-/// then the record whose window started earliest, so memory stays bounded under a flood of
-/// source addresses (at the cost of forgetting the oldest counts first).
+/// Fixed shard keys like the replay cache's: `ceil(capacity / 256)` shards of at most 256
+/// records of 14 bytes (an 8-byte fingerprint of the address, the window's start as a u32, the
+/// count as a saturating u16), so memory is bounded by 14 bytes per tracked address:
+/// [`Lockout::max_bytes`], 3.5 MiB for the default 262144 addresses. Addresses spread over the
+/// shards at random, so shards fill unevenly; at 5/8 of the capacity (the default: 163840
+/// addresses, 546 new failing addresses per second for a whole 300 s window) a new address
+/// finds its shard full with probability about 2 × 10^-12. When one is full, expired records go
+/// first, then the unlocked record whose window started earliest; a locked one only if all are
+/// locked. So memory stays bounded under a flood of source addresses, at the cost of forgetting
+/// the oldest counts first, and a flood of single failures from fresh addresses does not free an
+/// address that is locked out. A changed `capacity` moves addresses to other shards: their
+/// counts start again (and a lockout in force may end early).
 ///
 /// One more key holds the moment the latest lockout ends. While it lies in the past nobody is
 /// locked out, so [`Lockout::check`] answers from those 8 bytes without reading the client's
 /// address or its shard: the common case costs one small read per request.
 #[derive(Debug, Clone)]
 pub struct Lockout {
-    shards: u32,
+    layout: Layout,
     pub max_failures: u32,
     pub window: u64,
     /// IPv6 addresses are counted by this prefix (see `ip::lockout_key`).
     pub ipv6_prefix: u8,
 }
 
-/// A fingerprint, the window start (u32) and the count (u32).
-const FAILURE_RECORD: usize = FINGERPRINT + 8;
+/// A fingerprint, the window start (u32) and the count (u16).
+const FAILURE_RECORD: usize = FINGERPRINT + 6;
 /// One subscriber usually holds a whole /64.
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
-const FAILURES_PER_SHARD: usize = 64;
+/// Addresses per lockout shard at most: 3.5 KiB, about a replay shard's size.
+pub const FAILURES_PER_SHARD: u32 = 256;
 
 struct FailureRecord {
     fingerprint: [u8; FINGERPRINT],
     start: u32,
-    count: u32,
+    /// Saturates: `max_failures` is at most 1000.
+    count: u16,
 }
 
 fn failure_records(value: &[u8]) -> Vec<FailureRecord> {
@@ -560,7 +570,7 @@ fn failure_records(value: &[u8]) -> Vec<FailureRecord> {
             FailureRecord {
                 fingerprint,
                 start: u32::from_be_bytes([r[8], r[9], r[10], r[11]]),
-                count: u32::from_be_bytes([r[12], r[13], r[14], r[15]]),
+                count: u16::from_be_bytes([r[12], r[13]]),
             }
         })
         .collect()
@@ -569,7 +579,7 @@ fn failure_records(value: &[u8]) -> Vec<FailureRecord> {
 impl Lockout {
     pub fn new(capacity: u32, max_failures: u32, window: u64) -> Self {
         Self {
-            shards: (capacity / FAILURES_PER_SHARD as u32).max(1),
+            layout: Layout::new(capacity, FAILURES_PER_SHARD),
             max_failures,
             window,
             ipv6_prefix: DEFAULT_IPV6_PREFIX,
@@ -580,6 +590,11 @@ impl Lockout {
     pub fn with_ipv6_prefix(mut self, prefix: u8) -> Self {
         self.ipv6_prefix = prefix;
         self
+    }
+
+    /// Most bytes of records the table can ever hold.
+    pub fn max_bytes(&self) -> u64 {
+        self.layout.records() * FAILURE_RECORD as u64
     }
 
     // Not `lockout/{index}`: those keys held the 20-byte records of earlier versions.
@@ -595,13 +610,13 @@ impl Lockout {
     /// already there: after a reload with a longer window or a lower limit, or an upgrade from a
     /// version without the summary, an address locked under the new settings stays locked.
     pub fn ensure_shards(&self, store: &dyn SharedStore) -> Result<(), SetError> {
-        ensure_keys(store, Self::shard_key, self.shards)?;
+        ensure_keys(store, Self::shard_key, self.layout.shards)?;
         ensure_keys(store, |_| Self::ACTIVE_UNTIL_KEY.to_string(), 1)?;
         let mut until = 0;
-        for shard in 0..self.shards {
+        for shard in 0..self.layout.shards {
             let (value, _) = store.get(&Self::shard_key(shard))?;
             for r in failure_records(&value.unwrap_or_default()) {
-                if r.count >= self.max_failures {
+                if self.locks(&r) {
                     until = until.max(u64::from(r.start) + self.window);
                 }
             }
@@ -649,6 +664,11 @@ impl Lockout {
         u64::from(r.start) + self.window > now
     }
 
+    /// Whether the record's count locks its address out (while the record is live).
+    fn locks(&self, r: &FailureRecord) -> bool {
+        u32::from(r.count) >= self.max_failures
+    }
+
     /// Refuses an IP that is locked out, with the seconds until its window ends. `ip` is asked
     /// for only when some lockout is in force (reading the client address is a host call). A
     /// store error lets the request on to authentication (which still has to succeed):
@@ -665,12 +685,12 @@ impl Lockout {
         let Some(ip) = ip() else {
             return Ok(());
         };
-        let (shard, fingerprint) = locate(ip.as_bytes(), self.shards);
+        let (shard, fingerprint) = locate(ip.as_bytes(), self.layout.shards);
         let Ok((Some(value), _)) = store.get(&Self::shard_key(shard)) else {
             return Ok(());
         };
         for r in failure_records(&value) {
-            if r.fingerprint == fingerprint && self.live(&r, now) && r.count >= self.max_failures {
+            if r.fingerprint == fingerprint && self.live(&r, now) && self.locks(&r) {
                 let retry_after = (u64::from(r.start) + self.window)
                     .saturating_sub(now)
                     .max(1);
@@ -687,8 +707,9 @@ impl Lockout {
     /// locked (a summary ahead of the shards only costs a lookup). If the summary cannot be moved,
     /// the failure is not recorded at all, as when the shard itself cannot be written.
     pub fn record_failure(&self, store: &dyn SharedStore, ip: &str, now: u64) -> Option<u32> {
-        let (shard, fingerprint) = locate(ip.as_bytes(), self.shards);
+        let (shard, fingerprint) = locate(ip.as_bytes(), self.layout.shards);
         let key = Self::shard_key(shard);
+        let full = self.layout.per_shard as usize;
         let now32 = u32::try_from(now).unwrap_or(u32::MAX);
         for _ in 0..MAX_ATTEMPTS {
             let (value, cas) = store.get(&key).ok()?;
@@ -704,14 +725,15 @@ impl Lockout {
                     1
                 }
                 None => {
-                    if records.len() >= FAILURES_PER_SHARD {
+                    if records.len() >= full {
                         records.retain(|r| self.live(r, now));
                     }
-                    if records.len() >= FAILURES_PER_SHARD {
+                    if records.len() >= full {
+                        // Unlocked records go before locked ones, each oldest first.
                         if let Some(oldest) = records
                             .iter()
                             .enumerate()
-                            .min_by_key(|(_, r)| r.start)
+                            .min_by_key(|(_, r)| (self.locks(r), r.start))
                             .map(|(i, _)| i)
                         {
                             records.swap_remove(oldest);
@@ -725,7 +747,7 @@ impl Lockout {
                     1
                 }
             };
-            if count >= self.max_failures {
+            if u32::from(count) >= self.max_failures {
                 let start = records
                     .iter()
                     .find(|r| r.fingerprint == fingerprint)
@@ -741,7 +763,7 @@ impl Lockout {
                 out.extend_from_slice(&r.count.to_be_bytes());
             }
             match store.set(&key, &out, cas) {
-                Ok(()) => return Some(count),
+                Ok(()) => return Some(u32::from(count)),
                 Err(SetError::CasMismatch) => continue,
                 Err(SetError::Failed) => return None,
             }
@@ -765,7 +787,7 @@ pub struct RawLockout {
     /// Window from the first failure, in seconds (default 300); the lockout lasts until it ends.
     #[serde(default = "default_window")]
     pub window_seconds: u64,
-    /// Addresses tracked at most (a multiple of 64; default 65536).
+    /// Addresses tracked at most (64 – 1048576, default 262144); 14 bytes of memory each.
     #[serde(default = "default_lockout_capacity")]
     pub capacity: u32,
     /// IPv6 clients are counted by network of this prefix length (default 64: one subscriber
@@ -793,7 +815,7 @@ fn default_window() -> u64 {
     300
 }
 fn default_lockout_capacity() -> u32 {
-    65_536
+    262_144
 }
 fn default_ipv6_prefix() -> u8 {
     DEFAULT_IPV6_PREFIX
@@ -825,10 +847,14 @@ pub(crate) fn compile_lockout(
             "must be between 1 and 86400 seconds",
         ));
     }
-    if !(64..=1_048_576).contains(&raw.capacity) || !raw.capacity.is_multiple_of(64) {
+    // Configurations of earlier versions (a multiple of 64 in the same range) keep loading.
+    if !(64..=1_048_576).contains(&raw.capacity) {
         return Err(err(
             at("capacity"),
-            "must be a multiple of 64 between 64 and 1048576",
+            format!(
+                "must be between 64 and 1048576 addresses, got {}",
+                raw.capacity
+            ),
         ));
     }
     if !(16..=128).contains(&raw.ipv6_prefix) {

@@ -521,10 +521,11 @@ fn a_failure_that_would_lock_is_not_recorded_when_the_summary_cannot_be_written(
 }
 
 #[test]
-fn lockout_memory_is_bounded_under_many_source_addresses() {
+fn lockout_memory_is_14_bytes_per_tracked_address_under_many_source_addresses() {
     let store = MemoryStore::default();
-    let l = Lockout::new(128, 5, 300);
+    let l = Lockout::new(512, 5, 300);
     l.ensure_shards(&store).unwrap();
+    assert_eq!(l.max_bytes(), 512 * 14);
     for i in 0..10_000 {
         l.record_failure(
             &store,
@@ -533,11 +534,58 @@ fn lockout_memory_is_bounded_under_many_source_addresses() {
         );
     }
     let sizes = store.sizes();
-    // Two shards plus the summary of when the latest lockout ends.
+    // Two shards of 256, full, plus the summary of when the latest lockout ends (empty).
     assert_eq!(sizes.len(), 3);
-    assert!(sizes
+    let shards: Vec<usize> = sizes
         .iter()
-        .all(|(_, len)| *len <= FAILURE_RECORD * FAILURES_PER_SHARD));
+        .filter(|(key, _)| key.starts_with("edge-warden/failures/"))
+        .map(|(_, len)| *len)
+        .collect();
+    assert_eq!(shards, [256 * 14, 256 * 14]);
+    let total: usize = sizes.iter().map(|(_, len)| len).sum();
+    assert_eq!(total as u64, l.max_bytes());
+}
+
+#[test]
+fn the_default_lockout_tracks_262144_addresses_in_3_5_mib() {
+    let l = Lockout::new(default_lockout_capacity(), 5, 300);
+    assert_eq!(l.layout.shards, 1024);
+    assert_eq!(l.max_bytes(), 3_670_016);
+    // 5/8 of it is 546 new failing addresses a second for a whole window, at which a new
+    // address finds its shard full with probability ~2 × 10^-12.
+    assert_eq!(default_lockout_capacity() / 8 * 5 / 300, 546);
+    let full = poisson_tail(
+        f64::from(FAILURES_PER_SHARD) * 5.0 / 8.0,
+        FAILURES_PER_SHARD,
+    );
+    assert!(full < 1e-11, "{full}");
+}
+
+#[test]
+fn a_flood_of_fresh_addresses_does_not_free_a_locked_one() {
+    let store = MemoryStore::default();
+    // One shard of 64: every address below competes for its room.
+    let l = Lockout::new(64, 2, 300);
+    l.ensure_shards(&store).unwrap();
+    l.record_failure(&store, "10.0.0.1", 1000);
+    l.record_failure(&store, "10.0.0.1", 1000);
+    for i in 0..1000 {
+        l.record_failure(&store, &format!("192.0.{}.{}", i / 256, i % 256), 1001);
+    }
+    assert_eq!(
+        l.check(&store, ip("10.0.0.1"), 1002),
+        Err(Reject::TooManyAuthFailures { retry_after: 298 })
+    );
+    // The shard stayed full, evicting the oldest unlocked counts.
+    assert_eq!(
+        store
+            .get("edge-warden/failures/0")
+            .unwrap()
+            .0
+            .unwrap()
+            .len(),
+        64 * 14
+    );
 }
 
 /// A store whose first write after each read loses a race, as when another worker writes the
