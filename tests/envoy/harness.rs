@@ -698,6 +698,35 @@ pub fn try_request(
     request_to(&format!("127.0.0.1:{port}"), method, path, headers, body)
 }
 
+/// A client that keeps its connection open from one request to the next, for floods (`request`
+/// opens a connection per request).
+pub struct Client {
+    agent: ureq::Agent,
+    authority: String,
+}
+
+impl Client {
+    pub fn new(port: u16) -> Self {
+        Self {
+            agent: agent(),
+            authority: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        send(&self.agent, &self.authority, method, path, headers, body)
+            .unwrap_or_else(|| panic!("{method} {path} on {} failed", self.authority))
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
 fn request_to(
     authority: &str,
     method: &str,
@@ -705,11 +734,17 @@ fn request_to(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<Resp> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
+    send(&agent(), authority, method, path, headers, body)
+}
+
+fn send(
+    agent: &ureq::Agent,
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Resp> {
     let mut req = ureq::http::Request::builder()
         .method(method)
         .uri(format!("http://{authority}{path}"));

@@ -9,6 +9,7 @@ mod hostcalls;
 mod identity;
 mod packaging;
 mod ratelimit;
+mod replay_cache;
 mod signature;
 mod tls;
 mod tooling;
