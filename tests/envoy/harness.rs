@@ -549,8 +549,15 @@ impl Envoy {
 
     /// A request over IPv6 loopback (needs `dual_stack`).
     pub fn request_v6(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
-        request_to(&format!("[::1]:{}", self.port), method, path, headers, b"")
-            .unwrap_or_else(|| panic!("{method} {path} over IPv6 failed"))
+        send(
+            &agent(),
+            &format!("[::1]:{}", self.port),
+            method,
+            path,
+            headers,
+            b"",
+        )
+        .unwrap_or_else(|| panic!("{method} {path} over IPv6 failed"))
     }
 
     /// A request signed with `secret`, timestamp now and a fresh nonce.
@@ -695,7 +702,14 @@ pub fn try_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<Resp> {
-    request_to(&format!("127.0.0.1:{port}"), method, path, headers, body)
+    send(
+        &agent(),
+        &format!("127.0.0.1:{port}"),
+        method,
+        path,
+        headers,
+        body,
+    )
 }
 
 /// A client that keeps its connection open from one request to the next, for floods (`request`
@@ -727,16 +741,7 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn request_to(
-    authority: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Option<Resp> {
-    send(&agent(), authority, method, path, headers, body)
-}
-
+/// One request through `agent` (a fresh one opens a connection; a kept one may reuse its own).
 fn send(
     agent: &ureq::Agent,
     authority: &str,
