@@ -69,7 +69,7 @@ impl<S: SharedStore> LocalState<S> {
     pub fn new(config: &Config, store: S) -> Self {
         Self {
             store,
-            cache: NonceCache::new(config.replay_capacity),
+            cache: NonceCache::new(config.replay_capacity, config.window_seconds),
             lockout: config.lockout.map(|l| {
                 Lockout::new(l.capacity, l.max_failures, l.window_seconds)
                     .with_ipv6_prefix(l.ipv6_prefix)

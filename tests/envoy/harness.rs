@@ -638,8 +638,15 @@ impl Envoy {
 
     /// A request over IPv6 loopback (needs `dual_stack`).
     pub fn request_v6(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
-        request_to(&format!("[::1]:{}", self.port), method, path, headers, b"")
-            .unwrap_or_else(|| panic!("{method} {path} over IPv6 failed"))
+        send(
+            &agent(),
+            &format!("[::1]:{}", self.port),
+            method,
+            path,
+            headers,
+            b"",
+        )
+        .unwrap_or_else(|| panic!("{method} {path} over IPv6 failed"))
     }
 
     /// A request signed with `secret`, timestamp now and a fresh nonce.
@@ -784,21 +791,54 @@ pub fn try_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<Resp> {
-    request_to(&format!("127.0.0.1:{port}"), method, path, headers, body)
+    send(
+        &agent(),
+        &format!("127.0.0.1:{port}"),
+        method,
+        path,
+        headers,
+        body,
+    )
 }
 
-fn request_to(
+/// A client that keeps its connection open from one request to the next, for floods (`request`
+/// opens a connection per request).
+pub struct Client {
+    agent: ureq::Agent,
+    authority: String,
+}
+
+impl Client {
+    pub fn new(port: u16) -> Self {
+        Self {
+            agent: agent(),
+            authority: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        send(&self.agent, &self.authority, method, path, headers, body)
+            .unwrap_or_else(|| panic!("{method} {path} on {} failed", self.authority))
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// One request through `agent` (a fresh one opens a connection; a kept one may reuse its own).
+fn send(
+    agent: &ureq::Agent,
     authority: &str,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<Resp> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
     let mut req = ureq::http::Request::builder()
         .method(method)
         .uri(format!("http://{authority}{path}"));

@@ -11,6 +11,7 @@ mod identity;
 mod packaging;
 mod ratelimit;
 mod reload;
+mod replay_cache;
 mod signature;
 mod tls;
 mod tooling;

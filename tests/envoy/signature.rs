@@ -378,14 +378,15 @@ fn a_flood_of_unique_nonces_stays_within_the_cache_bound() {
             429 => {
                 assert_eq!(r.code(), "replay_cache_full");
                 let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-                assert!((1..=301).contains(&retry), "retry-after {retry}");
+                // Until the slice of the earliest expiry ends: 300 s and up to 10 s more.
+                assert!((1..=311).contains(&retry), "retry-after {retry}");
                 full += 1;
             }
             other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&r.body)),
         }
     }
-    // 256 slots in 4 shards of 64: the cache never holds more, whatever the flood.
-    assert!((200..=256).contains(&ok), "accepted {ok}");
+    // One shard of 256: the cache never holds more, whatever the flood.
+    assert_eq!(ok, 256);
     assert_eq!(ok + full, 600);
     let entries = envoy
         .settled_stat("edge_warden_replay_cache_entries")

@@ -306,7 +306,7 @@ fn warden_check_config_reads_the_shipped_envoy_yaml_files() {
                 .collect::<Vec<_>>(),
             [format!(
                 "{file}:{block}: ok: 2 policies (health, signed), 1 signing secrets, replay cache \
-                 of 524288 nonces"
+                 of 7000000 nonces"
             )],
             "{}",
             text(&out)
