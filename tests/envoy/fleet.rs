@@ -157,6 +157,16 @@ impl StateService {
         });
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) it: calls reach it and hang.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -457,4 +467,31 @@ fn a_state_service_killed_and_restarted_under_load_lets_no_replay_through() {
             "{outcomes:?}"
         );
     }
+}
+
+#[test]
+fn clients_that_leave_while_their_state_call_is_out_do_not_harm_envoy() {
+    let redis = Redis::start();
+    let service = StateService::start(redis.port);
+    let a = fleet_envoy(&[service.port], "fail_closed");
+    assert_eq!(signed_get(&a, &Signed::new(SECRET, b"")).status, 200);
+    // The service hangs: each call stays out until timeout_ms, and the clients do not wait.
+    service.signal("-STOP");
+    for _ in 0..20 {
+        let s = Signed::new(SECRET, b"");
+        let mut stream = TcpStream::connect(("127.0.0.1", a.port)).expect("connect");
+        let head = format!(
+            "GET /health/orders HTTP/1.1\r\nhost: x\r\nx-request-signature: {}\r\n\
+             x-request-timestamp: {}\r\nx-request-nonce: {}\r\n\r\n",
+            s.signature, s.timestamp, s.nonce
+        );
+        stream.write_all(head.as_bytes()).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+        drop(stream);
+    }
+    // Past every call's timeout, with the streams long gone.
+    std::thread::sleep(Duration::from_millis(600));
+    service.signal("-CONT");
+    let r = signed_get(&a, &Signed::new(SECRET, b""));
+    assert_eq!(r.status, 200, "Envoy still serves: {}", a.log());
 }
