@@ -26,7 +26,8 @@ help:
 	@echo "make wasm   build $(WASM)"
 	@echo "make native build $(NATIVE) (the same filter as an Envoy dynamic module; make run RUNTIME=native)"
 	@echo "make cli    build target/release/warden (sign requests, check configs) and the demo upstream"
-	@echo "make bench  benchmarks: edge-warden vs bare Envoy, a do-nothing wasm filter, native filters, Python middleware"
+	@echo "make bench  benchmarks: edge-warden vs bare Envoy, a do-nothing wasm filter, native filters, Python middleware,"
+	@echo "            and the remote claim (remote_state through edge-warden-state and Redis); BENCH_ONLY=remote for that alone"
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -76,7 +77,7 @@ run: wasm-target envoy cli $(if $(filter native,$(RUNTIME)),native,wasm)
 state:
 	cargo build --release -p edge-warden-state
 
-# redis-server from Debian's packages, for make run-fleet.
+# redis-server from Debian's packages, for make run-fleet and make bench (the remote claim).
 redis-deps:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null)
 
@@ -118,13 +119,14 @@ test: deps wasm native native-faults lint
 	EDGE_WARDEN_RUNTIME=native cargo test --test envoy
 	$(MAKE) --no-print-directory fuzz-smoke
 
-# wrk from Debian's packages; uvicorn for the Python middleware scenario.
-bench-deps: envoy
+# wrk from Debian's packages; uvicorn for the Python middleware scenario; redis-server
+# (redis-deps) behind edge-warden-state for the remote claim.
+bench-deps: envoy redis-deps
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	@command -v taskset >/dev/null || (apt-get update -qq && apt-get install -y -qq util-linux >/dev/null)
 	@$(VENV)/bin/python -c 'import uvicorn' 2>/dev/null || $(VENV)/bin/pip install --quiet --disable-pip-version-check 'uvicorn[standard]>=0.30,<1'
 
-bench: wasm-target envoy bench-deps wasm native cli
+bench: wasm-target envoy bench-deps wasm native cli state
 	cargo build --release --example hmac_speed
 	RUSTFLAGS='--cfg sha2_backend="soft"' cargo build --release --example hmac_speed --target-dir target/portable
 	cargo build --release --target wasm32-wasip1 --example hmac_speed

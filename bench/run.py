@@ -8,9 +8,18 @@ cancels out. Envoy runs with --concurrency 1 pinned to CPU 0; wrk, the upstream 
 uvicorn server under test take CPU 1 where the machine has it (uvicorn takes CPU 0 when it is
 the server under test). Results go to stdout and bench/results.md.
 
+The remote claim (2c, 2d): edge-warden with `remote_state`, each signed request making one
+gRPC call (Admit: nonce claim + lockout check) to edge-warden-state in front of Redis. One
+redis-server and one edge-warden-state serve the whole run, both pinned to the load CPU like the
+upstream, so Envoy's core stays its own; their CPU time per claim is read from /proc.
+
 Knobs (environment): BENCH_SECONDS (5 per run), BENCH_ROUNDS (3), BENCH_MEMORY_REQUESTS
 (1000000; 0 skips the memory run), BENCH_OUT (bench/results.md). A quick smoke run that leaves
 bench/results.md alone: BENCH_SECONDS=1 BENCH_ROUNDS=1 BENCH_MEMORY_REQUESTS=0 BENCH_OUT=/tmp/r.md.
+BENCH_STATE_BIN: the edge-warden-state binary (default target/release/edge-warden-state, `make
+state`). BENCH_ONLY=remote: only bare Envoy, 2a, 2b, 2c and 2d, interleaved as in the full run
+(no Python, body sizes, floods, memory or host-call count; no ratios or targets); such a subset
+is written only where BENCH_OUT says, never over bench/results.md.
 
 The dynamic modules are found through ENVOY_DYNAMIC_MODULES_SEARCH_PATH, set per scenario to the
 directory of its .so: target/native (libedge_warden.so, `make native`) and
@@ -24,6 +33,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -32,6 +42,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -52,6 +63,17 @@ HMAC_NATIVE = ROOT / "target/release/examples/hmac_speed"
 HMAC_PORTABLE = ROOT / "target/portable/release/examples/hmac_speed"
 HMAC_WASM = ROOT / "target/wasm32-wasip1/release/examples/hmac_speed.wasm"
 HOSTCALLS = ROOT / "bench/hostcalls.mjs"
+# The fleet's state service (state/, `make state`) and Debian's redis-server (`make redis-deps`).
+STATE = Path(os.environ.get("BENCH_STATE_BIN") or ROOT / "target/release/edge-warden-state")
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+STATE_CLUSTER = "edge_warden_state"
+# Generous: the bench measures what a claim costs, not timeouts.
+REMOTE_TIMEOUT_MS = 1000
+REMOTE_SCENARIOS = ("edge_warden_remote", "edge_warden_native_remote")
+# BENCH_ONLY=remote: the remote claim and what it is compared with, nothing else.
+ONLY = {part.strip() for part in os.environ.get("BENCH_ONLY", "").split(",") if part.strip()}
+SUBSETS = {"remote": ("bare", "edge_warden", "edge_warden_remote", "edge_warden_native",
+                      "edge_warden_native_remote")}
 LUA = ROOT / "bench/signed.lua"
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
@@ -108,12 +130,14 @@ def wait_port(port, timeout=30):
 # ---------------------------------------------------------------------------------------------
 # Envoy configurations (JSON, which Envoy reads like YAML).
 
-def plugin_config(max_body=2 * 1024 * 1024, lockout=True, signature_only=False):
+def plugin_config(max_body=2 * 1024 * 1024, lockout=True, signature_only=False, remote=False):
+    """`remote`: the same configuration sharing claims and lockouts through the state service
+    (the `edge_warden_state` cluster that `start_envoy(..., state_port=...)` adds)."""
     policy = {"name": "api", "signature": True}
     if not signature_only:
         policy["api_key"] = {}
         policy["cors"] = {"allow_origins": [ORIGIN], "allow_credentials": True}
-    return {
+    config = {
         "signature": {"secrets": [{"id": "bench", "env": "BENCH_SECRET"}]},
         "api_keys": {"keys": [{"id": "bench-client", "role": "client",
                                "sha256": hashlib.sha256(API_KEY.encode()).hexdigest()}]},
@@ -122,6 +146,10 @@ def plugin_config(max_body=2 * 1024 * 1024, lockout=True, signature_only=False):
         "policies": [policy],
         "security_headers": {"preset": "owasp"},
     }
+    if remote:
+        config["remote_state"] = {"cluster": STATE_CLUSTER, "timeout_ms": REMOTE_TIMEOUT_MS,
+                                  "failure_mode": "fail_closed"}
+    return config
 
 
 def wasm_filter(path, configuration):
@@ -193,7 +221,21 @@ def native_filters():
     ]
 
 
-def envoy_config(filters, port, admin, upstream, native_cors=False):
+def state_cluster(port):
+    """The HTTP/2 cluster of the state service (as in envoy/envoy-fleet-local.yaml, without its
+    health checks, whose calls every 2 s would land in the CPU measured per claim)."""
+    return {
+        "name": STATE_CLUSTER, "type": "STATIC", "connect_timeout": "0.25s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": STATE_CLUSTER, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": port}}}}]}]},
+    }
+
+
+def envoy_config(filters, port, admin, upstream, native_cors=False, state_port=None):
     route = {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}
     if native_cors:
         route["typed_per_filter_config"] = {"envoy.filters.http.cors": {
@@ -228,7 +270,7 @@ def envoy_config(filters, port, admin, upstream, native_cors=False):
                 "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
                     {"endpoint": {"address": {"socket_address": {
                         "address": "127.0.0.1", "port_value": upstream}}}}]}]},
-            }],
+            }] + ([state_cluster(state_port)] if state_port is not None else []),
         },
     }
 
@@ -273,12 +315,14 @@ class Server:
             self.proc.kill()
 
 
-def start_envoy(filters, upstream_port, native_cors=False, module_dir=None):
+def start_envoy(filters, upstream_port, native_cors=False, module_dir=None, state_port=None):
     """Envoy with `filters`; `module_dir`: where its dynamic modules are (an absolute path, set
-    as ENVOY_DYNAMIC_MODULES_SEARCH_PATH for this Envoy only)."""
+    as ENVOY_DYNAMIC_MODULES_SEARCH_PATH for this Envoy only); `state_port`: the state service
+    its `edge_warden_state` cluster points at."""
     port, admin = free_port(), free_port()
     path = Path(BUSY) / f"envoy-{port}.json"
-    path.write_text(json.dumps(envoy_config(filters, port, admin, upstream_port, native_cors)))
+    path.write_text(json.dumps(envoy_config(filters, port, admin, upstream_port, native_cors,
+                                            state_port)))
     # The native module reads BENCH_SECRET straight from Envoy's environment (no host_env_keys).
     env = {"BENCH_SECRET": SECRET}
     if module_dir is not None:
@@ -288,6 +332,63 @@ def start_envoy(filters, upstream_port, native_cors=False, module_dir=None):
                      "-l", "error"], port, SERVER_CPU, env)
     server.admin = admin
     return server
+
+
+def redis_command(port, command):
+    """One inline command to Redis; its reply: the first line, or a bulk string's content."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(command.encode() + b"\r\n")
+        reply = b""
+        while b"\r\n" not in reply:
+            reply += s.recv(65536)
+        first, rest = reply.split(b"\r\n", 1)
+        if not first.startswith(b"$"):
+            return first.decode("latin-1")
+        size = int(first[1:])
+        while len(rest) < size:
+            rest += s.recv(65536)
+        return rest[:size].decode("latin-1")
+
+
+class RemoteState:
+    """One redis-server and one edge-warden-state for the whole run, pinned to the load CPU like
+    the upstream: Envoy's core stays its own, and their CPU per claim is counted apart."""
+
+    def __init__(self):
+        redis_port, state_port = free_port(), free_port()
+        data = Path(BUSY) / "redis"
+        data.mkdir()
+        self.redis = Server([REDIS, "--port", str(redis_port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(data)],
+                            redis_port, LOAD_CPU)
+        deadline = time.time() + 10
+        while redis_command(redis_port, "PING") != "+PONG":
+            if time.time() > deadline:
+                sys.exit("redis-server does not answer PING")
+            time.sleep(0.05)
+        self.state = Server([str(STATE), "--listen", f"127.0.0.1:{state_port}",
+                             "--redis", f"redis://127.0.0.1:{redis_port}"], state_port, LOAD_CPU)
+
+    def keys(self):
+        """Keys Redis was given so far: one per nonce claimed (the service writes nothing else
+        while no request fails), those still there and those expired since (a claim lives as
+        long as the signature window, shorter than a full run)."""
+        stats = dict(line.split(":", 1) for line in redis_command(self.redis.port, "INFO stats").splitlines()
+                     if ":" in line)
+        return (int(redis_command(self.redis.port, "DBSIZE").lstrip(":")) + int(stats["expired_keys"])
+                + int(stats["evicted_keys"]))
+
+    def stop(self):
+        self.state.stop()
+        self.redis.stop()
+
+
+def state_calls(server):
+    """Calls this Envoy made to the state service: its own count, cluster upstream_rq_total."""
+    name = f"cluster.{STATE_CLUSTER}.upstream_rq_total"
+    query = urllib.parse.quote(f"^{name}$".replace(".", "\\."))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.admin}/stats?filter={query}").read().decode()
+    return next((int(l.split(": ")[1]) for l in text.splitlines() if l.startswith(name + ":")), 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,11 +427,22 @@ def wrk(port, body_path, signed_path, seconds, headers="", path="/api/orders", t
 CLIENT_HEADERS = f"X-API-Key: {API_KEY}\nOrigin: {ORIGIN}"
 
 
-def measure(server, body_path, body, seconds, **kw):
+def measure(server, body_path, body, seconds, remote=None, **kw):
+    """wrk against `server`; with `remote` (a RemoteState) also the state service's and Redis's
+    CPU per request, the calls Envoy made to the service and the claims Redis holds after."""
     signed = presign(body, max(1000, seconds * 25000))
+    if remote is not None:
+        calls0, keys0 = state_calls(server), remote.keys()
+        state0, redis0 = remote.state.cpu_seconds(), remote.redis.cpu_seconds()
     cpu0 = server.cpu_seconds()
     result = wrk(server.port, body_path, signed, seconds, **kw)
-    result["cpu_us_per_req"] = (server.cpu_seconds() - cpu0) * 1e6 / max(1, result["requests"])
+    requests = max(1, result["requests"])
+    result["cpu_us_per_req"] = (server.cpu_seconds() - cpu0) * 1e6 / requests
+    if remote is not None:
+        result["state_cpu_us_per_req"] = (remote.state.cpu_seconds() - state0) * 1e6 / requests
+        result["redis_cpu_us_per_req"] = (remote.redis.cpu_seconds() - redis0) * 1e6 / requests
+        result["state_calls_per_req"] = (state_calls(server) - calls0) / requests
+        result["redis_keys_per_req"] = (remote.keys() - keys0) / requests
     os.unlink(signed)
     return result
 
@@ -346,10 +458,10 @@ def hostcalls(wasm, config):
     return json.loads(out)
 
 
-def signed_request(port, body, source="127.0.0.1"):
-    """One signed POST like wrk's (fresh nonce, API key, Origin): (status, response head)."""
-    ts = str(int(time.time()))
-    nonce = secrets.token_hex(12)
+def signed_request(port, body, source="127.0.0.1", nonce=None, ts=None):
+    """One signed POST like wrk's (fresh nonce unless given, API key, Origin): (status, response)."""
+    ts = ts or str(int(time.time()))
+    nonce = nonce or secrets.token_hex(12)
     sig = hmac.new(SECRET.encode(), body + ts.encode() + nonce.encode(), hashlib.sha256).hexdigest()
     request = (f"POST /api/orders HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
                f"content-length: {len(body)}\r\nx-api-key: {API_KEY}\r\norigin: {ORIGIN}\r\n"
@@ -371,12 +483,51 @@ def check_passes(name, server, body):
         sys.exit(f"{name}: a valid signed request got {status}, not 200; the response:\n{response[:2000]}")
 
 
+def check_remote(name, server, body, remote, previous):
+    """Before a remote scenario is measured: a request admitted through the state service (Envoy
+    called it, Redis holds one more claim), the same request again refused (401
+    nonce_replayed), and `previous`, a request another Envoy admitted, refused here too: this
+    Envoy never saw it, so only the claim in Redis can refuse it. Returns (this scenario's
+    admitted request, what was checked)."""
+    def replayed(request, why):
+        status, response = signed_request(server.port, body, nonce=request[0], ts=request[1])
+        if status != "401" or "nonce_replayed" not in response:
+            sys.exit(f"{name}: {why} got {status}, not 401 nonce_replayed; the response:\n"
+                     f"{response[:2000]}")
+
+    request = (secrets.token_hex(12), str(int(time.time())))
+    calls0, keys0 = state_calls(server), remote.keys()
+    status, response = signed_request(server.port, body, nonce=request[0], ts=request[1])
+    if status != "200":
+        sys.exit(f"{name}: a valid signed request got {status}, not 200; the response:\n{response[:2000]}")
+    calls, keys = state_calls(server) - calls0, remote.keys() - keys0
+    if calls < 1 or keys < 1:
+        sys.exit(f"{name}: a valid signed request made {calls} calls to the state service and "
+                 f"{keys} claims in Redis; expected at least 1 of each")
+    replayed(request, "the same signed request sent twice")
+    checked = [f"{name}: a signed request passed after {calls} call(s) to the state service "
+               f"(+{keys} key in Redis); sent again to the same Envoy: 401 nonce_replayed"]
+    if previous is not None:
+        calls0 = state_calls(server)
+        replayed(previous[1], f"a replay of a request {previous[0]} admitted")
+        checked.append(f"{name}: a request {previous[0]} admitted, replayed at this fresh Envoy "
+                       f"(which never saw it; {state_calls(server) - calls0} call(s) to the state "
+                       "service): 401 nonce_replayed")
+    return request, checked
+
+
+REMOTE_KEYS = ("state_cpu_us_per_req", "redis_cpu_us_per_req", "state_calls_per_req",
+               "redis_keys_per_req")
+
+
 def summarize(runs):
     med = lambda k: statistics.median(r[k] for r in runs)
-    return {"rps": med("rps"), "p50_us": med("p50_us"), "p99_us": med("p99_us"),
-            "p999_us": med("p999_us"), "cpu_us_per_req": med("cpu_us_per_req"),
-            "non_2xx": sum(r["non_2xx"] for r in runs), "errors": sum(r["errors"] for r in runs),
-            "bytes": med("bytes"), "runs": len(runs)}
+    summary = {"rps": med("rps"), "p50_us": med("p50_us"), "p99_us": med("p99_us"),
+               "p999_us": med("p999_us"), "cpu_us_per_req": med("cpu_us_per_req"),
+               "non_2xx": sum(r["non_2xx"] for r in runs), "errors": sum(r["errors"] for r in runs),
+               "bytes": med("bytes"), "runs": len(runs)}
+    summary.update({k: med(k) for k in REMOTE_KEYS if all(k in r for r in runs)})
+    return summary
 
 
 def steady_client(port, body, stop, results, source="127.0.0.2"):
@@ -403,13 +554,25 @@ def steady_client(port, body, stop, results, source="127.0.0.2"):
 # ---------------------------------------------------------------------------------------------
 
 def main():
-    for needed in (ENVOY, WASM, NOOP, UPSTREAM, HMAC_NATIVE, HMAC_PORTABLE, HMAC_WASM):
+    unknown = ONLY - SUBSETS.keys()
+    if unknown:
+        sys.exit(f"BENCH_ONLY: unknown {', '.join(sorted(unknown))}; known: {', '.join(SUBSETS)}")
+    full = not ONLY
+    needed_files = (ENVOY, WASM, NOOP, UPSTREAM, HMAC_NATIVE, HMAC_PORTABLE, HMAC_WASM) if full \
+        else (ENVOY, WASM, UPSTREAM)
+    for needed in needed_files:
         if not needed.exists():
             sys.exit(f"missing {needed}: run `make bench`, which builds everything first")
     for needed, build in NATIVE_BUILD.items():
-        if not needed.is_file():
+        if not needed.is_file() and (full or needed == NATIVE):
             sys.exit(f"missing the dynamic module {needed}: build it first with `{build}` "
                      "(`make bench` does)")
+    if not STATE.is_file():
+        sys.exit(f"missing the state service {STATE}: build it with `make state` (`make bench` does), "
+                 "or point BENCH_STATE_BIN at one")
+    if not Path(REDIS).is_file():
+        sys.exit("missing redis-server: install it with `make redis-deps` (`make bench` does)")
+    remote = RemoteState()
     up_port = free_port()
     upstream = Server([str(UPSTREAM), "--listen", f"127.0.0.1:{up_port}"], up_port, LOAD_CPU)
     body_1k = b'{"order": "' + b"x" * 1011 + b'"}'
@@ -423,33 +586,57 @@ def main():
         "noop_hold_body": lambda: start_envoy([wasm_filter(NOOP, HOLD_BODY)], up_port),
         "noop_same_calls": lambda: start_envoy([wasm_filter(NOOP, SAME_CALLS)], up_port),
         "edge_warden": lambda: start_envoy([wasm_filter(WASM, plugin_config())], up_port),
+        # Right after its local-only twin, so the two see the same machine.
+        "edge_warden_remote": lambda: start_envoy([wasm_filter(WASM, plugin_config(remote=True))],
+                                                  up_port, state_port=remote.state.port),
         "noop_native": lambda: start_envoy([native_module(NOOP_NATIVE)], up_port,
                                            module_dir=NOOP_NATIVE.parent),
         "edge_warden_native": lambda: start_envoy([native_module(NATIVE, plugin_config())], up_port,
                                                   module_dir=NATIVE.parent),
+        "edge_warden_native_remote": lambda: start_envoy(
+            [native_module(NATIVE, plugin_config(remote=True))], up_port, module_dir=NATIVE.parent,
+            state_port=remote.state.port),
         "native": lambda: start_envoy(native_filters(), up_port, native_cors=True),
     }
-    fixed_rate = ("bare", "noop_wasm", "edge_warden", "noop_native", "edge_warden_native")
+    fixed_rate = ("bare", "noop_wasm", "edge_warden", "noop_native", "edge_warden_native",
+                  *REMOTE_SCENARIOS)
+    if ONLY:
+        keep = set().union(*(SUBSETS[subset] for subset in ONLY))
+        scenarios = {name: start for name, start in scenarios.items() if name in keep}
     results = {name: [] for name in scenarios}
-    results["python_plain"], results["python_middleware"] = [], []
-    results.update({f"{name}@fixed": [] for name in fixed_rate})
-    print(f"edge-warden bench: {CORES} cores, {SECONDS} s x {ROUNDS} rounds, "
-          f"Envoy on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}", flush=True)
+    if full:
+        results["python_plain"], results["python_middleware"] = [], []
+    results.update({f"{name}@fixed": [] for name in fixed_rate if name in scenarios})
+    remote_checks, admitted = [], None
+    print(f"edge-warden bench{' (BENCH_ONLY=' + ','.join(sorted(ONLY)) + ')' if ONLY else ''}: "
+          f"{CORES} cores, {SECONDS} s x {ROUNDS} rounds, Envoy on CPU {SERVER_CPU}, load, "
+          f"upstream, Redis and edge-warden-state ({STATE}) on CPU {LOAD_CPU}", flush=True)
     for rnd in range(ROUNDS):
         for name, start in scenarios.items():
             server = start()
+            in_remote = remote if name in REMOTE_SCENARIOS else None
             if rnd == 0:
                 check_passes(name, server, body_1k)
+                if in_remote:
+                    request, checked = check_remote(name, server, body_1k, remote, admitted)
+                    admitted = (name, request)
+                    remote_checks += checked
             measure(server, body_path, body_1k, 1, headers=CLIENT_HEADERS)  # warm up
-            results[name].append(measure(server, body_path, body_1k, SECONDS, headers=CLIENT_HEADERS))
-            print(f"  round {rnd + 1} {name}: {results[name][-1]['rps']:.0f} req/s", flush=True)
+            results[name].append(measure(server, body_path, body_1k, SECONDS, remote=in_remote,
+                                         headers=CLIENT_HEADERS))
+            print(f"  round {rnd + 1} {name}: {results[name][-1]['rps']:.0f} req/s"
+                  + (f", state service {results[name][-1]['state_cpu_us_per_req']:.1f} µs and Redis "
+                     f"{results[name][-1]['redis_cpu_us_per_req']:.1f} µs CPU per claim" if in_remote else ""),
+                  flush=True)
             if name in fixed_rate:
-                r = measure(server, body_path, body_1k, SECONDS, headers=CLIENT_HEADERS,
+                r = measure(server, body_path, body_1k, SECONDS, remote=in_remote, headers=CLIENT_HEADERS,
                             connections=FIXED_RATE_CONNECTIONS, delay_ms=FIXED_RATE_DELAY_MS)
                 results[f"{name}@fixed"].append(r)
                 print(f"  round {rnd + 1} {name} at {r['rps']:.0f} req/s: p99 {r['p99_us']} µs",
                       flush=True)
             server.stop()
+        if not full:
+            continue
         for name, target in (("python_plain", "asgi_app:app"), ("python_middleware", "asgi_app:protected")):
             port = free_port()
             server = Server([str(PYTHON), "-m", "uvicorn", target, "--port", str(port), "--workers", "1",
@@ -460,6 +647,11 @@ def main():
             server.stop()
             print(f"  round {rnd + 1} {name}: {results[name][-1]['rps']:.0f} req/s", flush=True)
     summary = {name: summarize(runs) for name, runs in results.items()}
+    remote.stop()
+    if not full:
+        upstream.stop()
+        report(summary, None, None, None, None, remote_checks)
+        return
 
     # Body sizes, signature only, and the HMAC of the same crates natively and in wasm (V8).
     sizes = {}
@@ -524,15 +716,138 @@ def main():
         print(f"  memory: {memory}", flush=True)
     upstream.stop()
     calls = {"edge_warden": hostcalls(WASM, plugin_config()), "noop_wasm": hostcalls(NOOP, {})}
-    report(summary, sizes, floods, memory, calls)
+    report(summary, sizes, floods, memory, calls, remote_checks)
 
 
-def report(s, sizes, floods, memory, calls):
+def report(s, sizes, floods, memory, calls, remote_checks):
+    """bench/results.md from the medians `s`; `sizes`, `floods`, `memory` and `calls` are None
+    in a BENCH_ONLY subset, which gets the tables of what it ran and the remote claim only."""
+    full = sizes is not None
+    bare = s["bare"]
+    fixed = {k[:-len("@fixed")]: r for k, r in s.items() if k.endswith("@fixed")}
+    cpu = platform.processor() or next((l.split(": ", 1)[1] for l in Path("/proc/cpuinfo").read_text().splitlines()
+                                         if l.startswith("model name")), "unknown")
+    remote = any(k in s for k in REMOTE_SCENARIOS)
+    lines = [
+        "# edge-warden benchmark results", "",
+        f"Generated by `make bench` on {datetime.date.today().isoformat()}: {CORES} cores ({cpu}), "
+        f"{SECONDS} s per run, {ROUNDS} interleaved rounds (medians shown). Envoy "
+        f"`--concurrency 1` pinned to CPU {SERVER_CPU}; wrk (1 thread) and the demo upstream pinned "
+        f"to CPU {LOAD_CPU}; uvicorn (1 worker) on CPU {SERVER_CPU} when it is the server under test. "
+        + (f"Redis and edge-warden-state (one of each for the whole run, for 2c and 2d) pinned to "
+           f"CPU {LOAD_CPU} too, like the upstream: Envoy's core stays its own, so Envoy's CPU per "
+           "request compares with 2a and 2b, and their own CPU is counted apart, per claim. "
+           if remote else "") +
+        "Every request: a 1 KiB JSON POST with a fresh nonce and a valid signature, an API key and an "
+        "allowed Origin (bare Envoy, the do-nothing filters and the native filters forward them "
+        "unchecked). edge-warden runs in both runtimes with the same plugin configuration: "
+        "(wasm) the proxy-wasm filter under V8, (native) the Envoy dynamic module "
+        "`libedge_warden.so` (`make native`).", "",
+    ]
+    if not full:
+        lines += [f"**A subset** (`BENCH_ONLY={','.join(sorted(ONLY))}`): only the scenarios below; "
+                  "the ratios, targets and the other sections come from the full `make bench`.", ""]
+    lines += [
+        f"## Throughput (closed loop, {CONNECTIONS} connections)", "",
+        "| Scenario | req/s | of bare | p50 µs | p99 µs | p99.9 µs | Envoy/server CPU µs per request | non-2xx |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    names = {"bare": "1a. bare Envoy → upstream", "noop_wasm": "1b. Envoy + do-nothing wasm filter",
+             "noop_native": "1c. Envoy + do-nothing native module",
+             "edge_warden": "2a. Envoy + edge-warden (wasm) (signature, API key, CORS, security headers)",
+             "edge_warden_native": "2b. Envoy + edge-warden (native) (signature, API key, CORS, security headers)",
+             "edge_warden_remote": "2c. Envoy + edge-warden (wasm) + remote claim",
+             "edge_warden_native_remote": "2d. Envoy + edge-warden (native) + remote claim",
+             "native": "3. Envoy native filters (cors, rbac, header_mutation), no signatures",
+             "python_plain": "5a. uvicorn handler, no middleware",
+             "python_middleware": "5b. uvicorn handler + security middleware (HMAC, nonces, CORS, headers)"}
+    for key, label in names.items():
+        if key not in s:
+            continue
+        r = s[key]
+        lines.append(f"| {label} | {r['rps']:.0f} | {r['rps'] / bare['rps']:.2f} | {r['p50_us']:.0f} | "
+                     f"{r['p99_us']:.0f} | {r['p999_us']:.0f} | {r['cpu_us_per_req']:.1f} | {r['non_2xx']} |")
+    lines += ["", f"## Latency unsaturated ({FIXED_RATE_CONNECTIONS} connection waiting "
+              f"{FIXED_RATE_DELAY_MS} ms after each response: one request in flight at a time)", "",
+              "| Scenario | req/s | p50 µs | p99 µs | p99.9 µs | p99 added to bare µs | non-2xx |",
+              "|---|---|---|---|---|---|---|"]
+    for key in (k for k in names if k in fixed):
+        r = fixed[key]
+        lines.append(f"| {names[key]} | {r['rps']:.0f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | "
+                     f"{r['p999_us']:.0f} | {r['p99_us'] - fixed['bare']['p99_us']:.0f} | {r['non_2xx']} |")
+    if remote:
+        lines += remote_claim(s, fixed, remote_checks)
+    if full:
+        lines += full_sections(s, fixed, names, sizes, floods, memory, calls)
+    text = "\n".join(lines) + "\n"
+    out = os.environ.get("BENCH_OUT") or (ROOT / "bench/results.md" if full else None)
+    if out:
+        Path(out).write_text(text)
+    print()
+    print(text)
+    if not out:
+        print("(a subset: bench/results.md left alone; set BENCH_OUT=path to keep this report)")
+
+
+def remote_claim(s, fixed, remote_checks):
+    """The "Remote claim" section: each runtime local-only vs with remote_state, and what the
+    state service and Redis spend per claim."""
+    pairs = [(runtime, local, f"{local}_remote") for runtime, local in
+             (("wasm", "edge_warden"), ("native", "edge_warden_native")) if f"{local}_remote" in s]
+    debug = "/debug/" in str(STATE)
+    lines = ["", "## Remote claim", "",
+             "edge-warden with `remote_state` (2c, 2d) against the same plugin configuration without it "
+             "(2a, 2b): the local replay cache and lockout answer first, then every signed request that "
+             "passes makes one gRPC call, Admit (the nonce claim and the lockout check), to "
+             "edge-warden-state (wasm: `dispatch_grpc_call`, native: an HTTP/2 callout), which asks Redis. "
+             f"`timeout_ms` {REMOTE_TIMEOUT_MS} (generous: this measures what a claim costs, not timeouts), "
+             f"`failure_mode` fail_closed. One redis-server (`--save '' --appendonly no`) and one "
+             f"edge-warden-state in front of it serve the whole run, both pinned to "
+             f"CPU {LOAD_CPU} with wrk and the upstream, so Envoy keeps CPU {SERVER_CPU} to itself and "
+             "its CPU per request compares with 2a and 2b"
+             + (f"; on {CORES} cores they share that core with the load generator, so the req/s of 2c "
+                "and 2d can be bounded by the load core rather than by Envoy, and the CPU per claim "
+                "below is the steadier figure." if CORES <= 2 else "."), ""]
+    if debug:
+        lines += [f"**The state service was a debug build** (`{STATE}`): its CPU per claim and the "
+                  "remote rows are indicative only.", ""]
+    lines += ["| Runtime | local-only req/s | + remote claim req/s | remote / local | p99 local µs | "
+              "p99 remote µs | p99 added µs | p99 added, one request in flight µs | "
+              "Envoy CPU µs per request, local-only | + remote claim | added |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for runtime, local, rem in pairs:
+        a, b = s[local], s[rem]
+        fixed_added = (f"{fixed[rem]['p99_us'] - fixed[local]['p99_us']:+.0f}"
+                       if rem in fixed and local in fixed else "—")
+        lines.append(f"| {runtime} | {a['rps']:.0f} | {b['rps']:.0f} | {b['rps'] / a['rps']:.2f} | "
+                     f"{a['p99_us']:.0f} | {b['p99_us']:.0f} | {b['p99_us'] - a['p99_us']:+.0f} | "
+                     f"{fixed_added} | {a['cpu_us_per_req']:.1f} | {b['cpu_us_per_req']:.1f} | "
+                     f"{b['cpu_us_per_req'] - a['cpu_us_per_req']:+.1f} |")
+    lines += ["", "At saturation each p99 is mostly queueing at that scenario's own rate; the "
+              "one-request-in-flight column is the latency a claim adds."]
+    lines += ["", f"Per claim, in the closed-loop runs (CPU time from /proc over the run ÷ requests "
+              "answered):", "",
+              "| | " + " | ".join(f"with edge-warden ({runtime})" for runtime, _, _ in pairs) + " |",
+              "|---|" + "---|" * len(pairs)]
+    for label, key, fmt in (("edge-warden-state CPU µs per claim", "state_cpu_us_per_req", ".1f"),
+                            ("Redis CPU µs per claim", "redis_cpu_us_per_req", ".1f"),
+                            ("calls to the state service per request (Envoy's "
+                             f"`cluster.{STATE_CLUSTER}.upstream_rq_total`)", "state_calls_per_req", ".2f"),
+                            ("claims stored in Redis per request (DBSIZE and expired keys, before "
+                             "and after)",
+                             "redis_keys_per_req", ".2f")):
+        lines.append(f"| {label} | " + " | ".join(f"{s[rem][key]:{fmt}}" for _, _, rem in pairs) + " |")
+    if remote_checks:
+        lines += ["", "Checked before measuring (first round):", ""] + [f"- {c}." for c in remote_checks]
+    return lines
+
+
+def full_sections(s, fixed, names, sizes, floods, memory, calls):
+    """Ratios, targets, where the time goes, host calls, body sizes, floods and memory: the full
+    run only."""
     bare, noop, ew, native = s["bare"], s["noop_wasm"], s["edge_warden"], s["native"]
     ewn, noopn = s["edge_warden_native"], s["noop_native"]
     py_plain, py_mw = s["python_plain"], s["python_middleware"]
-    fixed = {k: s[f"{k}@fixed"] for k in ("bare", "noop_wasm", "edge_warden", "noop_native",
-                                          "edge_warden_native")}
     added_p99 = ew["p99_us"] - bare["p99_us"]
     noop_added_p99 = noop["p99_us"] - bare["p99_us"]
     fixed_added = {k: r["p99_us"] - fixed["bare"]["p99_us"] for k, r in fixed.items()}
@@ -586,43 +901,7 @@ def report(s, sizes, floods, memory, calls):
         ("wasm HMAC / native portable code, MB/s at 1 MiB", big["wasm_mb_s"] / big["portable_mb_s"], ".2f",
          "(same algorithm, no SHA instructions)", None),
     ]
-    cpu = platform.processor() or next((l.split(": ", 1)[1] for l in Path("/proc/cpuinfo").read_text().splitlines()
-                                         if l.startswith("model name")), "unknown")
-    lines = [
-        "# edge-warden benchmark results", "",
-        f"Generated by `make bench` on {datetime.date.today().isoformat()}: {CORES} cores ({cpu}), "
-        f"{SECONDS} s per run, {ROUNDS} interleaved rounds (medians shown). Envoy "
-        f"`--concurrency 1` pinned to CPU {SERVER_CPU}; wrk (1 thread) and the demo upstream pinned "
-        f"to CPU {LOAD_CPU}; uvicorn (1 worker) on CPU {SERVER_CPU} when it is the server under test. "
-        "Every request: a 1 KiB JSON POST with a fresh nonce and a valid signature, an API key and an "
-        "allowed Origin (bare Envoy, the do-nothing filters and the native filters forward them "
-        "unchecked). edge-warden runs in both runtimes with the same plugin configuration: "
-        "(wasm) the proxy-wasm filter under V8, (native) the Envoy dynamic module "
-        "`libedge_warden.so` (`make native`).", "",
-        f"## Throughput (closed loop, {CONNECTIONS} connections)", "",
-        "| Scenario | req/s | of bare | p50 µs | p99 µs | p99.9 µs | Envoy/server CPU µs per request | non-2xx |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    names = {"bare": "1a. bare Envoy → upstream", "noop_wasm": "1b. Envoy + do-nothing wasm filter",
-             "noop_native": "1c. Envoy + do-nothing native module",
-             "edge_warden": "2a. Envoy + edge-warden (wasm) (signature, API key, CORS, security headers)",
-             "edge_warden_native": "2b. Envoy + edge-warden (native) (signature, API key, CORS, security headers)",
-             "native": "3. Envoy native filters (cors, rbac, header_mutation), no signatures",
-             "python_plain": "5a. uvicorn handler, no middleware",
-             "python_middleware": "5b. uvicorn handler + security middleware (HMAC, nonces, CORS, headers)"}
-    for key, label in names.items():
-        r = s[key]
-        lines.append(f"| {label} | {r['rps']:.0f} | {r['rps'] / bare['rps']:.2f} | {r['p50_us']:.0f} | "
-                     f"{r['p99_us']:.0f} | {r['p999_us']:.0f} | {r['cpu_us_per_req']:.1f} | {r['non_2xx']} |")
-    lines += ["", f"## Latency unsaturated ({FIXED_RATE_CONNECTIONS} connection waiting "
-              f"{FIXED_RATE_DELAY_MS} ms after each response: one request in flight at a time)", "",
-              "| Scenario | req/s | p50 µs | p99 µs | p99.9 µs | p99 added to bare µs | non-2xx |",
-              "|---|---|---|---|---|---|---|"]
-    for key in (k for k in names if k in fixed):
-        r = fixed[key]
-        lines.append(f"| {names[key]} | {r['rps']:.0f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | "
-                     f"{r['p999_us']:.0f} | {r['p99_us'] - fixed['bare']['p99_us']:.0f} | {r['non_2xx']} |")
-    lines += ["", "## Ratios", "", "| Ratio | Value | Target | Met |", "|---|---|---|---|"]
+    lines = ["", "## Ratios", "", "| Ratio | Value | Target | Met |", "|---|---|---|---|"]
     for label, value, fmt, target, met in ratios:
         mark = "—" if met is None else ("yes" if met else "**no**")
         lines.append(f"| {label} | {value:{fmt}} | {target} | {mark} |")
@@ -721,10 +1000,7 @@ def report(s, sizes, floods, memory, calls):
                   f"(`nonce_replayed` where wrk ran past the pre-signed set and repeated it; "
                   f"`replay_cache_full` only if the cache filled). Replay cache entries at the end: "
                   f"{memory['cache_entries']}."]
-    text = "\n".join(lines) + "\n"
-    Path(os.environ.get("BENCH_OUT", ROOT / "bench/results.md")).write_text(text)
-    print()
-    print(text)
+    return lines
 
 
 if __name__ == "__main__":
