@@ -14,7 +14,7 @@ NATIVE := target/native/libedge_warden.so
 RUNTIME ?= wasm
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: help run run-tls certs validate bench bench-deps test wasm native native-faults cli deps envoy wasm-target node-deps browser-deps lint unit integration clean
+.PHONY: help run run-tls certs validate bench bench-deps test wasm native native-faults cli state deps envoy wasm-target node-deps browser-deps redis-deps lint unit integration clean
 
 help:
 	@echo "make run    build edge-warden and start Envoy on 127.0.0.1:10000 (admin :9901) before the demo upstream"
@@ -25,6 +25,7 @@ help:
 	@echo "make wasm   build $(WASM)"
 	@echo "make native build $(NATIVE) (the same filter as an Envoy dynamic module; make run RUNTIME=native)"
 	@echo "make cli    build target/release/warden (sign requests, check configs) and the demo upstream"
+	@echo "make state  build target/release/edge-warden-state (the gRPC service in front of Redis; state/README.md)"
 	@echo "make bench  benchmarks: edge-warden vs bare Envoy, a do-nothing wasm filter, native filters, Python middleware"
 
 wasm-target:
@@ -52,7 +53,11 @@ node-deps: $(NODE_DEPS)
 browser-deps: node-deps
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null)
 
-deps: wasm-target envoy $(PYYAML) node-deps browser-deps
+# Redis from Debian for edge-warden-state's tests (they start their own redis-server processes).
+redis-deps:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null)
+
+deps: wasm-target envoy $(PYYAML) node-deps browser-deps redis-deps
 
 wasm: wasm-target
 	cargo build --release --target wasm32-wasip1 --lib
@@ -67,6 +72,9 @@ native-faults:
 
 cli:
 	cargo build --release --bins
+
+state:
+	cargo build --release -p edge-warden-state
 
 run: wasm-target envoy cli $(if $(filter native,$(RUNTIME)),native,wasm)
 	@./scripts/run.sh $(if $(filter native,$(RUNTIME)),envoy/envoy-native.yaml,envoy/envoy.yaml)
@@ -84,12 +92,15 @@ validate: wasm-target envoy wasm cli $(if $(findstring tls,$(CONFIG)),certs)
 
 lint: wasm-target
 	cargo fmt --check
+	cargo fmt --check -p edge-warden-state
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy -p edge-warden-state --all-targets -- -D warnings
 	cargo clippy --release --target wasm32-wasip1 --lib -- -D warnings
 	cargo clippy --profile native --lib --features native -- -D warnings
 
-unit:
+unit: redis-deps
 	cargo test --lib --bins
+	cargo test -p edge-warden-state
 
 # Every Envoy test runs against both runtimes.
 integration: deps wasm native native-faults
@@ -100,6 +111,7 @@ integration: deps wasm native native-faults
 # sandbox, so a parser or request path that panics must not land.
 test: deps wasm native native-faults lint
 	cargo test --lib --bins
+	cargo test -p edge-warden-state
 	EDGE_WARDEN_RUNTIME=wasm cargo test --test envoy
 	EDGE_WARDEN_RUNTIME=native cargo test --test envoy
 	$(MAKE) --no-print-directory fuzz-smoke
