@@ -302,6 +302,7 @@ async fn require_replicas_without_a_replica_is_unavailable_then_works_with_one()
         let info = redis.info("replication");
         (info.contains("connected_slaves:1") && info.contains("state=online")).then_some(())
     });
+    redis.wait_for_replica();
 
     let fp = fingerprint();
     let a = admit(&mut c, claim_req(&fp, 60)).await.unwrap();

@@ -126,6 +126,26 @@ impl Redis {
         self.spawn();
     }
 
+    /// Waits until a replica acknowledges this server's writes (WAIT answers 1), which is a
+    /// little later than `INFO replication` first shows it online.
+    pub fn wait_for_replica(&self) {
+        wait_for(
+            "a replica acknowledging writes",
+            Duration::from_secs(30),
+            || {
+                let mut c = self.conn();
+                redis::cmd("SET")
+                    .arg("probe")
+                    .arg("1")
+                    .query::<()>(&mut c)
+                    .ok()?;
+                let acked: i64 = redis::cmd("WAIT").arg(1).arg(100).query(&mut c).ok()?;
+                let _ = redis::cmd("DEL").arg("probe").query::<()>(&mut c);
+                (acked >= 1).then_some(())
+            },
+        );
+    }
+
     pub fn info(&self, section: &str) -> String {
         redis::cmd("INFO")
             .arg(section)
