@@ -16,9 +16,10 @@
 //!   of the failure, usually milliseconds) can be admitted once more while its TTL runs.
 //!   Failure counts can likewise lose their latest increments, so a client gets a few more
 //!   attempts than `max_failures`. Everything else (older claims, older counts) survives.
-//! - With `--require-replicas N`: each write is followed by `WAIT N --replica-timeout-ms`. A
-//!   claim is answered `claimed = true`, and a failure count is answered at all, only when N
-//!   replicas acknowledged having it in memory; otherwise the answer is UNAVAILABLE (the claim
+//! - With `--require-replicas N`: each call that may write (an Admit with a claim, a
+//!   RecordFailure) pipelines `WAIT N --replica-timeout-ms` after its script. A claim is
+//!   answered `claimed = true`, and a failure count is answered at all, only when N replicas
+//!   acknowledged having it in memory; otherwise the answer is UNAVAILABLE (the claim
 //!   may or may not exist: the filter treats it as unavailable and the client retries with a
 //!   fresh nonce, so an ambiguous claim is never used). Such a claim survives the failure of the
 //!   primary as long as the replica promoted is one of those that acknowledged it; Sentinel and
