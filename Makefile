@@ -14,7 +14,7 @@ NATIVE := target/native/libedge_warden.so
 RUNTIME ?= wasm
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: help run run-fleet state redis-deps run-tls certs validate bench bench-deps test wasm native native-faults cli deps envoy wasm-target node-deps browser-deps lint unit integration clean
+.PHONY: help run run-fleet run-tls certs validate bench bench-deps test wasm native native-faults cli state deps envoy wasm-target node-deps browser-deps redis-deps lint unit integration clean
 
 help:
 	@echo "make run    build edge-warden and start Envoy on 127.0.0.1:10000 (admin :9901) before the demo upstream"
@@ -26,6 +26,7 @@ help:
 	@echo "make wasm   build $(WASM)"
 	@echo "make native build $(NATIVE) (the same filter as an Envoy dynamic module; make run RUNTIME=native)"
 	@echo "make cli    build target/release/warden (sign requests, check configs) and the demo upstream"
+	@echo "make state  build target/release/edge-warden-state (the gRPC service in front of Redis; state/README.md)"
 	@echo "make bench  benchmarks: edge-warden vs bare Envoy, a do-nothing wasm filter, native filters, Python middleware,"
 	@echo "            and the remote claim (remote_state through edge-warden-state and Redis); BENCH_ONLY=remote for that alone"
 
@@ -54,7 +55,11 @@ node-deps: $(NODE_DEPS)
 browser-deps: node-deps
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null)
 
-deps: wasm-target envoy $(PYYAML) node-deps browser-deps
+# Redis from Debian for edge-warden-state's tests (they start their own redis-server processes).
+redis-deps:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null)
+
+deps: wasm-target envoy $(PYYAML) node-deps browser-deps redis-deps
 
 wasm: wasm-target
 	cargo build --release --target wasm32-wasip1 --lib
@@ -70,16 +75,11 @@ native-faults:
 cli:
 	cargo build --release --bins
 
-run: wasm-target envoy cli $(if $(filter native,$(RUNTIME)),native,wasm)
-	@./scripts/run.sh $(if $(filter native,$(RUNTIME)),envoy/envoy-native.yaml,envoy/envoy.yaml)
-
-# edge-warden-state (state/), the fleet's gRPC state service in front of Redis.
 state:
 	cargo build --release -p edge-warden-state
 
-# redis-server from Debian's packages, for make run-fleet and make bench (the remote claim).
-redis-deps:
-	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null)
+run: wasm-target envoy cli $(if $(filter native,$(RUNTIME)),native,wasm)
+	@./scripts/run.sh $(if $(filter native,$(RUNTIME)),envoy/envoy-native.yaml,envoy/envoy.yaml)
 
 # Redis, edge-warden-state, the demo upstream and two Envoys (envoy/envoy-fleet-local.yaml on
 # 10000 and a copy on 10001) sharing replay claims and lockouts; Ctrl-C stops all.
@@ -99,22 +99,26 @@ validate: wasm-target envoy wasm cli $(if $(findstring tls,$(CONFIG)),certs)
 
 lint: wasm-target
 	cargo fmt --check
+	cargo fmt --check -p edge-warden-state
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy -p edge-warden-state --all-targets -- -D warnings
 	cargo clippy --release --target wasm32-wasip1 --lib -- -D warnings
 	cargo clippy --profile native --lib --features native -- -D warnings
 
-unit:
+unit: redis-deps
 	cargo test --lib --bins
+	cargo test -p edge-warden-state
 
 # Every Envoy test runs against both runtimes.
-integration: deps wasm native native-faults
+integration: deps wasm native native-faults state
 	EDGE_WARDEN_RUNTIME=wasm cargo test --test envoy
 	EDGE_WARDEN_RUNTIME=native cargo test --test envoy
 
 # Last, a short bounded fuzz run of every target (fuzz/fuzz.mk): the native runtime has no
 # sandbox, so a parser or request path that panics must not land.
-test: deps wasm native native-faults lint
+test: deps wasm native native-faults state lint
 	cargo test --lib --bins
+	cargo test -p edge-warden-state
 	EDGE_WARDEN_RUNTIME=wasm cargo test --test envoy
 	EDGE_WARDEN_RUNTIME=native cargo test --test envoy
 	$(MAKE) --no-print-directory fuzz-smoke

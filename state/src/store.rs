@@ -1,0 +1,650 @@
+//! The Redis side: one Lua script per operation, on one of a few long-lived connections.
+//!
+//! Keys (PREFIX is `--key-prefix`, `ew:` by default):
+//! - `PREFIXnonce:<hex fingerprint>` = "1", expiring after the claim's TTL: a claimed fingerprint.
+//! - `PREFIXfail:<client>` = failure count, expiring `window_seconds` after the first failure.
+//!
+//! # Durability: what survives a primary failover
+//!
+//! Redis replicates asynchronously. A write is acknowledged by the primary before any replica
+//! has it, so when a primary fails and a replica is promoted (by Sentinel, by Redis Cluster, or
+//! by hand), the writes of the last moments before the failure can be missing on the new primary.
+//!
+//! - Without `--require-replicas` (the default): a claim answered `claimed = true` may be lost
+//!   in a failover. The same fingerprint can then be claimed a second time on the new primary,
+//!   i.e. a replay of a request signed in that short window (the replication lag at the moment
+//!   of the failure, usually milliseconds) can be admitted once more while its TTL runs.
+//!   Failure counts can likewise lose their latest increments, so a client gets a few more
+//!   attempts than `max_failures`. Everything else (older claims, older counts) survives.
+//! - With `--require-replicas N`: each call that may write (an Admit with a claim, a
+//!   RecordFailure) pipelines `WAIT N --replica-timeout-ms` after its script. A claim is
+//!   answered `claimed = true`, and a failure count is answered at all, only when N replicas
+//!   acknowledged having it in memory; otherwise the answer is UNAVAILABLE (the claim
+//!   may or may not exist: the filter treats it as unavailable and the client retries with a
+//!   fresh nonce, so an ambiguous claim is never used). Such a claim survives the failure of the
+//!   primary as long as the replica promoted is one of those that acknowledged it; Sentinel and
+//!   Cluster promote the replica with the most replicated data, so this holds unless more than
+//!   N nodes fail together or a lagging replica is promoted by hand. WAIT does not make Redis
+//!   strongly consistent: it is not an fsync (a replica restarted without persistence loses what
+//!   it had), and a primary cut off from the others still accepts writes until it notices; WAIT
+//!   then answers too few replicas, so the service refuses those claims instead of trusting them.
+//!
+//! A Redis that restarts without persistence (or evicts keys: use `maxmemory-policy noeviction`
+//! or `volatile-ttl`) forgets every claim and count it had, with or without `--require-replicas`.
+//!
+//! # Round trips
+//!
+//! Admit is one script over both keys, so the lockout check and the claim take one round trip
+//! and are atomic. In Redis Cluster the two keys are in different hash slots (a script may only
+//! touch keys of one slot), so there Admit takes two round trips: the lockout check first, and
+//! the claim only if the client is not locked out. (A `--key-prefix` with a hash tag, such as
+//! `{ew}:`, puts every key in one slot and Admit back in one round trip, on one shard.) The WAIT
+//! of `--require-replicas` is pipelined with the write it waits for, on the same connection, so it
+//! adds no round trip, only the time the replicas take to acknowledge.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline,
+    RedisError, ServerErrorKind, Value,
+};
+
+use crate::config::{Backend, Config};
+
+/// Admit. ARGV[1] is the shape: "lc" = lockout check on KEYS[1] (the failure counter), then the
+/// claim of KEYS[2] (the nonce); "l" = the lockout check alone; "c" = the claim of KEYS[1] alone.
+/// ARGV[2] = max failures, ARGV[3] = the claim's TTL in seconds.
+/// Returns {locked_for_seconds, claimed (1 or 0)}; a locked-out client claims nothing.
+const ADMIT_LUA: &str = r#"
+local shape = ARGV[1]
+local nonce = KEYS[1]
+if shape ~= 'c' then
+  local failures = tonumber(redis.call('GET', KEYS[1])) or 0
+  if failures >= tonumber(ARGV[2]) then
+    local ttl = redis.call('TTL', KEYS[1])
+    if ttl < 1 then ttl = 1 end
+    return {ttl, 0}
+  end
+  if shape == 'l' then return {0, 0} end
+  nonce = KEYS[2]
+end
+if redis.call('SET', nonce, '1', 'NX', 'EX', ARGV[3]) then
+  return {0, 1}
+end
+return {0, 0}
+"#;
+
+/// RecordFailure. KEYS[1] = the failure counter, ARGV[1] = the window in seconds. The first
+/// failure starts the window: the expiry is set only when the counter has none (a new key).
+/// Returns {failures, ttl}.
+const RECORD_FAILURE_LUA: &str = r#"
+local failures = redis.call('INCR', KEYS[1])
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {failures, ttl}
+"#;
+
+/// A kernel-level bound on a connection whose peer vanished without a reset: unacknowledged
+/// data for this long fails the socket, and the connection is then replaced.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Each attempt to connect to a Redis node.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// After a failed Sentinel lookup, calls fail at once for this long instead of asking again.
+const SENTINEL_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Why an operation failed. Every variant becomes UNAVAILABLE; [`StoreError::kind`] is what
+/// the log says (never a key, a fingerprint, a client or a Redis address).
+#[derive(Debug)]
+pub enum StoreError {
+    Redis(RedisError),
+    /// The round trip took longer than its deadline.
+    Timeout,
+    /// The write was made, but fewer replicas than `--require-replicas` acknowledged it.
+    Unreplicated,
+    /// Redis answered something the scripts never return.
+    BadReply,
+}
+
+impl StoreError {
+    /// A short description of the kind of error, safe to log.
+    pub fn kind(&self) -> String {
+        match self {
+            StoreError::Timeout => "deadline exceeded".into(),
+            StoreError::Unreplicated => "too few replicas acknowledged".into(),
+            StoreError::BadReply => "unexpected reply".into(),
+            StoreError::Redis(e) => redis_error_kind(e),
+        }
+    }
+}
+
+fn redis_error_kind(e: &RedisError) -> String {
+    if e.is_connection_refusal() {
+        return "connection refused".into();
+    }
+    if e.is_timeout() {
+        return "redis timeout".into();
+    }
+    if e.is_connection_dropped() {
+        return "connection dropped".into();
+    }
+    match e.kind() {
+        // The code is the reply's first word (READONLY, NOSCRIPT, ERR, ...): no data in it.
+        ErrorKind::Server(_) | ErrorKind::Extension => {
+            format!("server error {}", e.code().unwrap_or("?"))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+impl From<RedisError> for StoreError {
+    fn from(e: RedisError) -> Self {
+        StoreError::Redis(e)
+    }
+}
+
+/// What Admit decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmitOutcome {
+    pub locked_for_seconds: u64,
+    pub claimed: bool,
+}
+
+/// What RecordFailure counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureOutcome {
+    pub failures: u32,
+    pub locked_for_seconds: u64,
+}
+
+/// A validated Admit: at least one part is present.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmitOp<'a> {
+    /// (client, max_failures)
+    pub lockout: Option<(&'a str, u32)>,
+    /// (fingerprint, ttl_seconds)
+    pub claim: Option<(&'a [u8], u32)>,
+}
+
+struct Lua {
+    code: &'static str,
+    sha: String,
+}
+
+impl Lua {
+    fn new(code: &'static str) -> Self {
+        let sha = redis::Script::new(code).get_hash().to_string();
+        Lua { code, sha }
+    }
+}
+
+/// One long-lived connection (each multiplexes any number of concurrent calls).
+enum Conn {
+    /// Reconnects by itself after a dropped connection.
+    Single(ConnectionManager),
+    /// Follows the cluster's slots and reconnects by itself.
+    Cluster(ClusterConnection),
+    /// Asks the sentinels for the primary whenever its connection is lost.
+    Sentinel(Arc<SentinelConn>),
+}
+
+impl Conn {
+    async fn query(&self, pipe: &Pipeline, deadline: Duration) -> Result<Vec<Value>, StoreError> {
+        match self {
+            Conn::Single(m) => {
+                let mut m = m.clone();
+                with_deadline(deadline, pipe.query_async(&mut m)).await
+            }
+            Conn::Cluster(c) => {
+                let mut c = c.clone();
+                with_deadline(deadline, pipe.query_async(&mut c)).await
+            }
+            Conn::Sentinel(s) => s.query(pipe, deadline).await,
+        }
+    }
+}
+
+async fn with_deadline<F>(deadline: Duration, f: F) -> Result<Vec<Value>, StoreError>
+where
+    F: std::future::Future<Output = redis::RedisResult<Vec<Value>>>,
+{
+    match tokio::time::timeout(deadline, f).await {
+        Ok(r) => r.map_err(StoreError::Redis),
+        Err(_) => Err(StoreError::Timeout),
+    }
+}
+
+/// A Sentinel-discovered primary: one multiplexed connection, replaced (after asking the
+/// sentinels again) when it fails, so a failover is followed without a restart.
+struct SentinelConn {
+    /// The lookup is single-flight: callers that find no connection queue here.
+    lookup: tokio::sync::Mutex<(SentinelClient, Option<Instant>)>,
+    config: AsyncConnectionConfig,
+    current: StdMutex<Option<(u64, MultiplexedConnection)>>,
+    generation: AtomicU64,
+}
+
+impl SentinelConn {
+    fn cached(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.current.lock().ok().and_then(|c| c.clone())
+    }
+
+    async fn connection(&self) -> Result<(u64, MultiplexedConnection), StoreError> {
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        let mut lookup = self.lookup.lock().await;
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        if let Some(failed) = lookup.1 {
+            if failed.elapsed() < SENTINEL_RETRY_PAUSE {
+                return Err(StoreError::Redis(RedisError::from((
+                    ErrorKind::MasterNameNotFoundBySentinel,
+                    "primary lookup failed moments ago",
+                ))));
+            }
+        }
+        match lookup
+            .0
+            .get_async_connection_with_config(&self.config)
+            .await
+        {
+            Ok(conn) => {
+                lookup.1 = None;
+                let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Ok(mut current) = self.current.lock() {
+                    *current = Some((generation, conn.clone()));
+                }
+                Ok((generation, conn))
+            }
+            Err(e) => {
+                lookup.1 = Some(Instant::now());
+                Err(StoreError::Redis(e))
+            }
+        }
+    }
+
+    /// Drops the connection of `generation` (unless another one replaced it already).
+    fn forget(&self, generation: u64) {
+        if let Ok(mut current) = self.current.lock() {
+            if matches!(*current, Some((g, _)) if g == generation) {
+                *current = None;
+            }
+        }
+    }
+
+    async fn query(&self, pipe: &Pipeline, deadline: Duration) -> Result<Vec<Value>, StoreError> {
+        let started = Instant::now();
+        let (generation, mut conn) = match tokio::time::timeout(deadline, self.connection()).await {
+            Ok(c) => c?,
+            Err(_) => return Err(StoreError::Timeout),
+        };
+        let left = deadline.saturating_sub(started.elapsed());
+        let result = with_deadline(left, pipe.query_async(&mut conn)).await;
+        if let Err(e) = &result {
+            let stale = match e {
+                StoreError::Timeout => true,
+                StoreError::Redis(e) => {
+                    e.is_io_error()
+                        || e.is_unrecoverable_error()
+                        || matches!(
+                            e.kind(),
+                            ErrorKind::Server(
+                                ServerErrorKind::ReadOnly
+                                    | ServerErrorKind::MasterDown
+                                    | ServerErrorKind::BusyLoading
+                            )
+                        )
+                }
+                _ => false,
+            };
+            if stale {
+                self.forget(generation);
+            }
+        }
+        result
+    }
+}
+
+/// The state store: Redis behind the two operations of the API.
+pub struct Store {
+    conns: Vec<Conn>,
+    next: AtomicUsize,
+    prefix: String,
+    cluster: bool,
+    require_replicas: u32,
+    replica_timeout: Duration,
+    redis_timeout: Duration,
+    admit: Lua,
+    record_failure: Lua,
+}
+
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(
+            TcpKeepalive::new()
+                .with_time(Duration::from_secs(10))
+                .with_interval(Duration::from_secs(5)),
+        )
+        .set_user_timeout(TCP_USER_TIMEOUT)
+}
+
+fn connection_info(url: &str, what: &str) -> Result<ConnectionInfo, String> {
+    // The URL may carry a password: the error names the flag, not the value.
+    url.into_connection_info()
+        .map(|info| info.set_tcp_settings(tcp_settings()))
+        .map_err(|e| format!("{what}: not a Redis URL ({})", e.category()))
+}
+
+impl Store {
+    /// Sets up the connections without waiting for Redis: a service started before Redis
+    /// answers UNAVAILABLE until Redis is there, then works. Must run inside the Tokio runtime.
+    pub fn connect(config: &Config) -> Result<Store, String> {
+        let backend = config.backend()?;
+        let redis_timeout = config.redis_timeout();
+        let replica_timeout = config.replica_timeout();
+        // Redis-side response timeout: never shorter than our own deadline for a round trip.
+        let response_timeout = redis_timeout + replica_timeout;
+        let n = usize::from(config.redis_connections.max(1));
+        let mut conns = Vec::with_capacity(n);
+        let cluster = matches!(backend, Backend::Cluster(_));
+        match backend {
+            Backend::Single(url) => {
+                let client = Client::open(connection_info(&url, "--redis")?)
+                    .map_err(|e| format!("--redis: {}", e.category()))?;
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(response_timeout))
+                    // A reconnection is two quick attempts; when both fail, the next call starts
+                    // a new one, so the service is back moments after Redis is.
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(Duration::from_millis(50));
+                for _ in 0..n {
+                    let m = ConnectionManager::new_lazy_with_config(
+                        client.clone(),
+                        manager_config.clone(),
+                    )
+                    .map_err(|e| format!("--redis: {}", e.category()))?;
+                    conns.push(Conn::Single(m));
+                }
+            }
+            Backend::Cluster(urls) => {
+                let infos = urls
+                    .iter()
+                    .map(|u| connection_info(u, "--redis-cluster"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let client = ClusterClientBuilder::new(infos)
+                    .tcp_settings(tcp_settings())
+                    .build()
+                    .map_err(|e| format!("--redis-cluster: {}", e.category()))?;
+                let cluster_config = ClusterConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(response_timeout);
+                for _ in 0..n {
+                    let c = client.get_pending_async_connection_with_config(cluster_config.clone());
+                    conns.push(Conn::Cluster(c));
+                }
+            }
+            Backend::Sentinel { sentinels, master } => {
+                let infos = sentinels
+                    .iter()
+                    .map(|u| connection_info(u, "--sentinel"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let node = SentinelNodeConnectionInfo::default().set_tcp_settings(tcp_settings());
+                let conn_config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(response_timeout));
+                for _ in 0..n {
+                    let client = SentinelClient::build(
+                        infos.clone(),
+                        master.clone(),
+                        Some(node.clone()),
+                        SentinelServerType::Master,
+                    )
+                    .map_err(|e| format!("--sentinel: {}", e.category()))?;
+                    conns.push(Conn::Sentinel(Arc::new(SentinelConn {
+                        lookup: tokio::sync::Mutex::new((client, None)),
+                        config: conn_config.clone(),
+                        current: StdMutex::new(None),
+                        generation: AtomicU64::new(0),
+                    })));
+                }
+            }
+        }
+        Ok(Store {
+            conns,
+            next: AtomicUsize::new(0),
+            prefix: config.key_prefix.clone(),
+            cluster,
+            require_replicas: config.require_replicas,
+            replica_timeout,
+            redis_timeout,
+            admit: Lua::new(ADMIT_LUA),
+            record_failure: Lua::new(RECORD_FAILURE_LUA),
+        })
+    }
+
+    /// The deployment, for the startup log line (no address: URLs may hold passwords).
+    pub fn describe(&self) -> String {
+        let kind = match self.conns.first() {
+            Some(Conn::Single(_)) => "single Redis",
+            Some(Conn::Cluster(_)) => "Redis Cluster",
+            Some(Conn::Sentinel(_)) => "Redis via Sentinel",
+            None => "nothing",
+        };
+        format!("{kind}, {} connection(s)", self.conns.len())
+    }
+
+    fn fail_key(&self, client: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + 5 + client.len());
+        k.extend_from_slice(self.prefix.as_bytes());
+        k.extend_from_slice(b"fail:");
+        k.extend_from_slice(client.as_bytes());
+        k
+    }
+
+    fn nonce_key(&self, fingerprint: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + 6 + 2 * fingerprint.len());
+        k.extend_from_slice(self.prefix.as_bytes());
+        k.extend_from_slice(b"nonce:");
+        k.extend_from_slice(hex::encode(fingerprint).as_bytes());
+        k
+    }
+
+    fn conn(&self) -> &Conn {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        &self.conns[i]
+    }
+
+    /// Runs one script (EVALSHA, then EVAL if Redis does not have it cached yet, e.g. after a
+    /// restart) with the WAIT of `--require-replicas` pipelined after it when `wait` is set.
+    /// Returns the script's two integers and the number of replicas WAIT counted.
+    async fn eval(
+        &self,
+        lua: &Lua,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        wait: bool,
+    ) -> Result<((i64, i64), Option<i64>), StoreError> {
+        let wait = wait && self.require_replicas > 0;
+        let deadline = if wait {
+            self.redis_timeout + self.replica_timeout
+        } else {
+            self.redis_timeout
+        };
+        // The script and its WAIT must go on the same connection (WAIT counts the replicas
+        // that have this connection's writes), so both are one pipeline.
+        let conn = self.conn();
+        let pipe = |by_sha: bool| {
+            let mut pipe = redis::pipe();
+            let cmd = if by_sha {
+                pipe.cmd("EVALSHA").arg(&lua.sha)
+            } else {
+                pipe.cmd("EVAL").arg(lua.code)
+            };
+            cmd.arg(keys.len()).arg(keys).arg(args);
+            if wait {
+                pipe.cmd("WAIT")
+                    .arg(self.require_replicas)
+                    .arg(self.replica_timeout.as_millis() as u64);
+            }
+            pipe
+        };
+        let replies = match conn.query(&pipe(true), deadline).await {
+            Err(StoreError::Redis(e))
+                if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
+            {
+                // Nothing ran: NOSCRIPT is answered before the script starts.
+                conn.query(&pipe(false), deadline).await?
+            }
+            other => other?,
+        };
+        let mut replies = replies.into_iter();
+        let pair = match replies.next() {
+            Some(Value::Array(items)) => match items.as_slice() {
+                [Value::Int(a), Value::Int(b)] => (*a, *b),
+                _ => return Err(StoreError::BadReply),
+            },
+            _ => return Err(StoreError::BadReply),
+        };
+        let acked = if wait {
+            match replies.next() {
+                Some(Value::Int(n)) => Some(n),
+                _ => return Err(StoreError::BadReply),
+            }
+        } else {
+            None
+        };
+        Ok((pair, acked))
+    }
+
+    fn check_replicated(&self, acked: Option<i64>) -> Result<(), StoreError> {
+        match acked {
+            Some(n) if n < i64::from(self.require_replicas) => Err(StoreError::Unreplicated),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a locked-out client, then claims the fingerprint once (see the module doc).
+    pub async fn admit(&self, op: AdmitOp<'_>) -> Result<AdmitOutcome, StoreError> {
+        let fail_key = op.lockout.map(|(client, _)| self.fail_key(client));
+        let nonce_key = op.claim.map(|(fp, _)| self.nonce_key(fp));
+        let max = op.lockout.map(|(_, m)| m).unwrap_or(0).to_string();
+        let ttl = op.claim.map(|(_, t)| t).unwrap_or(0).to_string();
+        let (max, ttl) = (max.as_bytes(), ttl.as_bytes());
+        let outcome = |(locked, claimed): (i64, i64)| AdmitOutcome {
+            locked_for_seconds: u64::try_from(locked).unwrap_or(0),
+            claimed: claimed == 1,
+        };
+        match (&fail_key, &nonce_key) {
+            (Some(f), Some(n)) if !self.cluster || Slot::for_key(f) == Slot::for_key(n) => {
+                let (r, acked) = self
+                    .eval(&self.admit, &[f, n], &[b"lc", max, ttl], true)
+                    .await?;
+                let o = outcome(r);
+                if o.claimed {
+                    self.check_replicated(acked)?;
+                }
+                Ok(o)
+            }
+            (Some(f), Some(n)) => {
+                // Redis Cluster, two slots: one script cannot touch both keys, so the lockout
+                // check goes first, and the claim only follows for a client not locked out.
+                let (r, _) = self
+                    .eval(&self.admit, &[f], &[b"l", max, ttl], false)
+                    .await?;
+                let o = outcome(r);
+                if o.locked_for_seconds > 0 {
+                    return Ok(o);
+                }
+                let (r, acked) = self
+                    .eval(&self.admit, &[n], &[b"c", max, ttl], true)
+                    .await?;
+                let o = outcome(r);
+                if o.claimed {
+                    self.check_replicated(acked)?;
+                }
+                Ok(o)
+            }
+            (Some(f), None) => {
+                let (r, _) = self
+                    .eval(&self.admit, &[f], &[b"l", max, ttl], false)
+                    .await?;
+                Ok(outcome(r))
+            }
+            (None, Some(n)) => {
+                let (r, acked) = self
+                    .eval(&self.admit, &[n], &[b"c", max, ttl], true)
+                    .await?;
+                let o = outcome(r);
+                if o.claimed {
+                    self.check_replicated(acked)?;
+                }
+                Ok(o)
+            }
+            (None, None) => Ok(AdmitOutcome {
+                locked_for_seconds: 0,
+                claimed: false,
+            }),
+        }
+    }
+
+    /// Counts one failure of `client` in a window of `window_seconds` from its first failure.
+    pub async fn record_failure(
+        &self,
+        client: &str,
+        window_seconds: u32,
+        max_failures: u32,
+    ) -> Result<FailureOutcome, StoreError> {
+        let key = self.fail_key(client);
+        let window = window_seconds.to_string();
+        let ((failures, ttl), acked) = self
+            .eval(&self.record_failure, &[&key], &[window.as_bytes()], true)
+            .await?;
+        self.check_replicated(acked)?;
+        let failures = u32::try_from(failures.max(0)).unwrap_or(u32::MAX);
+        let locked_for_seconds = if failures >= max_failures {
+            u64::try_from(ttl.max(1)).unwrap_or(1)
+        } else {
+            0
+        };
+        Ok(FailureOutcome {
+            failures,
+            locked_for_seconds,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_name_no_data() {
+        let e = StoreError::Redis(RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert_eq!(e.kind(), "connection refused");
+        assert_eq!(StoreError::Timeout.kind(), "deadline exceeded");
+    }
+
+    #[test]
+    fn script_hashes_are_sha1() {
+        let l = Lua::new(ADMIT_LUA);
+        assert_eq!(l.sha.len(), 40);
+        assert!(l.sha.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}
