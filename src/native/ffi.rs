@@ -62,6 +62,18 @@ struct ModuleHeader {
     value_length: usize,
 }
 
+/// Headers as Envoy reads them; they point into `headers`, which must outlive their use.
+fn module_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<ModuleHeader> {
+    headers
+        .map(|(n, v)| ModuleHeader {
+            key_ptr: n.as_ptr(),
+            key_length: n.len(),
+            value_ptr: v.as_ptr(),
+            value_length: v.len(),
+        })
+        .collect()
+}
+
 /// A header handed out by Envoy (`envoy_dynamic_module_type_envoy_http_header`).
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -408,15 +420,7 @@ impl Stream {
     /// Sends a local reply. Envoy may call back into this module (stream completion) before
     /// this returns; the hooks hold no borrow of the filter's state across it.
     pub fn send_response(&self, status: u32, headers: &[(String, Vec<u8>)], body: &[u8]) {
-        let mut raw: Vec<ModuleHeader> = headers
-            .iter()
-            .map(|(n, v)| ModuleHeader {
-                key_ptr: n.as_ptr(),
-                key_length: n.len(),
-                value_ptr: v.as_ptr(),
-                value_length: v.len(),
-            })
-            .collect();
+        let mut raw = module_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
         let details = b"edge_warden";
         // SAFETY: the header array, its keys and values, the body and the details all outlive
         // the call, and Envoy only reads them during it.
@@ -540,15 +544,7 @@ impl Stream {
         body: &[u8],
         timeout_ms: u64,
     ) -> Option<u64> {
-        let mut raw: Vec<ModuleHeader> = headers
-            .iter()
-            .map(|(n, v)| ModuleHeader {
-                key_ptr: n.as_ptr(),
-                key_length: n.len(),
-                value_ptr: v.as_ptr(),
-                value_length: v.len(),
-            })
-            .collect();
+        let mut raw = module_headers(headers.iter().copied());
         let mut id = 0u64;
         // SAFETY: `ptr` is the live filter of the running hook; the cluster name, the header
         // array and its strings and the body outlive the call, and Envoy copies them during it;

@@ -64,14 +64,9 @@ impl Redis {
         wait_until("redis-server", || redis_command(port, "PING") == "+PONG");
     }
 
-    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) it: a Redis that accepts but never answers.
+    /// Freezes (`-STOP`) or thaws (`-CONT`) it: a Redis that accepts but never answers.
     pub fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let status = Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        send_signal(self.child.as_ref(), signal);
     }
 
     pub fn stop(&mut self) {
@@ -92,6 +87,15 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn send_signal(child: Option<&Child>, signal: &str) {
+    let pid = child.expect("running").id().to_string();
+    let status = Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
 }
 
 /// One inline command; the first line of the reply.
@@ -157,14 +161,9 @@ impl StateService {
         });
     }
 
-    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) it: calls reach it and hang.
+    /// Freezes (`-STOP`) or thaws (`-CONT`) it: calls reach it and hang.
     pub fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let status = Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        send_signal(self.child.as_ref(), signal);
     }
 
     pub fn kill(&mut self) {
