@@ -79,6 +79,10 @@ LUA = ROOT / "bench/signed.lua"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 MEMORY_REQUESTS = int(os.environ.get("BENCH_MEMORY_REQUESTS", "1000000"))
+# The whole-window flood: a signing window this long (the default is 300 s), run for two of them.
+WINDOW_FLOOD_SECONDS = int(os.environ.get("BENCH_WINDOW_SECONDS", "15"))
+# replay.capacity's default (src/store.rs), sized for the default 300 s window.
+DEFAULT_REPLAY_CAPACITY = 7_000_000
 CONNECTIONS = 16
 # Latency well below saturation: one connection that waits 1 ms after every response, so one
 # request is in flight at a time (~700 requests/s). Several connections with a delay fire in
@@ -409,6 +413,23 @@ def presign(body, count, timestamp=None):
     return path
 
 
+def presign_timeline(body, per_second, seconds, start):
+    """Like `presign`, but `per_second` nonces signed for each second from `start` on, so that
+    wrk sends every request with a current timestamp whatever its rate (signed.lua takes the
+    next unused one of the current second)."""
+    base = hmac.new(SECRET.encode(), body, hashlib.sha256)
+    path = Path(BUSY) / f"timeline-{secrets.token_hex(4)}.txt"
+    with open(path, "w") as f:
+        f.write("timeline\n")
+        for i in range(int(per_second) * seconds):
+            ts = str(start + i // int(per_second))
+            nonce = secrets.token_hex(12)
+            mac = base.copy()
+            mac.update(ts.encode() + nonce.encode())
+            f.write(f"{ts} {nonce} {mac.hexdigest()}\n")
+    return path
+
+
 def wrk(port, body_path, signed_path, seconds, headers="", path="/api/orders", tamper=False,
         connections=CONNECTIONS, delay_ms=0):
     env = {**os.environ, "BENCH_SIGNED": str(signed_path), "BENCH_BODY": str(body_path),
@@ -714,6 +735,36 @@ def main():
         server.stop()
         os.unlink(signed)
         print(f"  memory: {memory}", flush=True)
+    # The replay cache at the filter's own top rate for whole windows, both runtimes: a short
+    # window, with the capacity the default gives a 300 s window scaled to it.
+    windows = {}
+    for runtime, key, filters, module_dir in (
+            ("wasm", "edge_warden", lambda c: [wasm_filter(WASM, c)], None),
+            ("native", "edge_warden_native", lambda c: [native_module(NATIVE, c)], NATIVE.parent)):
+        config = plugin_config()
+        config["signature"]["window_seconds"] = WINDOW_FLOOD_SECONDS
+        config["replay"] = {"capacity": DEFAULT_REPLAY_CAPACITY * WINDOW_FLOOD_SECONDS // 300}
+        server = start_envoy(filters(config), up_port, module_dir=module_dir)
+        rate = summary[key]["rps"]
+        seconds = 2 * WINDOW_FLOOD_SECONDS + 2
+        # More nonces per second than wrk can send (twice the rate measured above, at least
+        # 25000): a second that ran out would repeat its nonces, and show as replays.
+        start = int(time.time()) + 1
+        signed = presign_timeline(body_1k, max(2 * rate, 25000), seconds + 3, start)
+        time.sleep(max(0.0, start - time.time()))
+        r = wrk(server.port, body_path, signed, seconds, headers=CLIENT_HEADERS)
+        time.sleep(1.5)  # metric deltas reach Envoy once a second
+        stats = urllib.request.urlopen(f"http://127.0.0.1:{server.admin}/stats?filter=edge_warden").read().decode()
+        gauge = next((int(l.split(": ")[1]) for l in stats.splitlines()
+                      if l.split(".", 1)[-1].startswith("edge_warden_replay_cache_entries")), None)
+        windows[runtime] = {"rps": r["rps"], "requests": r["requests"], "non_2xx": r["non_2xx"],
+                            "errors": r["errors"], "seconds": seconds, "planned_rps": rate,
+                            "capacity": config["replay"]["capacity"], "entries": gauge,
+                            "rss_mib": server.rss_mib()}
+        server.stop()
+        os.unlink(signed)
+        print(f"  whole windows ({runtime}): {windows[runtime]}", flush=True)
+    memory = memory and {**memory, "windows": windows}
     upstream.stop()
     calls = {"edge_warden": hostcalls(WASM, plugin_config()), "noop_wasm": hostcalls(NOOP, {})}
     report(summary, sizes, floods, memory, calls, remote_checks)
@@ -1000,6 +1051,19 @@ def full_sections(s, fixed, names, sizes, floods, memory, calls):
                   f"(`nonce_replayed` where wrk ran past the pre-signed set and repeated it; "
                   f"`replay_cache_full` only if the cache filled). Replay cache entries at the end: "
                   f"{memory['cache_entries']}."]
+        windows = memory.get("windows") or {}
+        if windows:
+            lines += ["", "## The replay cache at full rate for whole windows", "",
+                      f"Unique signed requests (each with a current timestamp) as fast as wrk gets them "
+                      f"through, for two whole signing windows of {WINDOW_FLOOD_SECONDS} s, with "
+                      f"`replay.capacity` at the default's 7000000 scaled from 300 s to "
+                      f"{WINDOW_FLOOD_SECONDS} s. Any `replay_cache_full` (or other refusal) would show "
+                      f"as non-2xx.", "",
+                      "| Runtime | req/s | requests | non-2xx | capacity | cache entries at the end | Envoy RSS MiB |",
+                      "|---|---|---|---|---|---|---|"]
+            for runtime, w in windows.items():
+                lines.append(f"| {runtime} | {w['rps']:.0f} | {w['requests']} | {w['non_2xx']} | "
+                             f"{w['capacity']} | {w['entries']} | {w['rss_mib']:.0f} |")
     return lines
 
 
