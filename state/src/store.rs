@@ -29,6 +29,14 @@
 //!   it had), and a primary cut off from the others still accepts writes until it notices; WAIT
 //!   then answers too few replicas, so the service refuses those claims instead of trusting them.
 //!
+//! An old primary that is still up after a failover (a manual one, or one caused by a slow or
+//! unreachable primary) accepts writes until Sentinel turns it into a replica, about 10 s later
+//! by default, and then discards them in a full resynchronization. A Sentinel pool's
+//! connections share where the primary is and all move as soon as one learns it moved; the
+//! pool asks the sentinels every second, and after a WAIT that counted too few replicas (see
+//! `SentinelPrimary`). So calls reach such an old primary about a second at most after the
+//! sentinels name the new one.
+//!
 //! A Redis that restarts without persistence (or evicts keys: use `maxmemory-policy noeviction`
 //! or `volatile-ttl`) forgets every claim and count it had, with or without `--require-replicas`.
 //!
@@ -43,7 +51,7 @@
 //! adds no round trip, only the time the replicas take to acknowledge.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -53,8 +61,8 @@ use redis::cluster_routing::Slot;
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Client, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline,
-    RedisError, ServerErrorKind, Value,
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
+    Pipeline, RedisError, ServerErrorKind, Value,
 };
 
 use crate::config::{Backend, Config};
@@ -100,8 +108,12 @@ return {failures, ttl}
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Each attempt to connect to a Redis node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// After a failed Sentinel lookup, calls fail at once for this long instead of asking again.
+/// After a failed Sentinel lookup, calls fail at once for this long instead of asking again;
+/// and the pool's checks of where the primary is are at least this far apart.
 const SENTINEL_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How often a Sentinel pool asks the sentinels whether the primary moved (besides asking
+/// after a WAIT that counted too few replicas).
+const SENTINEL_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
 /// Why an operation failed. Every variant becomes UNAVAILABLE; [`StoreError::kind`] is what
 /// the log says (never a key, a fingerprint, a client or a Redis address).
@@ -199,6 +211,17 @@ enum Conn {
 }
 
 impl Conn {
+    /// Called after a WAIT counted too few replicas on this connection (the call started at
+    /// `since`): a primary that lost its replicas may be an old one, still up after a failover,
+    /// so a Sentinel pool asks the sentinels where the primary is now, within `left`.
+    async fn too_few_replicas(&self, since: Instant, left: Duration) {
+        if let Conn::Sentinel(s) = self {
+            if !left.is_zero() {
+                let _ = tokio::time::timeout(left, s.primary.check(since)).await;
+            }
+        }
+    }
+
     async fn query(&self, pipe: &Pipeline, deadline: Duration) -> Result<Vec<Value>, StoreError> {
         match self {
             Conn::Single(m) => {
@@ -224,19 +247,103 @@ where
     }
 }
 
+/// What the connections of a Sentinel pool share: where the primary is, as last learned by
+/// any of them, and an epoch that changes with it. A connection made in an older epoch is
+/// replaced on its next use. Without this, after a failover whose old primary is still up
+/// (a manual failover, or one caused by a slow or cut-off primary), the connections still on
+/// the old primary would keep using it, and it keeps accepting writes until Sentinel turns it
+/// into a replica (about 10 s after the switch with Sentinel's default timing), writes then
+/// lost when it resynchronizes from the new primary.
+struct SentinelPrimary {
+    epoch: AtomicU64,
+    addr: StdMutex<Option<ConnectionAddr>>,
+    /// Single-flight check: the client that asks the sentinels, and when the last check began.
+    check: tokio::sync::Mutex<(SentinelClient, Option<Instant>)>,
+}
+
+impl SentinelPrimary {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Records where the primary is; returns the epoch that connections to it belong to.
+    fn learn(&self, addr: &ConnectionAddr) -> u64 {
+        let Ok(mut known) = self.addr.lock() else {
+            return self.epoch();
+        };
+        if known.as_ref() != Some(addr) {
+            *known = Some(addr.clone());
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        self.epoch()
+    }
+
+    /// Asks the sentinels where the primary is (the node they name is kept only if it answers
+    /// ROLE as a primary), unless a completed check began after `since` (it covers what the
+    /// caller saw) or less than SENTINEL_RETRY_PAUSE ago. A check cancelled halfway (the
+    /// caller's deadline) counts as none.
+    async fn check(&self, since: Instant) {
+        let mut check = self.check.lock().await;
+        if let Some(last) = check.1 {
+            if last >= since || last.elapsed() < SENTINEL_RETRY_PAUSE {
+                return;
+            }
+        }
+        let began = Instant::now();
+        if let Ok(client) = check.0.async_get_client().await {
+            self.learn(client.get_connection_info().addr());
+        }
+        check.1 = Some(began);
+    }
+
+    /// Checks every SENTINEL_CHECK_PERIOD for as long as the pool exists: the only way to
+    /// notice a failover while the old primary, still up, answers everything.
+    fn watch(primary: Weak<SentinelPrimary>) {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SENTINEL_CHECK_PERIOD).await;
+                let Some(p) = primary.upgrade() else { return };
+                // Bounded, so that sentinels that stopped answering hold no lock for long.
+                let _ =
+                    tokio::time::timeout(4 * SENTINEL_CHECK_PERIOD, p.check(Instant::now())).await;
+            }
+        });
+    }
+}
+
+/// One connection of a Sentinel pool, to the primary of its epoch.
+#[derive(Clone)]
+struct Current {
+    generation: u64,
+    epoch: u64,
+    conn: MultiplexedConnection,
+}
+
 /// A Sentinel-discovered primary: one multiplexed connection, replaced (after asking the
-/// sentinels again) when it fails, so a failover is followed without a restart.
+/// sentinels again) when it fails or when the pool learns that the primary moved, so a
+/// failover is followed without a restart.
 struct SentinelConn {
     /// The lookup is single-flight: callers that find no connection queue here.
     lookup: tokio::sync::Mutex<(SentinelClient, Option<Instant>)>,
     config: AsyncConnectionConfig,
-    current: StdMutex<Option<(u64, MultiplexedConnection)>>,
+    current: StdMutex<Option<Current>>,
     generation: AtomicU64,
+    primary: Arc<SentinelPrimary>,
 }
 
 impl SentinelConn {
+    /// The connection, unless there is none or it belongs to an older epoch (then dropped).
     fn cached(&self) -> Option<(u64, MultiplexedConnection)> {
-        self.current.lock().ok().and_then(|c| c.clone())
+        let epoch = self.primary.epoch();
+        let mut current = self.current.lock().ok()?;
+        match &*current {
+            Some(c) if c.epoch == epoch => Some((c.generation, c.conn.clone())),
+            Some(_) => {
+                *current = None;
+                None
+            }
+            None => None,
+        }
     }
 
     async fn connection(&self) -> Result<(u64, MultiplexedConnection), StoreError> {
@@ -255,16 +362,24 @@ impl SentinelConn {
                 ))));
             }
         }
-        match lookup
-            .0
-            .get_async_connection_with_config(&self.config)
-            .await
-        {
-            Ok(conn) => {
+        let found = match lookup.0.async_get_client().await {
+            Ok(client) => client
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await
+                .map(|conn| (client.get_connection_info().addr().clone(), conn)),
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok((addr, conn)) => {
                 lookup.1 = None;
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                let epoch = self.primary.learn(&addr);
                 if let Ok(mut current) = self.current.lock() {
-                    *current = Some((generation, conn.clone()));
+                    *current = Some(Current {
+                        generation,
+                        epoch,
+                        conn: conn.clone(),
+                    });
                 }
                 Ok((generation, conn))
             }
@@ -278,7 +393,7 @@ impl SentinelConn {
     /// Drops the connection of `generation` (unless another one replaced it already).
     fn forget(&self, generation: u64) {
         if let Ok(mut current) = self.current.lock() {
-            if matches!(*current, Some((g, _)) if g == generation) {
+            if matches!(&*current, Some(c) if c.generation == generation) {
                 *current = None;
             }
         }
@@ -407,21 +522,30 @@ impl Store {
                 let conn_config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_response_timeout(Some(response_timeout));
-                for _ in 0..n {
-                    let client = SentinelClient::build(
+                let sentinel_client = || {
+                    SentinelClient::build(
                         infos.clone(),
                         master.clone(),
                         Some(node.clone()),
                         SentinelServerType::Master,
                     )
-                    .map_err(|e| format!("--sentinel: {}", e.category()))?;
+                    .map_err(|e| format!("--sentinel: {}", e.category()))
+                };
+                let primary = Arc::new(SentinelPrimary {
+                    epoch: AtomicU64::new(0),
+                    addr: StdMutex::new(None),
+                    check: tokio::sync::Mutex::new((sentinel_client()?, None)),
+                });
+                for _ in 0..n {
                     conns.push(Conn::Sentinel(Arc::new(SentinelConn {
-                        lookup: tokio::sync::Mutex::new((client, None)),
+                        lookup: tokio::sync::Mutex::new((sentinel_client()?, None)),
                         config: conn_config.clone(),
                         current: StdMutex::new(None),
                         generation: AtomicU64::new(0),
+                        primary: primary.clone(),
                     })));
                 }
+                SentinelPrimary::watch(Arc::downgrade(&primary));
             }
         }
         Ok(Store {
@@ -488,6 +612,7 @@ impl Store {
         // The script and its WAIT must go on the same connection (WAIT counts the replicas
         // that have this connection's writes), so both are one pipeline.
         let conn = self.conn();
+        let started = Instant::now();
         let pipe = |by_sha: bool| {
             let mut pipe = redis::pipe();
             let cmd = if by_sha {
@@ -528,6 +653,10 @@ impl Store {
         } else {
             None
         };
+        if matches!(acked, Some(n) if n < i64::from(self.require_replicas)) {
+            let left = deadline.saturating_sub(started.elapsed());
+            conn.too_few_replicas(started, left).await;
+        }
         Ok((pair, acked))
     }
 

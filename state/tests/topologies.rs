@@ -201,6 +201,18 @@ impl Sentinel {
             Some(port)
         })
     }
+
+    /// The primary's port in `SENTINEL MASTER`, which changes at +switch-master, after
+    /// get-master-addr-by-name already names a promoted replica: the service (redis-rs) reads
+    /// this one.
+    fn master_port(&self, master: &str) -> Option<u16> {
+        let info: std::collections::HashMap<String, String> = redis::cmd("SENTINEL")
+            .arg("master")
+            .arg(master)
+            .query(&mut self.conn()?)
+            .ok()?;
+        info.get("port")?.parse().ok()
+    }
 }
 
 impl Drop for Sentinel {
@@ -210,36 +222,95 @@ impl Drop for Sentinel {
     }
 }
 
+/// A primary, its replica, and a sentinel that monitors them and can promote the replica.
+struct Failover {
+    primary: Redis,
+    replica: Redis,
+    sentinel: Sentinel,
+}
+
+impl Failover {
+    fn start(primary_args: &[&str]) -> Failover {
+        let primary = Redis::start_with(free_port(), primary_args);
+        let pport = primary.port.to_string();
+        let replica = Redis::start_with(free_port(), &["--replicaof", "127.0.0.1", &pport]);
+        primary.wait_for_replica();
+        let sentinel = Sentinel::start("edge", primary.port);
+        // A replica the sentinel can promote: connected to it, and linked to the primary.
+        wait_blocking(
+            "the sentinel to know the replica",
+            Duration::from_secs(60),
+            || {
+                let replicas: Vec<std::collections::HashMap<String, String>> =
+                    redis::cmd("SENTINEL")
+                        .arg("replicas")
+                        .arg("edge")
+                        .query(&mut sentinel.conn()?)
+                        .ok()?;
+                replicas
+                    .iter()
+                    .any(|r| {
+                        r.get("flags").map(String::as_str) == Some("slave")
+                            && r.get("master-link-status").map(String::as_str) == Some("ok")
+                    })
+                    .then_some(())
+            },
+        );
+        Failover {
+            primary,
+            replica,
+            sentinel,
+        }
+    }
+
+    /// Fails over: the replica becomes the primary. Returns once the sentinel names it in
+    /// both of its answers.
+    fn fail_over(&self) {
+        // NOGOODSLAVE until the sentinel has a recent INFO from the replica: ask again.
+        wait_blocking(
+            "the sentinel to start a failover",
+            Duration::from_secs(60),
+            || {
+                redis::cmd("SENTINEL")
+                    .arg("failover")
+                    .arg("edge")
+                    .query::<()>(&mut self.sentinel.conn()?)
+                    .ok()
+            },
+        );
+        wait_blocking("the failover", Duration::from_secs(60), || {
+            (self.sentinel.primary_port("edge", Duration::from_secs(30)) == self.replica.port
+                && self.sentinel.master_port("edge") == Some(self.replica.port))
+            .then_some(())
+        });
+    }
+}
+
+/// Scripts (EVALSHA and EVAL, answered or refused) that a Redis has run, from its command
+/// statistics, which a resynchronization does not reset.
+fn script_calls(r: &Redis) -> u64 {
+    r.info("commandstats")
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .flat_map(|l| l.split([':', ',']))
+        .filter_map(|f| {
+            let (k, v) = f.split_once('=')?;
+            matches!(k, "calls" | "rejected_calls")
+                .then(|| v.parse::<u64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// The service's --redis-connections default: how many connections a pool has.
+const POOL: usize = 4;
+
 #[tokio::test]
 async fn sentinel_follows_a_failover_and_a_replicated_claim_survives_it() {
-    let primary = Redis::start();
-    let pport = primary.port.to_string();
-    let replica = Redis::start_with(free_port(), &["--replicaof", "127.0.0.1", &pport]);
-    primary.wait_for_replica();
-    let sentinel = Sentinel::start("edge", primary.port);
-    // A replica the sentinel can promote: connected to it, and linked to the primary.
-    wait_blocking(
-        "the sentinel to know the replica",
-        Duration::from_secs(30),
-        || {
-            let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
-                .arg("replicas")
-                .arg("edge")
-                .query(&mut sentinel.conn()?)
-                .ok()?;
-            replicas
-                .iter()
-                .any(|r| {
-                    r.get("flags").map(String::as_str) == Some("slave")
-                        && r.get("master-link-status").map(String::as_str) == Some("ok")
-                })
-                .then_some(())
-        },
-    );
-
+    let f = Failover::start(&[]);
     let service = Service::start(&[
         "--sentinel",
-        &sentinel.url(),
+        &f.sentinel.url(),
         "--sentinel-master",
         "edge",
         "--require-replicas",
@@ -250,46 +321,198 @@ async fn sentinel_follows_a_failover_and_a_replicated_claim_survives_it() {
         "1000",
     ])
     .await;
-    let mut c = service.client().await;
-    let fp = fingerprint();
-    // The service asks the sentinel for the primary on its first call.
-    let a = admit(&mut c, claim_req(&fp, 300)).await.unwrap();
-    assert!(a.claimed, "claimed, and acknowledged by the replica");
-
-    // Fail over: the replica becomes the primary, the old primary its replica.
-    // (NOGOODSLAVE until the sentinel has a recent INFO from the replica: ask again.)
-    wait_blocking(
-        "the sentinel to start a failover",
-        Duration::from_secs(30),
+    let c = service.client().await;
+    // The service asks the sentinel for the primary on its first call. Under load the replica
+    // may be slow to acknowledge (UNAVAILABLE, the claim not trusted): claim a fresh
+    // fingerprint until one is answered claimed, i.e. acknowledged by the replica.
+    let fp = eventually(
+        "a claim acknowledged by the replica",
+        Duration::from_secs(60),
         || {
-            redis::cmd("SENTINEL")
-                .arg("failover")
-                .arg("edge")
-                .query::<()>(&mut sentinel.conn()?)
-                .ok()
+            let mut c = c.clone();
+            async move {
+                let fp = fingerprint();
+                let a = admit(&mut c, claim_req(&fp, 300)).await.ok()?;
+                assert!(a.claimed, "a fresh fingerprint is claimed: {a:?}");
+                Some(fp)
+            }
         },
-    );
-    wait_blocking("the failover", Duration::from_secs(30), || {
-        (sentinel.primary_port("edge", Duration::from_secs(5)) == replica.port).then_some(())
-    });
+    )
+    .await;
+    let key = nonce_key(&fp);
+
+    // Fail over: the replica becomes the primary; the old primary, still up, stays a primary
+    // (without replicas) until Sentinel turns it into a replica of the new one.
+    f.fail_over();
+    // The property, on Redis itself: the claim acknowledged by the replica is on it, now the
+    // primary.
+    let exists: bool = f.replica.conn().exists(&key).unwrap();
+    assert!(exists, "the acknowledged claim is on the promoted replica");
+    let on_old_primary = script_calls(&f.primary);
 
     let failed_over = std::time::Instant::now();
-    // The service finds the new primary by itself (once the old primary replicates from it,
-    // --require-replicas 1 can be met again).
-    let fresh = eventually("claims on the new primary", Duration::from_secs(30), || {
-        let mut c = c.clone();
-        async move { admit(&mut c, claim_req(&fingerprint(), 300)).await.ok() }
-    })
+    // The service finds the new primary by itself. --require-replicas 1 can only be met again
+    // once Sentinel has turned the old primary into a replica of the new one and it has
+    // resynchronized (Sentinel does so about 10 s after the switch, and the full resync waits
+    // for repl-diskless-sync-delay, 5 s): until then every claim is answered UNAVAILABLE.
+    let fresh = eventually(
+        "claims on the new primary",
+        Duration::from_secs(120),
+        || {
+            let mut c = c.clone();
+            async move { admit(&mut c, claim_req(&fingerprint(), 300)).await.ok() }
+        },
+    )
     .await;
     eprintln!(
         "claims worked again {:?} after the failover",
         failed_over.elapsed()
     );
     assert!(fresh.claimed);
-    // The claim made before the failover was acknowledged by the replica now primary:
-    // its replay is still refused.
-    let replay = admit(&mut c, claim_req(&fp, 300)).await.unwrap();
+    // Once the sentinels name the new primary, a pooled connection still on the old one makes
+    // at most one more call there: its WAIT counts no replica (the old primary has none left),
+    // and the service asks the sentinels before answering, which moves the whole pool (as
+    // does its periodic check). A bound only: the test below is the one that shows the pool
+    // leaving an old primary that nothing else makes it leave.
+    let more = script_calls(&f.primary) - on_old_primary;
+    assert!(
+        more <= POOL as u64,
+        "{more} calls on the old primary after the switch"
+    );
+
+    // The claim made before the failover was acknowledged by the replica now primary: its
+    // replay is still refused. An answer of "too few replicas acknowledged" would mean the
+    // script claimed the fingerprint again (the service consults WAIT only for a new claim),
+    // i.e. the claim was lost: that fails at once. Only an undecided answer (the state store
+    // did not answer in time, or a connection was dropped) is asked again; the key's TTL then
+    // shows that no attempt claimed it anew (a new claim would restart it at 300 s).
+    let ttl_before: i64 = f.replica.conn().ttl(&key).unwrap();
+    assert!(ttl_before > 0, "the claim is still on the new primary");
+    let replay = eventually("the replay's answer", Duration::from_secs(60), || {
+        let mut c = c.clone();
+        let fp = fp.clone();
+        async move {
+            match admit(&mut c, claim_req(&fp, 300)).await {
+                Ok(r) => Some(r),
+                Err(e) if e.message().contains("too few replicas") => {
+                    panic!("the replay was claimed again (the claim was lost): {e:?}")
+                }
+                Err(e) => {
+                    eprintln!("replay undecided, asking again: {e:?}");
+                    None
+                }
+            }
+        }
+    })
+    .await;
     assert!(!replay.claimed, "a replicated claim survives the failover");
-    let f = record_failure(&mut c, CLIENT, 60, 3).await.unwrap();
-    assert_eq!(f.failures, 1);
+    let ttl_after: i64 = f.replica.conn().ttl(&key).unwrap();
+    assert!(
+        (1..=ttl_before).contains(&ttl_after),
+        "the replay claimed nothing anew: TTL {ttl_before} then {ttl_after}"
+    );
+
+    // Failure counts work on the new primary too. Right after the old primary's full resync,
+    // a write may still miss --replica-timeout-ms: Redis only starts streaming to a replica
+    // synced without disk at that replica's next REPLCONF ACK, up to a second later when the
+    // RDB child was reaped after the replica's first ACK (as happens under load). The service
+    // then rightly answers UNAVAILABLE; ask again, for a new client each time, so that a count
+    // written but not acknowledged does not add to the one checked.
+    let fc = eventually(
+        "a failure count acknowledged by the new replica",
+        Duration::from_secs(60),
+        || {
+            let mut c = c.clone();
+            async move {
+                let client = format!("{CLIENT}-{}", hex::encode(fingerprint()));
+                match record_failure(&mut c, &client, 60, 3).await {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        eprintln!("failure count not acknowledged, asking again: {e:?}");
+                        None
+                    }
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!((fc.failures, fc.locked_for_seconds), (1, 0), "{fc:?}");
+}
+
+/// A failover whose old primary stays up and is never reconfigured: Sentinel cannot turn it
+/// into a replica (its REPLICAOF is renamed here; in production, a primary the sentinels
+/// cannot reach but the service can). It keeps accepting every write, so nothing makes the
+/// service's connections to it fail: the service must leave it by itself, for the new
+/// primary that the sentinels name. Without --require-replicas, as nothing else would tell.
+#[tokio::test]
+async fn sentinel_pool_leaves_an_old_primary_that_stays_up() {
+    let f = Failover::start(&[
+        "--rename-command",
+        "SLAVEOF",
+        "ew-test-slaveof",
+        "--rename-command",
+        "REPLICAOF",
+        "ew-test-replicaof",
+    ]);
+    let service = Service::start(&[
+        "--sentinel",
+        &f.sentinel.url(),
+        "--sentinel-master",
+        "edge",
+        "--redis-timeout-ms",
+        "1000",
+    ])
+    .await;
+    let c = service.client().await;
+    // Connections are used in turn: after as many claims as connections, each is on the
+    // primary.
+    for _ in 0..POOL {
+        let mut c = c.clone();
+        let fp = fingerprint();
+        let a = eventually("a claim on the primary", Duration::from_secs(60), || {
+            let mut c = c.clone();
+            let fp = fp.clone();
+            async move { admit(&mut c, claim_req(&fp, 300)).await.ok() }
+        })
+        .await;
+        assert!(a.claimed);
+        let on_primary: bool = f.primary.conn().exists(nonce_key(&fp)).unwrap();
+        assert!(on_primary);
+        assert!(!admit(&mut c, claim_req(&fp, 300)).await.unwrap().claimed);
+    }
+
+    f.fail_over();
+    // The old primary is still a primary: Sentinel could not reconfigure it.
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut f.primary.conn()).unwrap();
+    assert_eq!(
+        role.first(),
+        Some(&redis::Value::BulkString(b"master".to_vec()))
+    );
+
+    // Eventually every claim lands on the new primary, whichever connection takes it: twice
+    // round the pool in a row, each key on the new primary and not on the old one.
+    eventually(
+        "every pooled connection on the new primary",
+        Duration::from_secs(60),
+        || {
+            let c = c.clone();
+            let (primary, replica) = (&f.primary, &f.replica);
+            async move {
+                for _ in 0..2 * POOL {
+                    let mut c = c.clone();
+                    let fp = fingerprint();
+                    let a = admit(&mut c, claim_req(&fp, 300)).await.ok()?;
+                    assert!(a.claimed);
+                    let on_new: bool = replica.conn().exists(nonce_key(&fp)).unwrap();
+                    let on_old: bool = primary.conn().exists(nonce_key(&fp)).unwrap();
+                    assert!(on_new != on_old, "a claim is on exactly one primary");
+                    if !on_new {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
 }
