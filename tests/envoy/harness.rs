@@ -559,28 +559,47 @@ impl Envoy {
     /// `Options::lds`), as a control plane would, and waits until Envoy took it. The listener
     /// keeps its address, so `port` stays valid.
     pub fn update_plugin_config(&mut self, config: &str) {
+        assert!(
+            self.try_update_plugin_config(config),
+            "LDS update rejected:\n{}",
+            self.log()
+        );
+    }
+
+    /// Delivers a new plugin configuration over LDS; whether Envoy took it (`false`: Envoy
+    /// rejected the update and the running configuration stays).
+    pub fn try_update_plugin_config(&mut self, config: &str) -> bool {
         let listeners = self.lds.as_deref().expect("started with Options::lds");
         let updated = replace_plugin_config(listeners, config);
-        let before = self.lds_updates();
+        let before = (
+            self.lds_stat("update_success"),
+            self.lds_stat("update_rejected"),
+        );
         let lds_dir = self.dir.path().join("lds");
         let staged = self.dir.path().join("lds.yaml.new");
         std::fs::write(&staged, &updated).expect("stage lds");
         // A rename into the watched directory is what Envoy's file watch sees.
         std::fs::rename(&staged, lds_dir.join("lds.yaml")).expect("move lds");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self.lds_updates() <= before {
+        loop {
+            if self.lds_stat("update_success") > before.0 {
+                self.lds = Some(updated);
+                return true;
+            }
+            if self.lds_stat("update_rejected") > before.1 {
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
-                "LDS update not taken:\n{}",
+                "LDS update not seen:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.lds = Some(updated);
     }
 
-    fn lds_updates(&self) -> i64 {
-        let (_, text) = self.admin("/stats?filter=^listener_manager\\.lds\\.update_success$");
+    fn lds_stat(&self, name: &str) -> i64 {
+        let (_, text) = self.admin(&format!("/stats?filter=^listener_manager\\.lds\\.{name}$"));
         text.lines()
             .find_map(|l| l.split_once(": "))
             .and_then(|(_, v)| v.trim().parse().ok())

@@ -66,3 +66,33 @@ fn with_fleet_state_a_reload_keeps_local_and_remote_nonces() {
     assert_eq!(crate::fleet::state_requests(&envoy), calls);
     assert!(redis.keys() >= 1, "and the fleet's record is in Redis");
 }
+
+#[test]
+fn a_reload_that_would_move_the_replay_cache_is_refused_and_the_old_configuration_serves_on() {
+    let mut envoy = Envoy::start(Options {
+        lds: true,
+        ..Options::default()
+    });
+    let before = Signed::new(SECRET, b"");
+    let signed = |envoy: &Envoy, s: &Signed| envoy.request("GET", "/orders", &s.headers(), b"");
+    assert_eq!(signed(&envoy, &before).status, 200);
+    // Another capacity lays the cache out in other shards, where the nonce above would not be
+    // found: Envoy gets a refusal that says so, and keeps the running configuration.
+    let moved = changed(&default_plugin_config()).replacen(
+        "\"policies\"",
+        "\"replay\": { \"capacity\": 65536 },\n  \"policies\"",
+        1,
+    );
+    assert!(!envoy.try_update_plugin_config(&moved));
+    assert!(envoy
+        .log_once_it_has("replay.capacity gives")
+        .contains("Keep the capacity, or restart Envoy"));
+    assert_eq!(
+        envoy.request("GET", "/status", &[], b"").status,
+        401,
+        "old config serves"
+    );
+    let r = signed(&envoy, &before);
+    assert_eq!((r.status, r.code().as_str()), (401, "nonce_replayed"));
+    assert_eq!(signed(&envoy, &Signed::new(SECRET, b"")).status, 200);
+}
