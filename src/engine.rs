@@ -783,13 +783,12 @@ impl Exchange {
                     }
                 }
                 Ok(_) => why,
-                Err(Unavailable(reason)) => {
-                    host.count(Metric::StateUnavailable, 1);
-                    log::warn!(
-                        "edge-warden: state service unavailable ({reason}); a failed \
-                         authentication was counted by this Envoy only: policy={} request_id={}",
-                        self.policy_label(engine),
-                        self.request_id.as_deref().unwrap_or("-"),
+                Err(failure) => {
+                    self.unavailable(
+                        engine,
+                        failure,
+                        "a failed authentication was counted by this Envoy only",
+                        host,
                     );
                     why
                 }
@@ -798,24 +797,18 @@ impl Exchange {
         }
         let answer = match remote::decode::<AdmitResponse>(answer) {
             Ok(answer) => answer,
-            Err(Unavailable(reason)) => {
-                host.count(Metric::StateUnavailable, 1);
+            Err(failure) => {
                 let mode = engine.config.remote.as_ref().map(|r| r.failure_mode);
                 if mode != Some(FailureMode::FailOpen) {
-                    log::warn!(
-                        "edge-warden: state service unavailable ({reason}); refusing the \
-                         request (fail_closed): policy={} request_id={}",
-                        self.policy_label(engine),
-                        self.request_id.as_deref().unwrap_or("-"),
-                    );
+                    self.unavailable(engine, failure, "refusing the request (fail_closed)", host);
                     return self.reject(engine, Reject::StateUnavailable, host);
                 }
                 host.count(Metric::StateFailedOpen, 1);
-                log::warn!(
-                    "edge-warden: state service unavailable ({reason}); letting the request \
-                     through on local checks only (fail_open): policy={} request_id={}",
-                    self.policy_label(engine),
-                    self.request_id.as_deref().unwrap_or("-"),
+                self.unavailable(
+                    engine,
+                    failure,
+                    "letting the request through on local checks only (fail_open)",
+                    host,
                 );
                 AdmitResponse {
                     locked_for_seconds: 0,
@@ -838,6 +831,22 @@ impl Exchange {
 
     fn max_failures(&self, engine: &Engine) -> u32 {
         engine.config.lockout.map_or(u32::MAX, |l| l.max_failures)
+    }
+
+    /// Counts and logs a call that brought no answer, with what the request gets instead.
+    fn unavailable(
+        &self,
+        engine: &Engine,
+        Unavailable(reason): Unavailable,
+        outcome: &str,
+        host: &mut dyn Host,
+    ) {
+        host.count(Metric::StateUnavailable, 1);
+        log::warn!(
+            "edge-warden: state service unavailable ({reason}); {outcome}: policy={} request_id={}",
+            self.policy_label(engine),
+            self.request_id.as_deref().unwrap_or("-"),
+        );
     }
 
     /// A local reply with the security headers every response gets, and `cors` headers.

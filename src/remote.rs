@@ -192,12 +192,27 @@ pub fn grpc_answer(headers: &[(String, Vec<u8>)], body: &[u8]) -> Result<Vec<u8>
     if value(":status") != Some(b"200") {
         return Err(Unavailable("HTTP error"));
     }
-    match value("grpc-status") {
-        None | Some(b"0") => unframe(body),
-        Some(b"4") => Err(Unavailable("timed out")),
-        Some(b"14") => Err(Unavailable("unavailable")),
-        Some(_) => Err(Unavailable("gRPC error")),
+    let status = match value("grpc-status") {
+        None => 0,
+        Some(v) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u32::MAX),
+    };
+    match status {
+        0 => unframe(body),
+        failed => Err(grpc_failure(failed)),
     }
+}
+
+/// Why a call that ended with a gRPC status other than OK brought no answer: 4 is
+/// DEADLINE_EXCEEDED (the call's timeout), 14 UNAVAILABLE (refused, reset, the store down).
+pub fn grpc_failure(status: u32) -> Unavailable {
+    Unavailable(match status {
+        4 => "timed out",
+        14 => "unavailable",
+        _ => "gRPC error",
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

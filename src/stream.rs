@@ -179,12 +179,7 @@ impl Context for Stream {
                 .map(Option::unwrap_or_default)
                 .map_err(|_| Unavailable("answer unreadable"))
         } else {
-            // 4 is DEADLINE_EXCEEDED (Envoy's timeout), 14 UNAVAILABLE (refused, reset).
-            Err(Unavailable(match status_code {
-                4 => "timed out",
-                14 => "unavailable",
-                _ => "gRPC error",
-            }))
+            Err(remote::grpc_failure(status_code))
         };
         let mut host = WasmHost { shared: &shared };
         let action = self

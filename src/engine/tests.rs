@@ -688,3 +688,11 @@ fn a_wrong_credential_is_counted_fleet_wide_before_it_is_answered() {
         "invalid_api_key"
     );
 }
+
+#[test]
+fn metrics_are_listed_in_the_order_of_their_index() {
+    // Adapters index their metric ids by `metric as usize`.
+    for (i, (metric, _, _)) in Metric::ALL.iter().enumerate() {
+        assert_eq!(*metric as usize, i);
+    }
+}
