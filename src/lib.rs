@@ -12,6 +12,7 @@ pub mod config;
 pub mod config_locate;
 pub mod engine;
 pub mod headers;
+pub mod idempotency;
 pub mod reject;
 pub mod remote;
 pub mod secret;

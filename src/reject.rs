@@ -64,6 +64,19 @@ pub enum Reject {
     /// edge-warden itself failed (a host call failed, or a panic was caught in the native
     /// runtime): the request is refused, never forwarded unchecked.
     Internal,
+    /// The route requires an `Idempotency-Key` on this method and none was sent.
+    IdempotencyKeyMissing,
+    /// The idempotency key is malformed, too long, sent twice, or differs between the two
+    /// headers that may carry it.
+    IdempotencyKeyInvalid,
+    /// A request with this key is still being processed.
+    IdempotencyRequestInProgress,
+    /// The key was used before with a different request (method, path or body).
+    IdempotencyKeyReused,
+    /// The request with this key was processed, but its response was too large to keep.
+    IdempotencyResponseNotStored,
+    /// The idempotency table has no room for another request in flight right now.
+    IdempotencyUnavailable,
 }
 
 /// The headers a signed request carries; the names appear in details, so they are spelled as
@@ -93,7 +106,10 @@ impl Reject {
             Reject::InsufficientRole | Reject::IpNotAllowed => 403,
             Reject::TooManyAuthFailures { .. } | Reject::RateLimited => 429,
             Reject::Internal => 500,
-            Reject::StateUnavailable => 503,
+            Reject::StateUnavailable | Reject::IdempotencyUnavailable => 503,
+            Reject::IdempotencyKeyMissing | Reject::IdempotencyKeyInvalid => 400,
+            Reject::IdempotencyRequestInProgress | Reject::IdempotencyResponseNotStored => 409,
+            Reject::IdempotencyKeyReused => 422,
         }
     }
 
@@ -122,6 +138,12 @@ impl Reject {
             Reject::RateLimited => "rate_limited",
             Reject::Internal => "internal_error",
             Reject::StateUnavailable => "state_unavailable",
+            Reject::IdempotencyKeyMissing => "idempotency_key_missing",
+            Reject::IdempotencyKeyInvalid => "idempotency_key_invalid",
+            Reject::IdempotencyRequestInProgress => "idempotency_request_in_progress",
+            Reject::IdempotencyKeyReused => "idempotency_key_reused",
+            Reject::IdempotencyResponseNotStored => "idempotency_response_not_stored",
+            Reject::IdempotencyUnavailable => "idempotency_unavailable",
         }
     }
 
@@ -149,6 +171,12 @@ impl Reject {
             Reject::RateLimited => "Too many requests",
             Reject::Internal => "Internal error",
             Reject::StateUnavailable => "Shared state unavailable",
+            Reject::IdempotencyKeyMissing => "Idempotency key missing",
+            Reject::IdempotencyKeyInvalid => "Invalid idempotency key",
+            Reject::IdempotencyRequestInProgress => "Request in progress",
+            Reject::IdempotencyKeyReused => "Idempotency key reused",
+            Reject::IdempotencyResponseNotStored => "Response not stored",
+            Reject::IdempotencyUnavailable => "Idempotency check unavailable",
         }
     }
 
@@ -237,6 +265,33 @@ impl Reject {
                                          the request was not forwarded; retry after the \
                                          seconds in Retry-After, with a fresh nonce if signed."
                 .to_string(),
+            Reject::IdempotencyKeyMissing => "This route requires an Idempotency-Key header on \
+                                              this method: a unique value per operation, the \
+                                              same on every retry of it."
+                .to_string(),
+            Reject::IdempotencyKeyInvalid => format!(
+                "The Idempotency-Key must be sent once, as a quoted string (\"...\") or a bare \
+                 token of 1 to {} visible ASCII characters; X-Idempotency-Key, if also sent, \
+                 must hold the same key.",
+                crate::idempotency::MAX_KEY_LEN
+            ),
+            Reject::IdempotencyRequestInProgress => "A request with this Idempotency-Key is \
+                                                     still being processed; retry after the \
+                                                     seconds in Retry-After to get its response."
+                .to_string(),
+            Reject::IdempotencyKeyReused => "This Idempotency-Key was used with a different \
+                                             request (method, path or body); use a new key for \
+                                             a new operation."
+                .to_string(),
+            Reject::IdempotencyResponseNotStored => "The request with this Idempotency-Key was \
+                                                     processed, but its response was too large \
+                                                     to keep for replay; it will not be \
+                                                     processed again. Look the result up instead."
+                .to_string(),
+            Reject::IdempotencyUnavailable => "The idempotency check could not record this \
+                                               request, so it was not forwarded; retry after \
+                                               the seconds in Retry-After with the same key."
+                .to_string(),
         }
     }
 
@@ -264,7 +319,10 @@ impl Reject {
             Reject::ReplayCacheFull { retry_after } => {
                 vec![("retry-after", retry_after.to_string())]
             }
-            Reject::ReplayCheckUnavailable | Reject::StateUnavailable => {
+            Reject::ReplayCheckUnavailable
+            | Reject::StateUnavailable
+            | Reject::IdempotencyUnavailable
+            | Reject::IdempotencyRequestInProgress => {
                 vec![("retry-after", "1".to_string())]
             }
             Reject::TooManyAuthFailures { retry_after } => {

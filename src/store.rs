@@ -187,7 +187,7 @@ impl SharedStore for MemoryStore {
 /// Creates the missing keys among `key(0..count)`. Run at configuration time, before traffic: the
 /// host has no atomic "create", so creating keys on the request path could race and drop a
 /// record. Existing keys (a filter reload) are left as they are.
-fn ensure_keys(
+pub(crate) fn ensure_keys(
     store: &dyn SharedStore,
     key: impl Fn(u32) -> String,
     count: u32,
