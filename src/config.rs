@@ -22,6 +22,7 @@ use crate::checks::host::{self, HostPattern};
 use crate::checks::ip::{self, IpRules, RawIp};
 use crate::checks::response_headers::{self, Plan, RawSecurityHeaders};
 use crate::checks::signature::{self, RawSignature, SigningKey};
+use crate::idempotency::{self, PolicyIdempotency, RawIdempotencyStore, RawPolicyIdempotency};
 use crate::remote::{self, RawRemoteState, RemoteState};
 use crate::store::{self, LockoutSettings, RawLockout, RawReplay};
 
@@ -89,6 +90,9 @@ pub struct RawConfig {
     /// Envoy's own memory only).
     #[serde(default)]
     pub remote_state: Option<RawRemoteState>,
+    /// The table of idempotency keys shared by every policy that has an `idempotency` section.
+    #[serde(default)]
+    pub idempotency: RawIdempotencyStore,
     /// Headers in which edge-warden tells the upstream (and Envoy's rate limits) who called.
     #[serde(default)]
     pub identity: RawIdentity,
@@ -123,6 +127,9 @@ pub struct RawPolicy {
     /// Client address allow and deny lists (CIDR or single addresses).
     #[serde(default)]
     pub ip: Option<RawIp>,
+    /// Idempotency keys on this policy's requests; absent means keys are ignored.
+    #[serde(default)]
+    pub idempotency: Option<RawPolicyIdempotency>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +224,8 @@ pub struct Config {
     pub lockout: Option<LockoutSettings>,
     /// The fleet's shared state, asked after the local store.
     pub remote: Option<RemoteState>,
+    /// Records of the local idempotency table, when some policy uses idempotency keys.
+    pub idempotency_capacity: Option<u32>,
     pub api_key_id_header: String,
     pub role_header: String,
     pub client_header: String,
@@ -232,6 +241,7 @@ pub struct Policy {
     pub trusted_hosts: Vec<HostPattern>,
     pub api_key: Option<PolicyApiKey>,
     pub ip: IpRules,
+    pub idempotency: Option<PolicyIdempotency>,
 }
 
 impl Policy {
@@ -281,6 +291,7 @@ impl Config {
         let api_keys = api_key::compile_api_keys(&raw.api_keys, "api_keys")?;
         check_identity(&raw.identity, "identity")?;
         let lockout = store::compile_lockout(&raw.lockout, "lockout")?;
+        let idempotency_capacity = idempotency::compile_store(&raw.idempotency, "idempotency")?;
         let remote = match &raw.remote_state {
             Some(r) => Some(remote::compile_remote_state(r, "remote_state")?),
             None => None,
@@ -342,6 +353,10 @@ impl Config {
                 Some(raw_ip) => ip::compile_ip(raw_ip, &at("ip"))?,
                 None => IpRules::default(),
             };
+            let idempotency = match &p.idempotency {
+                Some(i) => Some(idempotency::compile_policy(i, &at("idempotency"))?),
+                None => None,
+            };
             policies.push(Policy {
                 name: p.name,
                 matcher: compile_match(&p.matcher, &at("match"))?,
@@ -351,6 +366,7 @@ impl Config {
                 trusted_hosts,
                 api_key,
                 ip,
+                idempotency,
             });
         }
         for (j, later) in policies.iter().enumerate() {
@@ -366,6 +382,10 @@ impl Config {
             }
         }
         let uses_route_names = policies.iter().any(|p| p.matcher.route.is_some());
+        let idempotency_capacity = policies
+            .iter()
+            .any(|p| p.idempotency.is_some())
+            .then_some(idempotency_capacity);
         Ok(Config {
             keys,
             window_seconds: sig.window_seconds,
@@ -383,6 +403,7 @@ impl Config {
             strip_api_key: raw.api_keys.strip,
             lockout,
             remote,
+            idempotency_capacity,
             api_key_id_header: raw.identity.api_key_id_header.clone(),
             role_header: raw.identity.role_header.clone(),
             client_header: raw.identity.client_header.clone(),

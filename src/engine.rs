@@ -13,9 +13,11 @@ use crate::checks::signature::{self, Keyring, SignatureVerified, SignedRequest, 
 use crate::checks::{api_key, cors, host, ip};
 use crate::config::Config;
 use crate::headers::{self, RequestHeaders};
+use crate::idempotency::{self, Begun, Fingerprint, PolicyIdempotency, StoredResponse, Table};
 use crate::reject::{self, Reject};
 use crate::remote::{self, AdmitRequest, AdmitResponse, Call, FailureMode, Unavailable};
 use crate::store::{Lockout, NonceCache, Recorded, SharedStore};
+use sha2::{Digest, Sha256};
 
 /// What the engine needs from the runtime around it. Each method may cost a host call, so the
 /// engine asks only when a check needs the answer, and at most once per request.
@@ -55,6 +57,29 @@ pub trait State {
     fn record_failure(&self, client: &str, now: u64);
     /// Whether a lockout is configured (the engine skips address reads otherwise).
     fn lockout_prefix(&self) -> Option<u8>;
+    /// Begins an attempt with an idempotency key (see [`idempotency::Table::begin`]).
+    fn begin_idempotent(&self, attempt: &Attempt, in_flight_seconds: u64, now: u64) -> Begun;
+    /// Stores an attempt's response (`None`: completed, not kept) for `ttl_seconds`.
+    fn complete_idempotent(
+        &self,
+        attempt: &Attempt,
+        response: Option<StoredResponse>,
+        ttl_seconds: u64,
+        now: u64,
+    ) -> bool;
+    /// Gives an attempt's claim up.
+    fn release_idempotent(&self, attempt: &Attempt, now: u64) -> bool;
+}
+
+/// One attempt at a request with an idempotency key: the fingerprints the stores keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// The caller's scope and the key.
+    pub key: Fingerprint,
+    /// Method, path and body.
+    pub request: Fingerprint,
+    /// This attempt's token.
+    pub token: Fingerprint,
 }
 
 /// The replay cache and the lockout over any [`SharedStore`] with compare-and-swap: Envoy's
@@ -63,6 +88,7 @@ pub struct LocalState<S> {
     pub store: S,
     pub cache: NonceCache,
     pub lockout: Option<Lockout>,
+    pub idempotency: Option<Table>,
 }
 
 impl<S: SharedStore> LocalState<S> {
@@ -74,6 +100,7 @@ impl<S: SharedStore> LocalState<S> {
                 Lockout::new(l.capacity, l.max_failures, l.window_seconds)
                     .with_ipv6_prefix(l.ipv6_prefix)
             }),
+            idempotency: config.idempotency_capacity.map(Table::new),
         }
     }
 
@@ -86,6 +113,11 @@ impl<S: SharedStore> LocalState<S> {
             lockout
                 .ensure_shards(&self.store)
                 .map_err(|_| "could not create the lockout counters")?;
+        }
+        if let Some(table) = &self.idempotency {
+            table
+                .ensure_buckets(&self.store)
+                .map_err(|_| "could not create the idempotency table")?;
         }
         Ok(())
     }
@@ -133,6 +165,24 @@ impl<T: State + ?Sized> State for std::sync::Arc<T> {
     fn lockout_prefix(&self) -> Option<u8> {
         (**self).lockout_prefix()
     }
+
+    fn begin_idempotent(&self, attempt: &Attempt, in_flight_seconds: u64, now: u64) -> Begun {
+        (**self).begin_idempotent(attempt, in_flight_seconds, now)
+    }
+
+    fn complete_idempotent(
+        &self,
+        attempt: &Attempt,
+        response: Option<StoredResponse>,
+        ttl_seconds: u64,
+        now: u64,
+    ) -> bool {
+        (**self).complete_idempotent(attempt, response, ttl_seconds, now)
+    }
+
+    fn release_idempotent(&self, attempt: &Attempt, now: u64) -> bool {
+        (**self).release_idempotent(attempt, now)
+    }
 }
 
 impl<S: SharedStore> State for LocalState<S> {
@@ -167,6 +217,45 @@ impl<S: SharedStore> State for LocalState<S> {
     fn lockout_prefix(&self) -> Option<u8> {
         self.lockout.as_ref().map(|l| l.ipv6_prefix)
     }
+
+    fn begin_idempotent(&self, attempt: &Attempt, in_flight_seconds: u64, now: u64) -> Begun {
+        match &self.idempotency {
+            Some(table) => table.begin(
+                &self.store,
+                &attempt.key,
+                &attempt.request,
+                &attempt.token,
+                in_flight_seconds,
+                now,
+            ),
+            None => Begun::Unavailable,
+        }
+    }
+
+    fn complete_idempotent(
+        &self,
+        attempt: &Attempt,
+        response: Option<StoredResponse>,
+        ttl_seconds: u64,
+        now: u64,
+    ) -> bool {
+        self.idempotency.as_ref().is_some_and(|table| {
+            table.complete(
+                &self.store,
+                &attempt.key,
+                &attempt.token,
+                response,
+                ttl_seconds,
+                now,
+            )
+        })
+    }
+
+    fn release_idempotent(&self, attempt: &Attempt, now: u64) -> bool {
+        self.idempotency
+            .as_ref()
+            .is_some_and(|table| table.release(&self.store, &attempt.key, &attempt.token, now))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,10 +269,12 @@ pub enum Metric {
     StateUnavailable = 4,
     /// Requests let through without an answer (`failure_mode: fail_open`).
     StateFailedOpen = 5,
+    /// Stored responses replayed for a duplicate idempotency key.
+    IdempotentReplays = 6,
 }
 
 impl Metric {
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     /// Every metric, in index order, with its name and whether it is a gauge.
     pub const ALL: [(Metric, &'static str, bool); Self::COUNT] = [
         (Metric::Allowed, "edge_warden_requests_allowed", false),
@@ -202,6 +293,11 @@ impl Metric {
         (
             Metric::StateFailedOpen,
             "edge_warden_state_failed_open",
+            false,
+        ),
+        (
+            Metric::IdempotentReplays,
+            "edge_warden_idempotent_replays",
             false,
         ),
     ];
@@ -288,6 +384,9 @@ enum Phase {
         verifier: Verifier,
         limit: u64,
     },
+    /// Waiting for the body of an unsigned request with an idempotency key (its fingerprint
+    /// covers the body), `read` bytes of at most `limit` so far.
+    Reading { read: u64, limit: u64 },
     /// Waiting for the state service's answer.
     Calling(Pending),
     /// A local reply was sent (a rejection or a preflight answer); ignore the rest.
@@ -302,6 +401,79 @@ enum Pending {
     Claim { key_id: String },
     /// A wrong credential, counted fleet-wide before it is answered with `why`.
     Failure { why: Reject },
+    /// The fleet-wide claim of an idempotency key this Envoy claimed (`key_id`: the request
+    /// was signed with that key).
+    Begin { key_id: Option<String> },
+    /// A completed or released idempotency key, told to the fleet before the response ends.
+    Finish,
+}
+
+/// The idempotency key of a request, from its headers until its response is stored.
+struct Idem {
+    settings: PolicyIdempotency,
+    key: String,
+    method: String,
+    path: String,
+    /// Whose key it is: `key:<api key id>`, `ip:<address>`, or `sig:<secret id>` once verified.
+    scope: String,
+    /// Set once this request claimed the key: its response is captured and stored.
+    attempt: Option<Attempt>,
+    /// The claim is held in the fleet store too.
+    remote: bool,
+    response: Captured,
+}
+
+/// The response being captured for replay.
+#[derive(Default)]
+struct Captured {
+    status: u16,
+    content_type: String,
+    body: Vec<u8>,
+    /// Larger than `max_response_bytes`: completed, not kept.
+    too_large: bool,
+}
+
+impl Captured {
+    fn capture_headers(&mut self, headers: &[(String, Vec<u8>)], max: u32) {
+        let value = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_slice())
+        };
+        let number = |name: &str| {
+            value(name)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        self.status = number(":status")
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(0);
+        let content_type = value("content-type").unwrap_or_default();
+        let printable = content_type.iter().all(|b| (0x20..0x7f).contains(b));
+        match std::str::from_utf8(content_type) {
+            Ok(ct) if printable && ct.len() <= idempotency::MAX_CONTENT_TYPE => {
+                self.content_type = ct.to_string();
+            }
+            // A content type that cannot be replayed as it was: the response is not kept.
+            _ => self.too_large = true,
+        }
+        if number("content-length").is_some_and(|len| len > u64::from(max)) {
+            self.too_large = true;
+        }
+    }
+
+    fn capture_body(&mut self, chunk: &[u8], max: u32) {
+        if self.too_large {
+            return;
+        }
+        if self.body.len().saturating_add(chunk.len()) > max as usize {
+            self.too_large = true;
+            self.body = Vec::new();
+            return;
+        }
+        self.body.extend_from_slice(chunk);
+    }
 }
 
 /// One request and its response, as the engine follows it.
@@ -320,6 +492,12 @@ pub struct Exchange {
     edits: Edits,
     /// A body that replaces the response body (a rate limiter's 429 in problem+json).
     replacement_body: Option<Vec<u8>>,
+    /// The request's idempotency key, while it takes part.
+    idem: Option<Idem>,
+    /// SHA-256 of the request body, for the idempotency fingerprint.
+    body_digest: Option<Sha256>,
+    /// The fleet-wide lockout check of an unsigned request, due once its body was read.
+    lockout_due: bool,
 }
 
 impl Default for Exchange {
@@ -339,13 +517,16 @@ impl Exchange {
             client_ip: None,
             edits: Edits::default(),
             replacement_body: None,
+            idem: None,
+            body_digest: None,
+            lockout_due: false,
         }
     }
 
     /// Whether the engine wants the request body (a signed request being verified). Adapters
     /// that must copy body bytes out of the host skip it otherwise.
     pub fn wants_body(&self) -> bool {
-        matches!(self.phase, Phase::Verifying { .. })
+        matches!(self.phase, Phase::Verifying { .. } | Phase::Reading { .. })
     }
 
     /// Whether the request is held for the state service's answer: body and trailers stay
@@ -385,13 +566,12 @@ impl Exchange {
             Ok(proceed) => {
                 self.edits.headers = headers.into_pairs();
                 match proceed {
-                    Proceed::Pass => self.pass(host),
                     Proceed::Verify(request, now) => {
                         let verifier = Verifier::new(&engine.keyring);
                         self.finish(engine, request, verifier, now, host)
                     }
                     Proceed::Wait => Action::Pause,
-                    Proceed::Call(call) => self.call(Pending::Lockout, call, host),
+                    Proceed::Unsigned => self.unsigned_admit(engine, host),
                 }
             }
             Err(Answer::Reject(why)) => self.reject(engine, why, host),
@@ -420,6 +600,24 @@ impl Exchange {
                     return self.reject(engine, Reject::BodyTooLarge { limit }, host);
                 }
                 verifier.update(chunk);
+                if let Some(digest) = self.body_digest.as_mut() {
+                    digest.update(chunk);
+                }
+                if end_of_stream {
+                    self.end_of_body(engine, host)
+                } else {
+                    Action::Pause
+                }
+            }
+            Phase::Reading { read, limit } => {
+                *read = read.saturating_add(chunk.len() as u64);
+                if *read > *limit {
+                    let limit = *limit;
+                    return self.reject(engine, Reject::BodyTooLarge { limit }, host);
+                }
+                if let Some(digest) = self.body_digest.as_mut() {
+                    digest.update(chunk);
+                }
                 if end_of_stream {
                     self.end_of_body(engine, host)
                 } else {
@@ -432,7 +630,7 @@ impl Exchange {
     /// Request trailers arrived: a body followed by trailers ends here.
     pub fn on_request_trailers(&mut self, engine: &Engine, host: &mut dyn Host) -> Action {
         match self.phase {
-            Phase::Verifying { .. } => self.end_of_body(engine, host),
+            Phase::Verifying { .. } | Phase::Reading { .. } => self.end_of_body(engine, host),
             Phase::Answered | Phase::Calling(_) => Action::Pause,
             Phase::Pass => Action::Continue(Edits::default()),
         }
@@ -450,6 +648,10 @@ impl Exchange {
             return ResponseAction::Keep;
         }
         let mut headers = headers;
+        if let Some(idem) = self.idem.as_mut().filter(|i| i.attempt.is_some()) {
+            idem.response
+                .capture_headers(&headers, idem.settings.max_response_bytes);
+        }
         let status_429 = headers
             .iter()
             .any(|(n, v)| n == ":status" && v.as_slice() == b"429");
@@ -463,6 +665,80 @@ impl Exchange {
             .response_headers
             .apply(headers, &self.cors_headers, vary);
         ResponseAction::Replace(headers)
+    }
+
+    /// Whether this response is captured for an idempotency key: the adapter hands its body
+    /// to [`Exchange::on_response_body`] and calls [`Exchange::on_response_end`] at its end.
+    pub fn captures_response(&self) -> bool {
+        self.idem.as_ref().is_some_and(|i| i.attempt.is_some())
+    }
+
+    /// Whether the response body bytes are still wanted (a capture within its size cap).
+    pub fn wants_response_body(&self) -> bool {
+        self.idem
+            .as_ref()
+            .is_some_and(|i| i.attempt.is_some() && !i.response.too_large)
+    }
+
+    /// Response body bytes: `chunk` is only what is new since the last call.
+    pub fn on_response_body(&mut self, chunk: &[u8]) {
+        if let Some(idem) = self.idem.as_mut().filter(|i| i.attempt.is_some()) {
+            idem.response
+                .capture_body(chunk, idem.settings.max_response_bytes);
+        }
+    }
+
+    /// The response ended (its headers or last body bytes had end of stream, or its trailers
+    /// came). A captured response completes its idempotency key (a 5xx, 408 or 429 releases
+    /// it, so a retry goes through); with the fleet store, the returned call must be answered
+    /// (to [`Exchange::on_state_answer`]) before the response's end goes on, so that a client
+    /// that has it can retry at any Envoy.
+    pub fn on_response_end(&mut self, engine: &Engine, host: &mut dyn Host) -> Option<Call> {
+        let idem = self.idem.take()?;
+        let attempt = idem.attempt?;
+        let now = host.now();
+        let status = idem.response.status;
+        let call = if matches!(status, 0..=99 | 408 | 429 | 500..) {
+            engine.state.release_idempotent(&attempt, now);
+            Call::release_idempotent(&remote::ReleaseIdempotentRequest {
+                key: attempt.key.to_vec(),
+                token: attempt.token.to_vec(),
+            })
+        } else {
+            let ttl = idem.settings.ttl_seconds;
+            let kept = !idem.response.too_large;
+            let response = kept.then_some(StoredResponse {
+                status,
+                content_type: idem.response.content_type,
+                body: idem.response.body,
+            });
+            let wire = response.as_ref().map(|r| remote::StoredResponse {
+                status: u32::from(r.status),
+                content_type: r.content_type.clone(),
+                body: r.body.clone(),
+            });
+            engine
+                .state
+                .complete_idempotent(&attempt, response, ttl, now);
+            Call::complete_idempotent(&remote::CompleteIdempotentRequest {
+                key: attempt.key.to_vec(),
+                token: attempt.token.to_vec(),
+                ttl_seconds: u32::try_from(ttl).unwrap_or(u32::MAX),
+                response: wire,
+            })
+        };
+        if !idem.remote {
+            return None;
+        }
+        host.count(Metric::StateCalls, 1);
+        self.phase = Phase::Calling(Pending::Finish);
+        Some(call)
+    }
+
+    /// The stream ended without its response ending (the client went away): this Envoy's
+    /// claim of an idempotency key goes at once; the fleet's lapses after `in_flight_seconds`.
+    pub fn on_stream_end(&mut self, engine: &Engine, host: &mut dyn Host) {
+        self.release_local(engine, host);
     }
 
     /// The body that replaces the response body (once, at its end), if any.
@@ -485,6 +761,7 @@ impl Exchange {
                 let now = host.now();
                 self.finish(engine, request, verifier, now, host)
             }
+            Phase::Reading { .. } => self.unsigned_admit(engine, host),
             other => {
                 self.phase = other;
                 Action::Continue(Edits::default())
@@ -625,6 +902,29 @@ impl Exchange {
         if client.is_none() {
             client = self.client_ip(host).map(|ip| format!("ip:{ip}"));
         }
+        // The key is read here, but claimed only once the request has passed every other
+        // check (a signed one: after its nonce), so a refused request never holds a key.
+        if let Some(settings) = policy.idempotency.as_ref().filter(|i| i.covers(method)) {
+            match idempotency::find_key(headers).map_err(Answer::Reject)? {
+                None if settings.required => {
+                    return Err(Answer::Reject(Reject::IdempotencyKeyMissing))
+                }
+                None => {}
+                Some(key) => {
+                    self.idem = Some(Idem {
+                        settings: settings.clone(),
+                        key,
+                        method: method.to_string(),
+                        path: path.to_string(),
+                        scope: client.clone().unwrap_or_else(|| "-".to_string()),
+                        attempt: None,
+                        remote: false,
+                        response: Captured::default(),
+                    });
+                    self.body_digest = Some(Sha256::new());
+                }
+            }
+        }
         if let Some(client) = client {
             self.edits
                 .list
@@ -634,25 +934,25 @@ impl Exchange {
         if !policy.signature {
             // The fleet may have locked this address out where this Envoy has not seen it;
             // a signed request asks in the same call that claims its nonce.
-            if checks_credential {
-                if let Some(lockout) = self.remote_lockout(engine, host) {
-                    return Ok(Proceed::Call(Call::admit(&AdmitRequest {
-                        lockout: Some(lockout),
-                        claim: None,
-                    })));
+            self.lockout_due = checks_credential;
+            if self.idem.is_some() && !end_of_stream {
+                // The key's fingerprint covers the body: it is held (up to the policy's
+                // `max_body_bytes`) until it has all arrived.
+                let limit = policy.max_body_bytes;
+                if declared_length(headers).is_some_and(|len| len > limit) {
+                    return Err(Answer::Reject(Reject::BodyTooLarge { limit }));
                 }
+                self.phase = Phase::Reading { read: 0, limit };
+                return Ok(Proceed::Wait);
             }
-            return Ok(Proceed::Pass);
+            return Ok(Proceed::Unsigned);
         }
         // Every header-only check runs before any body is read.
         let request = signature::parse_headers(headers).map_err(Answer::Reject)?;
         signature::check_window(request.timestamp, now, config.window_seconds)
             .map_err(Answer::Reject)?;
         let limit = policy.max_body_bytes;
-        let declared = headers
-            .first_str("content-length")
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit) {
+        if declared_length(headers).is_some_and(|len| len > limit) {
             return Err(Answer::Reject(Reject::BodyTooLarge { limit }));
         }
         if end_of_stream {
@@ -722,7 +1022,106 @@ impl Exchange {
             });
             return self.call(Pending::Claim { key_id }, call, host);
         }
-        self.pass_signed(engine, key_id, host)
+        self.admitted(engine, Some(key_id), host)
+    }
+
+    /// An unsigned request has passed its local checks (and its body, if held, has arrived):
+    /// the fleet-wide lockout check, if due, then the idempotency key.
+    fn unsigned_admit(&mut self, engine: &Engine, host: &mut dyn Host) -> Action {
+        if std::mem::take(&mut self.lockout_due) {
+            if let Some(lockout) = self.remote_lockout(engine, host) {
+                let call = Call::admit(&AdmitRequest {
+                    lockout: Some(lockout),
+                    claim: None,
+                });
+                return self.call(Pending::Lockout, call, host);
+            }
+        }
+        self.admitted(engine, None, host)
+    }
+
+    /// Every check has passed (`key_id`: the request was signed with that key). A request
+    /// with an idempotency key claims it now, here and then in the fleet store, or is answered
+    /// from what an earlier attempt left.
+    fn admitted(&mut self, engine: &Engine, key_id: Option<String>, host: &mut dyn Host) -> Action {
+        let Some(idem) = self.idem.as_mut() else {
+            return self.pass_as(engine, key_id, host);
+        };
+        if let Some(id) = &key_id {
+            idem.scope = format!("sig:{id}");
+        }
+        let digest = self.body_digest.take().unwrap_or_default().finalize();
+        let now = host.now();
+        let key = idempotency::record_key(&idem.scope, &idem.key);
+        let attempt = Attempt {
+            key,
+            request: idempotency::request_fingerprint(&idem.method, &idem.path, &digest),
+            token: idempotency::attempt_token(&key, self.request_id.as_deref(), now),
+        };
+        let in_flight = idem.settings.in_flight_seconds;
+        let begun = engine.state.begin_idempotent(&attempt, in_flight, now);
+        if begun != Begun::Claimed {
+            self.idem = None;
+            return self.decided(engine, begun, host);
+        }
+        idem.attempt = Some(attempt.clone());
+        if engine.config.remote.is_some() {
+            let call = Call::begin_idempotent(&remote::BeginIdempotentRequest {
+                key: attempt.key.to_vec(),
+                request: attempt.request.to_vec(),
+                token: attempt.token.to_vec(),
+                in_flight_seconds: u32::try_from(in_flight).unwrap_or(u32::MAX),
+            });
+            return self.call(Pending::Begin { key_id }, call, host);
+        }
+        self.pass_as(engine, key_id, host)
+    }
+
+    /// Answers a request whose idempotency key was not claimed by it.
+    fn decided(&mut self, engine: &Engine, begun: Begun, host: &mut dyn Host) -> Action {
+        let why = match begun {
+            Begun::Completed(response) => return self.replay(engine, response, host),
+            Begun::InProgress => Reject::IdempotencyRequestInProgress,
+            Begun::CompletedNotStored => Reject::IdempotencyResponseNotStored,
+            Begun::Mismatch => Reject::IdempotencyKeyReused,
+            Begun::Claimed | Begun::Full | Begun::Unavailable => Reject::IdempotencyUnavailable,
+        };
+        self.reject(engine, why, host)
+    }
+
+    /// Replays a stored response (its status, content type and body) without the upstream.
+    fn replay(&mut self, engine: &Engine, response: StoredResponse, host: &mut dyn Host) -> Action {
+        host.count(Metric::IdempotentReplays, 1);
+        log::info!(
+            "edge-warden: replayed the stored response of an idempotency key: status={} \
+             policy={} request_id={}",
+            response.status,
+            self.policy_label(engine),
+            self.request_id.as_deref().unwrap_or("-"),
+        );
+        let mut headers = vec![("idempotent-replayed", "true".to_string())];
+        if !response.content_type.is_empty() {
+            headers.push(("content-type", response.content_type));
+        }
+        let reply = self.local_reply(engine, u32::from(response.status), headers, response.body);
+        self.phase = Phase::Answered;
+        Action::Reply(reply)
+    }
+
+    /// Gives up this Envoy's claim of the request's idempotency key (the fleet's was refused
+    /// or never made).
+    fn release_local(&mut self, engine: &Engine, host: &mut dyn Host) {
+        if let Some(attempt) = self.idem.take().and_then(|i| i.attempt) {
+            let now = host.now();
+            engine.state.release_idempotent(&attempt, now);
+        }
+    }
+
+    fn pass_as(&mut self, engine: &Engine, key_id: Option<String>, host: &mut dyn Host) -> Action {
+        match key_id {
+            Some(key_id) => self.pass_signed(engine, key_id, host),
+            None => self.pass(host),
+        }
     }
 
     /// Passes a verified signed request, naming its signing key to the upstream.
@@ -795,6 +1194,20 @@ impl Exchange {
             };
             return self.answer(engine, &why);
         }
+        if let Pending::Begin { key_id } = pending {
+            return self.on_begin_answer(engine, key_id, answer, host);
+        }
+        if let Pending::Finish = pending {
+            if let Err(failure) = remote::decode::<remote::CompleteIdempotentResponse>(answer) {
+                self.unavailable(
+                    engine,
+                    failure,
+                    "an idempotency key was completed or released by this Envoy only",
+                    host,
+                );
+            }
+            return Action::Continue(Edits::default());
+        }
         let answer = match remote::decode::<AdmitResponse>(answer) {
             Ok(answer) => answer,
             Err(failure) => {
@@ -824,9 +1237,66 @@ impl Exchange {
             Pending::Claim { .. } if !answer.claimed => {
                 self.reject(engine, Reject::NonceReplayed, host)
             }
-            Pending::Claim { key_id } => self.pass_signed(engine, key_id, host),
-            _ => self.pass(host),
+            Pending::Claim { key_id } => self.admitted(engine, Some(key_id), host),
+            _ => self.admitted(engine, None, host),
         }
+    }
+
+    /// The fleet store answered the claim of an idempotency key this Envoy holds.
+    fn on_begin_answer(
+        &mut self,
+        engine: &Engine,
+        key_id: Option<String>,
+        answer: Result<Vec<u8>, Unavailable>,
+        host: &mut dyn Host,
+    ) -> Action {
+        let answer = match remote::decode::<remote::BeginIdempotentResponse>(answer) {
+            Ok(answer) => answer,
+            Err(failure) => {
+                let mode = engine.config.remote.as_ref().map(|r| r.failure_mode);
+                if mode == Some(FailureMode::FailOpen) {
+                    host.count(Metric::StateFailedOpen, 1);
+                    self.unavailable(
+                        engine,
+                        failure,
+                        "the idempotency key is held by this Envoy only (fail_open)",
+                        host,
+                    );
+                    return self.pass_as(engine, key_id, host);
+                }
+                self.unavailable(engine, failure, "refusing the request (fail_closed)", host);
+                self.release_local(engine, host);
+                return self.reject(engine, Reject::StateUnavailable, host);
+            }
+        };
+        let begun = match remote::Outcome::try_from(answer.outcome) {
+            Ok(remote::Outcome::Claimed) => {
+                if let Some(idem) = self.idem.as_mut() {
+                    idem.remote = true;
+                }
+                return self.pass_as(engine, key_id, host);
+            }
+            Ok(remote::Outcome::InProgress) => Begun::InProgress,
+            Ok(remote::Outcome::Completed) => match answer.response {
+                Some(r) => match u16::try_from(r.status) {
+                    Ok(status) if (100..=599).contains(&status) => {
+                        Begun::Completed(StoredResponse {
+                            status,
+                            content_type: r.content_type,
+                            body: r.body,
+                        })
+                    }
+                    _ => Begun::Unavailable,
+                },
+                None => Begun::CompletedNotStored,
+            },
+            Ok(remote::Outcome::CompletedNotStored) => Begun::CompletedNotStored,
+            Ok(remote::Outcome::Mismatch) => Begun::Mismatch,
+            Err(_) => Begun::Unavailable,
+        };
+        // Another Envoy holds or held the key: this one's claim goes.
+        self.release_local(engine, host);
+        self.decided(engine, begun, host)
     }
 
     fn max_failures(&self, engine: &Engine) -> u32 {
@@ -953,14 +1423,19 @@ impl Exchange {
 
 /// How a request that passed its header checks goes on.
 enum Proceed {
-    /// Upstream now.
-    Pass,
     /// Signed, no body: verify now (with the clock read for the headers).
     Verify(SignedRequest, u64),
-    /// Signed, a body follows: hold the headers.
+    /// A body follows that a check needs: hold the headers.
     Wait,
-    /// Ask the state service first (the fleet-wide lockout).
-    Call(Call),
+    /// Unsigned, every header check passed: the fleet lockout and the idempotency key next.
+    Unsigned,
+}
+
+/// The `content-length` a request declared, if it is a number.
+fn declared_length(headers: &RequestHeaders) -> Option<u64> {
+    headers
+        .first_str("content-length")
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// How a request is answered from the header checks.

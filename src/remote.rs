@@ -23,6 +23,9 @@ pub const SERVICE: &str = "edgewarden.state.v1.State";
 pub enum Method {
     Admit,
     RecordFailure,
+    BeginIdempotent,
+    CompleteIdempotent,
+    ReleaseIdempotent,
 }
 
 impl Method {
@@ -30,6 +33,9 @@ impl Method {
         match self {
             Method::Admit => "Admit",
             Method::RecordFailure => "RecordFailure",
+            Method::BeginIdempotent => "BeginIdempotent",
+            Method::CompleteIdempotent => "CompleteIdempotent",
+            Method::ReleaseIdempotent => "ReleaseIdempotent",
         }
     }
 
@@ -38,6 +44,9 @@ impl Method {
         match self {
             Method::Admit => "/edgewarden.state.v1.State/Admit",
             Method::RecordFailure => "/edgewarden.state.v1.State/RecordFailure",
+            Method::BeginIdempotent => "/edgewarden.state.v1.State/BeginIdempotent",
+            Method::CompleteIdempotent => "/edgewarden.state.v1.State/CompleteIdempotent",
+            Method::ReleaseIdempotent => "/edgewarden.state.v1.State/ReleaseIdempotent",
         }
     }
 }
@@ -105,7 +114,101 @@ pub struct RecordFailureResponse {
     pub locked_for_seconds: u64,
 }
 
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BeginIdempotentRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub request: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub token: Vec<u8>,
+    #[prost(uint32, tag = "4")]
+    pub in_flight_seconds: u32,
+}
+
+/// `BeginIdempotentResponse.Outcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum Outcome {
+    Claimed = 0,
+    InProgress = 1,
+    Completed = 2,
+    CompletedNotStored = 3,
+    Mismatch = 4,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BeginIdempotentResponse {
+    #[prost(enumeration = "Outcome", tag = "1")]
+    pub outcome: i32,
+    #[prost(message, optional, tag = "2")]
+    pub response: Option<StoredResponse>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredResponse {
+    #[prost(uint32, tag = "1")]
+    pub status: u32,
+    #[prost(string, tag = "2")]
+    pub content_type: String,
+    #[prost(bytes = "vec", tag = "3")]
+    pub body: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CompleteIdempotentRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub token: Vec<u8>,
+    #[prost(uint32, tag = "3")]
+    pub ttl_seconds: u32,
+    #[prost(message, optional, tag = "4")]
+    pub response: Option<StoredResponse>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CompleteIdempotentResponse {
+    #[prost(bool, tag = "1")]
+    pub stored: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReleaseIdempotentRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub token: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReleaseIdempotentResponse {
+    #[prost(bool, tag = "1")]
+    pub released: bool,
+}
+
 impl Call {
+    pub fn begin_idempotent(request: &BeginIdempotentRequest) -> Self {
+        Self {
+            method: Method::BeginIdempotent,
+            message: prost::Message::encode_to_vec(request),
+        }
+    }
+
+    pub fn complete_idempotent(request: &CompleteIdempotentRequest) -> Self {
+        Self {
+            method: Method::CompleteIdempotent,
+            message: prost::Message::encode_to_vec(request),
+        }
+    }
+
+    pub fn release_idempotent(request: &ReleaseIdempotentRequest) -> Self {
+        Self {
+            method: Method::ReleaseIdempotent,
+            message: prost::Message::encode_to_vec(request),
+        }
+    }
+
     pub fn admit(request: &AdmitRequest) -> Self {
         Self {
             method: Method::Admit,

@@ -66,6 +66,7 @@ struct TestHost {
     allowed: i64,
     rejected: i64,
     state_calls: i64,
+    replays: i64,
 }
 
 impl TestHost {
@@ -78,6 +79,7 @@ impl TestHost {
             allowed: 0,
             rejected: 0,
             state_calls: 0,
+            replays: 0,
         }
     }
 }
@@ -104,6 +106,7 @@ impl Host for TestHost {
             Metric::ReplayEntries => {}
             Metric::StateCalls => self.state_calls += delta,
             Metric::StateUnavailable | Metric::StateFailedOpen => {}
+            Metric::IdempotentReplays => self.replays += delta,
         }
     }
 }
@@ -695,4 +698,242 @@ fn metrics_are_listed_in_the_order_of_their_index() {
     for (i, (metric, _, _)) in Metric::ALL.iter().enumerate() {
         assert_eq!(*metric as usize, i);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency keys.
+
+/// The test configuration with idempotent routes in front: `/orders` (unsigned, keyed by the
+/// client address) and `/signed-orders` (signed).
+fn idem_json() -> String {
+    config_json().replacen(
+        "\"policies\": [",
+        r#""policies": [
+        {"name": "orders", "match": {"path_prefix": "/orders"}, "signature": false,
+         "idempotency": {"max_response_bytes": 64}},
+        {"name": "signed-orders", "match": {"path_prefix": "/signed-orders"},
+         "trusted_hosts": ["api.example.com"], "idempotency": {}},"#,
+        1,
+    )
+}
+
+fn respond(x: &mut Exchange, engine: &Engine, host: &mut TestHost, status: &str, body: &[u8]) {
+    let h = headers(&[(":status", status), ("content-type", "application/json")]);
+    x.on_response_headers(engine, h, host);
+    assert!(x.captures_response());
+    x.on_response_body(body);
+    assert!(x.on_response_end(engine, host).is_none(), "no fleet store");
+}
+
+fn order(x: &mut Exchange, engine: &Engine, host: &mut TestHost, key: &str, body: &[u8]) -> Action {
+    let h = request("POST", "/orders", &[("idempotency-key", key)]);
+    assert!(matches!(
+        x.on_request_headers(engine, h, false, host),
+        Action::Pause
+    ));
+    x.on_request_body(engine, body, true, host)
+}
+
+#[test]
+fn a_duplicate_gets_the_stored_response_without_the_upstream() {
+    let (engine, _) = engine_of(&idem_json());
+    let mut host = TestHost::new();
+    let mut first = Exchange::new();
+    edits(order(
+        &mut first,
+        &engine,
+        &mut host,
+        "\"k-1\"",
+        b"{\"n\":1}",
+    ));
+    respond(&mut first, &engine, &mut host, "201", b"{\"id\":7}");
+    let mut again = Exchange::new();
+    match order(&mut again, &engine, &mut host, "k-1", b"{\"n\":1}") {
+        Action::Reply(reply) => {
+            assert_eq!(reply.status, 201);
+            assert_eq!(reply.body, b"{\"id\":7}");
+            let has = |n: &str, v: &str| reply.headers.contains(&(n.into(), v.as_bytes().to_vec()));
+            assert!(has("idempotent-replayed", "true") && has("content-type", "application/json"));
+            // The security headers are there as on every reply.
+            assert!(reply
+                .headers
+                .iter()
+                .any(|(n, _)| n == "x-content-type-options"));
+        }
+        other => panic!("expected the replay, got {other:?}"),
+    }
+    assert_eq!((host.allowed, host.replays), (1, 1));
+    // Another body with the key is another request.
+    let a = order(
+        &mut Exchange::new(),
+        &engine,
+        &mut host,
+        "k-1",
+        b"{\"n\":2}",
+    );
+    assert_eq!(code(&a), "idempotency_key_reused");
+}
+
+#[test]
+fn keys_are_required_on_the_covered_methods_only() {
+    let (engine, _) = engine_of(&idem_json());
+    let mut host = TestHost::new();
+    let a = Exchange::new().on_request_headers(
+        &engine,
+        request("POST", "/orders", &[]),
+        true,
+        &mut host,
+    );
+    assert_eq!(code(&a), "idempotency_key_missing");
+    let h = request("POST", "/orders", &[("idempotency-key", "two words")]);
+    let a = Exchange::new().on_request_headers(&engine, h, true, &mut host);
+    assert_eq!(code(&a), "idempotency_key_invalid");
+    // GET is not covered: no key needed, and a key sent is ignored.
+    let mut x = Exchange::new();
+    edits(x.on_request_headers(&engine, request("GET", "/orders", &[]), true, &mut host));
+    assert!(!x.captures_response());
+}
+
+#[test]
+fn a_duplicate_in_flight_is_refused_and_a_5xx_frees_the_key() {
+    let (engine, _) = engine_of(&idem_json());
+    let mut host = TestHost::new();
+    let mut first = Exchange::new();
+    edits(order(&mut first, &engine, &mut host, "k-2", b"x"));
+    let a = order(&mut Exchange::new(), &engine, &mut host, "k-2", b"x");
+    assert_eq!(code(&a), "idempotency_request_in_progress");
+    respond(&mut first, &engine, &mut host, "503", b"down");
+    let mut retry = Exchange::new();
+    edits(order(&mut retry, &engine, &mut host, "k-2", b"x"));
+    // A response over max_response_bytes completes the key without keeping it.
+    respond(&mut retry, &engine, &mut host, "200", &[b'a'; 65]);
+    let a = order(&mut Exchange::new(), &engine, &mut host, "k-2", b"x");
+    assert_eq!(code(&a), "idempotency_response_not_stored");
+}
+
+#[test]
+fn a_client_that_goes_away_frees_its_key() {
+    let (engine, _) = engine_of(&idem_json());
+    let mut host = TestHost::new();
+    let mut first = Exchange::new();
+    edits(order(&mut first, &engine, &mut host, "k-3", b"x"));
+    first.on_stream_end(&engine, &mut host);
+    edits(order(&mut Exchange::new(), &engine, &mut host, "k-3", b"x"));
+}
+
+#[test]
+fn keys_belong_to_their_caller() {
+    let (engine, _) = engine_of(&idem_json());
+    let mut host = TestHost::new();
+    let mut first = Exchange::new();
+    edits(order(&mut first, &engine, &mut host, "k-4", b"x"));
+    respond(&mut first, &engine, &mut host, "201", b"mine");
+    host.address = Some("192.0.2.9".parse().unwrap());
+    edits(order(&mut Exchange::new(), &engine, &mut host, "k-4", b"x"));
+}
+
+#[test]
+fn a_signed_retry_needs_a_fresh_nonce_and_then_gets_the_stored_response() {
+    let (engine, _) = engine_of(&idem_json());
+    let mut host = TestHost::new();
+    let body = b"{\"amount\":5}";
+    let send = |nonce: &str, host: &mut TestHost| {
+        let mut x = Exchange::new();
+        let h = with(
+            request("POST", "/signed-orders", &[("idempotency-key", "pay-1")]),
+            &signed(body, NOW, nonce),
+        );
+        assert!(matches!(
+            x.on_request_headers(&engine, h, false, host),
+            Action::Pause
+        ));
+        let a = x.on_request_body(&engine, body, true, host);
+        (x, a)
+    };
+    let (mut first, a) = send("nonce-idem-0000000001", &mut host);
+    assert!(edits(a).contains(&("x-edge-warden-key-id".into(), Some("primary".into()))));
+    respond(&mut first, &engine, &mut host, "201", b"paid");
+    // The same transmission again is a replay attack: the nonce answers first.
+    let (_, a) = send("nonce-idem-0000000001", &mut host);
+    assert_eq!(code(&a), "nonce_replayed");
+    let (_, a) = send("nonce-idem-0000000002", &mut host);
+    assert!(matches!(a, Action::Reply(ref r) if r.status == 201 && r.body == b"paid"));
+}
+
+#[test]
+fn with_the_fleet_store_the_claim_and_the_completion_are_told_to_it() {
+    let json = idem_json().replacen(
+        "\"policies\"",
+        r#""remote_state": {"cluster": "state"}, "policies""#,
+        1,
+    );
+    let (engine, _) = engine_of(&json);
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    let call = match order(&mut x, &engine, &mut host, "k-5", b"x") {
+        Action::Call(call) => call,
+        other => panic!("expected the fleet claim, got {other:?}"),
+    };
+    assert_eq!(call.method, remote::Method::BeginIdempotent);
+    let claimed = remote::BeginIdempotentResponse {
+        outcome: remote::Outcome::Claimed as i32,
+        response: None,
+    };
+    let a = x.on_state_answer(
+        &engine,
+        Ok(prost::Message::encode_to_vec(&claimed)),
+        &mut host,
+    );
+    edits(a);
+    x.on_response_headers(&engine, headers(&[(":status", "200")]), &mut host);
+    x.on_response_body(b"ok");
+    let call = x
+        .on_response_end(&engine, &mut host)
+        .expect("the completion");
+    assert_eq!(call.method, remote::Method::CompleteIdempotent);
+    let sent: remote::CompleteIdempotentRequest =
+        prost::Message::decode(call.message.as_slice()).unwrap();
+    assert_eq!(
+        sent.response.map(|r| (r.status, r.body)),
+        Some((200, b"ok".to_vec()))
+    );
+    assert!(matches!(
+        x.on_state_answer(&engine, Err(Unavailable("timeout")), &mut host),
+        Action::Continue(_)
+    ));
+
+    // Another Envoy completed a key this one has not seen: its response is replayed.
+    let mut y = Exchange::new();
+    assert!(matches!(
+        order(&mut y, &engine, &mut host, "k-6", b"x"),
+        Action::Call(_)
+    ));
+    let done = remote::BeginIdempotentResponse {
+        outcome: remote::Outcome::Completed as i32,
+        response: Some(remote::StoredResponse {
+            status: 202,
+            content_type: "text/plain".into(),
+            body: b"elsewhere".to_vec(),
+        }),
+    };
+    let a = y.on_state_answer(&engine, Ok(prost::Message::encode_to_vec(&done)), &mut host);
+    assert!(matches!(a, Action::Reply(ref r) if r.status == 202 && r.body == b"elsewhere"));
+    // ... and this Envoy's own claim went with it: a retry asks the fleet again.
+    assert!(matches!(
+        order(&mut Exchange::new(), &engine, &mut host, "k-6", b"x"),
+        Action::Call(_)
+    ));
+
+    // fail_closed: no answer refuses the request and frees the local claim.
+    let mut z = Exchange::new();
+    assert!(matches!(
+        order(&mut z, &engine, &mut host, "k-7", b"x"),
+        Action::Call(_)
+    ));
+    let a = z.on_state_answer(&engine, Err(Unavailable("timeout")), &mut host);
+    assert_eq!(code(&a), "state_unavailable");
+    assert!(matches!(
+        order(&mut Exchange::new(), &engine, &mut host, "k-7", b"x"),
+        Action::Call(_)
+    ));
 }
