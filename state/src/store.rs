@@ -3,6 +3,9 @@
 //! Keys (PREFIX is `--key-prefix`, `ew:` by default):
 //! - `PREFIXnonce:<hex fingerprint>` = "1", expiring after the claim's TTL: a claimed fingerprint.
 //! - `PREFIXfail:<client>` = failure count, expiring `window_seconds` after the first failure.
+//! - `PREFIXidem:<hex key fingerprint>` = an idempotency record ([`IdempotencyRecord`] has the
+//!   layout), expiring `in_flight_seconds` after its claim, then `ttl_seconds` after its
+//!   completion.
 //!
 //! # Durability: what survives a primary failover
 //!
@@ -103,6 +106,50 @@ end
 return {failures, ttl}
 "#;
 
+/// BeginIdempotent. KEYS[1] = the record, ARGV[1] = the in-flight record to store when there is
+/// none, ARGV[2] = the request fingerprint, ARGV[3] = in_flight_seconds.
+/// Returns {1} claimed, {2} in progress, {3, response} completed (the record after its request
+/// fingerprint), {4} completed without a stored response, {5} another request's key, and {0}
+/// for a value that is not a record (written by something else).
+const BEGIN_IDEMPOTENT_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+  return {1}
+end
+local kind, n = string.byte(v, 1, 2)
+if not n or #v < 2 + n then return {0} end
+if string.sub(v, 3, 2 + n) ~= ARGV[2] then return {5} end
+if kind == 1 then return {2} end
+if kind == 2 then return {3, string.sub(v, 3 + n)} end
+if kind == 3 then return {4} end
+return {0}
+"#;
+
+/// CompleteIdempotent. KEYS[1] = the record, ARGV[1] = the token, ARGV[2] = the completed
+/// record's kind byte, ARGV[3] = what follows its request fingerprint, ARGV[4] = ttl_seconds.
+/// Only an in-flight record holding this token is replaced (its request fingerprint is kept).
+/// Returns 1 when stored, 0 when the claim is not this token's (or there is none).
+const COMPLETE_IDEMPOTENT_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local kind, n = string.byte(v, 1, 2)
+if kind ~= 1 or not n or string.sub(v, 3 + n) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2] .. string.sub(v, 2, 2 + n) .. ARGV[3], 'EX', ARGV[4])
+return 1
+"#;
+
+/// ReleaseIdempotent. KEYS[1] = the record, ARGV[1] = the token. Only an in-flight record
+/// holding this token is deleted. Returns 1 when deleted, else 0.
+const RELEASE_IDEMPOTENT_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local kind, n = string.byte(v, 1, 2)
+if kind ~= 1 or not n or string.sub(v, 3 + n) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
 /// A kernel-level bound on a connection whose peer vanished without a reset: unacknowledged
 /// data for this long fails the socket, and the connection is then replaced.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -186,6 +233,138 @@ pub struct AdmitOp<'a> {
     pub lockout: Option<(&'a str, u32)>,
     /// (fingerprint, ttl_seconds)
     pub claim: Option<(&'a [u8], u32)>,
+}
+
+/// A fingerprint or token of the idempotency RPCs: 1..=64 bytes, so its length fits the one
+/// length byte of a record. Only [`IdemBytes::new`] makes one.
+#[derive(Debug, Clone, Copy)]
+pub struct IdemBytes<'a>(&'a [u8]);
+
+impl<'a> IdemBytes<'a> {
+    pub const MAX: usize = 64;
+
+    pub fn new(bytes: &'a [u8]) -> Option<Self> {
+        (1..=Self::MAX)
+            .contains(&bytes.len())
+            .then_some(IdemBytes(bytes))
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.0
+    }
+}
+
+/// A response to store for replay: status 100..=599, a content type of at most 256 characters,
+/// a body of at most 1 MiB. Only [`Replay::new`] makes one.
+#[derive(Debug, Clone, Copy)]
+pub struct Replay<'a> {
+    status: u16,
+    content_type: &'a str,
+    body: &'a [u8],
+}
+
+impl<'a> Replay<'a> {
+    pub const MAX_BODY_BYTES: usize = 1 << 20;
+    pub const MAX_CONTENT_TYPE_CHARS: usize = 256;
+
+    /// The error names the field of the rule broken (never the value).
+    pub fn new(status: u32, content_type: &'a str, body: &'a [u8]) -> Result<Self, &'static str> {
+        let status = match u16::try_from(status) {
+            Ok(s) if (100..=599).contains(&s) => s,
+            _ => return Err("response.status: 100 to 599"),
+        };
+        if content_type.chars().count() > Self::MAX_CONTENT_TYPE_CHARS {
+            return Err("response.content_type: at most 256 characters");
+        }
+        if body.len() > Self::MAX_BODY_BYTES {
+            return Err("response.body: at most 1048576 bytes");
+        }
+        Ok(Replay {
+            status,
+            content_type,
+            body,
+        })
+    }
+}
+
+/// A completed response read back from Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReplay {
+    pub status: u32,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// What a BeginIdempotent found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BeginOutcome {
+    Claimed,
+    InProgress,
+    Completed(StoredReplay),
+    CompletedNotStored,
+    Mismatch,
+}
+
+/// The value of an idempotency key in Redis, binary so that a body costs its own size:
+///
+/// ```text
+/// byte 0      kind: 1 in flight, 2 completed with a response, 3 completed, nothing stored
+/// byte 1      n, the length of the request fingerprint (1..=64)
+/// 2 .. 2+n    the request fingerprint
+/// in flight:  the token (the rest of the value)
+/// kind 2:     status (u16, big-endian), content type length in bytes (u16, big-endian),
+///             the content type, the body (the rest of the value)
+/// kind 3:     nothing
+/// ```
+///
+/// The scripts read bytes 0 and 1 and compare byte strings; only this type builds or parses
+/// the rest.
+pub struct IdempotencyRecord;
+
+impl IdempotencyRecord {
+    pub const IN_FLIGHT: u8 = 1;
+    pub const COMPLETED: u8 = 2;
+    pub const COMPLETED_NOT_STORED: u8 = 3;
+
+    /// The record a claim stores.
+    pub fn in_flight(request: IdemBytes<'_>, token: IdemBytes<'_>) -> Vec<u8> {
+        let (request, token) = (request.bytes(), token.bytes());
+        let mut v = Vec::with_capacity(2 + request.len() + token.len());
+        v.push(Self::IN_FLIGHT);
+        // At most 64 (IdemBytes), so the cast keeps the value.
+        v.push(request.len() as u8);
+        v.extend_from_slice(request);
+        v.extend_from_slice(token);
+        v
+    }
+
+    /// What a completed record holds after its request fingerprint (kind 2).
+    pub fn response_part(r: &Replay<'_>) -> Vec<u8> {
+        let ct = r.content_type.as_bytes();
+        let mut v = Vec::with_capacity(4 + ct.len() + r.body.len());
+        v.extend_from_slice(&r.status.to_be_bytes());
+        // At most 256 characters of at most 4 bytes (Replay), so the cast keeps the value.
+        v.extend_from_slice(&(ct.len() as u16).to_be_bytes());
+        v.extend_from_slice(ct);
+        v.extend_from_slice(r.body);
+        v
+    }
+
+    /// Reads [`IdempotencyRecord::response_part`] back; None for anything else.
+    pub fn parse_response_part(part: &[u8]) -> Option<StoredReplay> {
+        let (status, rest) = part.split_first_chunk::<2>()?;
+        let (ct_len, rest) = rest.split_first_chunk::<2>()?;
+        let ct_len = usize::from(u16::from_be_bytes(*ct_len));
+        if rest.len() < ct_len {
+            return None;
+        }
+        let (content_type, body) = rest.split_at(ct_len);
+        Some(StoredReplay {
+            status: u32::from(u16::from_be_bytes(*status)),
+            content_type: String::from_utf8(content_type.to_vec()).ok()?,
+            body: body.to_vec(),
+        })
+    }
 }
 
 struct Lua {
@@ -443,6 +622,9 @@ pub struct Store {
     redis_timeout: Duration,
     admit: Lua,
     record_failure: Lua,
+    begin_idempotent: Lua,
+    complete_idempotent: Lua,
+    release_idempotent: Lua,
 }
 
 fn tcp_settings() -> TcpSettings {
@@ -558,6 +740,9 @@ impl Store {
             redis_timeout,
             admit: Lua::new(ADMIT_LUA),
             record_failure: Lua::new(RECORD_FAILURE_LUA),
+            begin_idempotent: Lua::new(BEGIN_IDEMPOTENT_LUA),
+            complete_idempotent: Lua::new(COMPLETE_IDEMPOTENT_LUA),
+            release_idempotent: Lua::new(RELEASE_IDEMPOTENT_LUA),
         })
     }
 
@@ -588,14 +773,21 @@ impl Store {
         k
     }
 
+    fn idem_key(&self, key: IdemBytes<'_>) -> Vec<u8> {
+        let key = key.bytes();
+        let mut k = Vec::with_capacity(self.prefix.len() + 5 + 2 * key.len());
+        k.extend_from_slice(self.prefix.as_bytes());
+        k.extend_from_slice(b"idem:");
+        k.extend_from_slice(hex::encode(key).as_bytes());
+        k
+    }
+
     fn conn(&self) -> &Conn {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         &self.conns[i]
     }
 
-    /// Runs one script (EVALSHA, then EVAL if Redis does not have it cached yet, e.g. after a
-    /// restart) with the WAIT of `--require-replicas` pipelined after it when `wait` is set.
-    /// Returns the script's two integers and the number of replicas WAIT counted.
+    /// Runs one script whose answer is two integers: see [`Store::eval_value`].
     async fn eval(
         &self,
         lua: &Lua,
@@ -603,6 +795,26 @@ impl Store {
         args: &[&[u8]],
         wait: bool,
     ) -> Result<((i64, i64), Option<i64>), StoreError> {
+        let (reply, acked) = self.eval_value(lua, keys, args, wait).await?;
+        match reply {
+            Value::Array(items) => match items.as_slice() {
+                [Value::Int(a), Value::Int(b)] => Ok(((*a, *b), acked)),
+                _ => Err(StoreError::BadReply),
+            },
+            _ => Err(StoreError::BadReply),
+        }
+    }
+
+    /// Runs one script (EVALSHA, then EVAL if Redis does not have it cached yet, e.g. after a
+    /// restart) with the WAIT of `--require-replicas` pipelined after it when `wait` is set.
+    /// Returns the script's reply and the number of replicas WAIT counted.
+    async fn eval_value(
+        &self,
+        lua: &Lua,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        wait: bool,
+    ) -> Result<(Value, Option<i64>), StoreError> {
         let wait = wait && self.require_replicas > 0;
         let deadline = if wait {
             self.redis_timeout + self.replica_timeout
@@ -638,13 +850,7 @@ impl Store {
             other => other?,
         };
         let mut replies = replies.into_iter();
-        let pair = match replies.next() {
-            Some(Value::Array(items)) => match items.as_slice() {
-                [Value::Int(a), Value::Int(b)] => (*a, *b),
-                _ => return Err(StoreError::BadReply),
-            },
-            _ => return Err(StoreError::BadReply),
-        };
+        let reply = replies.next().ok_or(StoreError::BadReply)?;
         let acked = if wait {
             match replies.next() {
                 Some(Value::Int(n)) => Some(n),
@@ -657,7 +863,7 @@ impl Store {
             let left = deadline.saturating_sub(started.elapsed());
             conn.too_few_replicas(started, left).await;
         }
-        Ok((pair, acked))
+        Ok((reply, acked))
     }
 
     fn check_replicated(&self, acked: Option<i64>) -> Result<(), StoreError> {
@@ -754,6 +960,106 @@ impl Store {
             failures,
             locked_for_seconds,
         })
+    }
+
+    /// Claims `key` for `request` in flight under `token`, or says what holds it (see
+    /// [`BEGIN_IDEMPOTENT_LUA`]). With `--require-replicas`, a claim must be acknowledged.
+    pub async fn begin_idempotent(
+        &self,
+        key: IdemBytes<'_>,
+        request: IdemBytes<'_>,
+        token: IdemBytes<'_>,
+        in_flight_seconds: u32,
+    ) -> Result<BeginOutcome, StoreError> {
+        let record_key = self.idem_key(key);
+        let record = IdempotencyRecord::in_flight(request, token);
+        let seconds = in_flight_seconds.to_string();
+        let (reply, acked) = self
+            .eval_value(
+                &self.begin_idempotent,
+                &[&record_key],
+                &[&record, request.bytes(), seconds.as_bytes()],
+                true,
+            )
+            .await?;
+        let Value::Array(items) = reply else {
+            return Err(StoreError::BadReply);
+        };
+        let outcome = match items.as_slice() {
+            [Value::Int(1)] => BeginOutcome::Claimed,
+            [Value::Int(2)] => BeginOutcome::InProgress,
+            [Value::Int(3), Value::BulkString(part)] => BeginOutcome::Completed(
+                IdempotencyRecord::parse_response_part(part).ok_or(StoreError::BadReply)?,
+            ),
+            [Value::Int(4)] => BeginOutcome::CompletedNotStored,
+            [Value::Int(5)] => BeginOutcome::Mismatch,
+            _ => return Err(StoreError::BadReply),
+        };
+        if outcome == BeginOutcome::Claimed {
+            self.check_replicated(acked)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Replaces the in-flight record that `token` holds with the completed one (`response`
+    /// None: completed, nothing to replay), kept `ttl_seconds`. False when the claim is not
+    /// this token's. With `--require-replicas`, a stored record must be acknowledged.
+    pub async fn complete_idempotent(
+        &self,
+        key: IdemBytes<'_>,
+        token: IdemBytes<'_>,
+        ttl_seconds: u32,
+        response: Option<Replay<'_>>,
+    ) -> Result<bool, StoreError> {
+        let record_key = self.idem_key(key);
+        let (kind, part) = match &response {
+            Some(r) => (
+                IdempotencyRecord::COMPLETED,
+                IdempotencyRecord::response_part(r),
+            ),
+            None => (IdempotencyRecord::COMPLETED_NOT_STORED, Vec::new()),
+        };
+        let ttl = ttl_seconds.to_string();
+        let (reply, acked) = self
+            .eval_value(
+                &self.complete_idempotent,
+                &[&record_key],
+                &[token.bytes(), &[kind], &part, ttl.as_bytes()],
+                true,
+            )
+            .await?;
+        self.settled(reply, acked)
+    }
+
+    /// Deletes the in-flight record that `token` holds. False when the claim is not this
+    /// token's. With `--require-replicas`, the deletion must be acknowledged.
+    pub async fn release_idempotent(
+        &self,
+        key: IdemBytes<'_>,
+        token: IdemBytes<'_>,
+    ) -> Result<bool, StoreError> {
+        let record_key = self.idem_key(key);
+        let (reply, acked) = self
+            .eval_value(
+                &self.release_idempotent,
+                &[&record_key],
+                &[token.bytes()],
+                true,
+            )
+            .await?;
+        self.settled(reply, acked)
+    }
+
+    /// The answer of a Complete or a Release: 1 wrote (and must be replicated), 0 wrote nothing.
+    fn settled(&self, reply: Value, acked: Option<i64>) -> Result<bool, StoreError> {
+        match reply {
+            Value::Int(1) => {
+                self.check_replicated(acked)?;
+                Ok(true)
+            }
+            Value::Int(0) => Ok(false),
+            _ => Err(StoreError::BadReply),
+        }
     }
 }
 
