@@ -1077,6 +1077,77 @@ mod tests {
     }
 
     #[test]
+    fn an_in_flight_record_is_kind_length_request_then_token() {
+        let request = IdemBytes::new(&[0xa1, 0xa2, 0xa3]).unwrap();
+        let token = IdemBytes::new(&[0x7e, 0x7f]).unwrap();
+        assert_eq!(
+            IdempotencyRecord::in_flight(request, token),
+            [1, 3, 0xa1, 0xa2, 0xa3, 0x7e, 0x7f]
+        );
+        let longest = [9u8; 64];
+        let record = IdempotencyRecord::in_flight(IdemBytes::new(&longest).unwrap(), token);
+        assert_eq!(record[1], 64);
+        assert!(IdemBytes::new(&[]).is_none());
+        assert!(IdemBytes::new(&[9; 65]).is_none());
+    }
+
+    #[test]
+    fn a_response_part_reads_back_and_a_cut_one_does_not() {
+        let r = Replay::new(201, "text/plain; charset=utf-8", b"created").unwrap();
+        let part = IdempotencyRecord::response_part(&r);
+        assert_eq!(&part[..4], &[0, 201, 0, 25]);
+        assert_eq!(part.len(), 4 + 25 + 7);
+        let back = IdempotencyRecord::parse_response_part(&part).unwrap();
+        assert_eq!(
+            back,
+            StoredReplay {
+                status: 201,
+                content_type: "text/plain; charset=utf-8".into(),
+                body: b"created".to_vec(),
+            }
+        );
+        let ct = "é".repeat(256);
+        let r = Replay::new(599, &ct, b"").unwrap();
+        let back =
+            IdempotencyRecord::parse_response_part(&IdempotencyRecord::response_part(&r)).unwrap();
+        assert_eq!(
+            (back.status, back.content_type, back.body),
+            (599, ct, vec![])
+        );
+        for cut in [0, 1, 3, 4 + 24] {
+            assert_eq!(
+                IdempotencyRecord::parse_response_part(&part[..cut]),
+                None,
+                "{cut}"
+            );
+        }
+        // A content type that is not UTF-8 is not a record this service wrote.
+        assert_eq!(
+            IdempotencyRecord::parse_response_part(&[0, 200, 0, 1, 0xff]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_replay_is_refused_outside_its_bounds_naming_the_field() {
+        assert!(Replay::new(100, "", b"").is_ok());
+        assert!(Replay::new(599, &"a".repeat(256), &vec![0; 1 << 20]).is_ok());
+        let err =
+            |status, ct: &str, len: usize| Replay::new(status, ct, &vec![0; len]).unwrap_err();
+        assert_eq!(err(99, "", 0), "response.status: 100 to 599");
+        assert_eq!(err(600, "", 0), "response.status: 100 to 599");
+        assert_eq!(err(65_536 + 200, "", 0), "response.status: 100 to 599");
+        assert_eq!(
+            err(200, &"a".repeat(257), 0),
+            "response.content_type: at most 256 characters"
+        );
+        assert_eq!(
+            err(200, "", (1 << 20) + 1),
+            "response.body: at most 1048576 bytes"
+        );
+    }
+
+    #[test]
     fn script_hashes_are_sha1() {
         let l = Lua::new(ADMIT_LUA);
         assert_eq!(l.sha.len(), 40);
