@@ -20,7 +20,7 @@
 //!   Failure counts can likewise lose their latest increments, so a client gets a few more
 //!   attempts than `max_failures`. Everything else (older claims, older counts) survives.
 //! - With `--require-replicas N`: each call that may write (an Admit with a claim, a
-//!   RecordFailure) pipelines `WAIT N --replica-timeout-ms` after its script. A claim is
+//!   RecordFailure, each idempotency call) pipelines `WAIT N --replica-timeout-ms` after its script. A claim is
 //!   answered `claimed = true`, and a failure count is answered at all, only when N replicas
 //!   acknowledged having it in memory; otherwise the answer is UNAVAILABLE (the claim
 //!   may or may not exist: the filter treats it as unavailable and the client retries with a
@@ -51,7 +51,8 @@
 //! the claim only if the client is not locked out. (A `--key-prefix` with a hash tag, such as
 //! `{ew}:`, puts every key in one slot and Admit back in one round trip, on one shard.) The WAIT
 //! of `--require-replicas` is pipelined with the write it waits for, on the same connection, so it
-//! adds no round trip, only the time the replicas take to acknowledge.
+//! adds no round trip, only the time the replicas take to acknowledge. Each idempotency call is
+//! one script on one key: one round trip in every deployment.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
@@ -611,7 +612,7 @@ impl SentinelConn {
     }
 }
 
-/// The state store: Redis behind the two operations of the API.
+/// The state store: Redis behind the operations of the API.
 pub struct Store {
     conns: Vec<Conn>,
     next: AtomicUsize,
