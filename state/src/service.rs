@@ -148,7 +148,7 @@ pub fn validate_record_failure(req: &RecordFailureRequest) -> Result<(), &'stati
     Ok(())
 }
 
-/// `field` is the 1..=64-byte key, request fingerprint or token of an idempotency call.
+/// A key, request fingerprint or token of an idempotency call (1..=64 bytes), or `error`.
 fn idem_bytes<'a>(bytes: &'a [u8], error: &'static str) -> Result<IdemBytes<'a>, &'static str> {
     IdemBytes::new(bytes).ok_or(error)
 }

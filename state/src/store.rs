@@ -964,7 +964,7 @@ impl Store {
     }
 
     /// Claims `key` for `request` in flight under `token`, or says what holds it (see
-    /// [`BEGIN_IDEMPOTENT_LUA`]). With `--require-replicas`, a claim must be acknowledged.
+    /// `BEGIN_IDEMPOTENT_LUA`). With `--require-replicas`, a claim must be acknowledged.
     pub async fn begin_idempotent(
         &self,
         key: IdemBytes<'_>,

@@ -1,6 +1,6 @@
 //! Idempotency keys against one real redis-server: every Begin outcome, a stored response
 //! replayed, concurrent Begins, tokens, expiry, the 1 MiB body limit, bounds, an outage and
-//! --require-replicas without a replica.
+//! --require-replicas without and with a replica.
 
 mod common;
 
@@ -496,8 +496,9 @@ async fn idempotency_calls_answer_unavailable_while_redis_is_down() {
 }
 
 #[tokio::test]
-async fn require_replicas_without_a_replica_refuses_writes_and_stands_by_reads() {
-    let redis = Redis::start();
+async fn require_replicas_refuses_unreplicated_writes_stands_by_reads_and_accepts_a_replica() {
+    // No 5 s wait before the replica's first synchronization (Redis's default delay).
+    let redis = Redis::start_with(free_port(), &["--repl-diskless-sync-delay", "0"]);
     let service = Service::start(&[
         "--redis",
         &redis.url(),
@@ -543,9 +544,34 @@ async fn require_replicas_without_a_replica_refuses_writes_and_stands_by_reads()
     );
 
     let released = fingerprint();
-    let _ = begin(&mut c, begin_req(&released, REQUEST, TOKEN, 30)).await;
+    let e = begin(&mut c, begin_req(&released, REQUEST, TOKEN, 30))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     let e = release(&mut c, &released, TOKEN).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let exists: bool = redis.conn().exists(idem_key(&released)).unwrap();
+    assert!(!exists, "the unreplicated release deleted the claim");
+
+    let port = redis.port.to_string();
+    let _replica = Redis::start_with(free_port(), &["--replicaof", "127.0.0.1", &port]);
+    redis.wait_for_replica();
+    let key = fingerprint();
+    let r = begin(&mut c, begin_req(&key, REQUEST, TOKEN, 30))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&r), Outcome::Claimed);
+    assert!(complete(
+        &mut c,
+        complete_req(&key, TOKEN, 60, Some((200, "", b"ok")))
+    )
+    .await
+    .unwrap());
+    let key = fingerprint();
+    begin(&mut c, begin_req(&key, REQUEST, TOKEN, 30))
+        .await
+        .unwrap();
+    assert!(release(&mut c, &key, TOKEN).await.unwrap());
 }
 
 #[tokio::test]
