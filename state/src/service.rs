@@ -31,8 +31,8 @@ pub const MAX_IN_FLIGHT_SECONDS: u32 = 3_600;
 /// How long a completed idempotency record is kept: 1 s ..= 7 days.
 pub const MAX_IDEMPOTENCY_TTL_SECONDS: u32 = 604_800;
 /// The largest request decoded: a Complete with the largest stored response (a 1 MiB body, a
-/// content type of 256 characters of up to 4 bytes, a key and a token of 64 bytes each) and
-/// room for the protobuf framing. Every other message is a few hundred bytes at most.
+/// content type of 256 characters of up to 4 bytes each, a key and a token of 64 bytes each)
+/// and room for the protobuf framing. The limit is per service, so it applies to every RPC.
 pub const MAX_REQUEST_BYTES: usize = Replay::MAX_BODY_BYTES + 4096;
 
 pub struct StateService {
