@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
 
-/// edge-warden-state: replay-nonce claims and lockout counters for every edge-warden filter,
-/// kept in Redis. Stateless: run as many instances as you like against the same Redis.
+/// edge-warden-state: replay-nonce claims, lockout counters and idempotency records for every
+/// edge-warden filter, kept in Redis. Stateless: run as many instances as you like against the same Redis.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "edge-warden-state", version, about, long_about = None)]
 #[command(group(
@@ -56,7 +56,8 @@ pub struct Config {
     )]
     pub sentinel_master: Option<String>,
 
-    /// Prefix of every Redis key: PREFIXnonce:<hex fingerprint>, PREFIXfail:<client>.
+    /// Prefix of every Redis key: PREFIXnonce:<hex fingerprint>, PREFIXfail:<client>,
+    /// PREFIXidem:<hex key fingerprint>.
     #[arg(long, env = "EDGE_WARDEN_STATE_KEY_PREFIX", default_value = "ew:", value_parser = parse_prefix)]
     pub key_prefix: String,
 

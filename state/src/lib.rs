@@ -1,8 +1,9 @@
 //! edge-warden-state: the stateless gRPC service between edge-warden filters and Redis.
 //!
 //! A proxy-wasm filter has no sockets, so the filter in every Envoy calls this service (any
-//! number of instances, all alike) to claim replay nonces once fleet-wide and to count failed
-//! authentications for lockouts. The API is `proto/edge_warden_state.proto`; the semantics and
+//! number of instances, all alike) to claim replay nonces once fleet-wide, to count failed
+//! authentications for lockouts, and to keep idempotency records (a request with a key goes
+//! upstream once; a retry gets the stored response). The API is `proto/edge_warden_state.proto`; the semantics and
 //! the durability statement are in `state/README.md` and on [`store::Store`].
 
 pub mod config;

@@ -9,7 +9,7 @@ use tonic::transport::Server;
 
 use edge_warden_state::config::Config;
 use edge_warden_state::pb::state_server::StateServer;
-use edge_warden_state::service::StateService;
+use edge_warden_state::service::{StateService, MAX_REQUEST_BYTES};
 use edge_warden_state::stats::Stats;
 use edge_warden_state::store::Store;
 
@@ -17,8 +17,6 @@ use edge_warden_state::store::Store;
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 /// After SIGTERM, how long calls in flight (and clients slow to close their connections) get.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// The largest request decoded: the API's messages are a few hundred bytes at most.
-const MAX_REQUEST_BYTES: usize = 4096;
 
 fn main() -> ExitCode {
     let config = Config::parse();

@@ -10,10 +10,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
 
+use crate::pb::begin_idempotent_response::Outcome;
 use crate::pb::state_server::State;
-use crate::pb::{AdmitRequest, AdmitResponse, RecordFailureRequest, RecordFailureResponse};
+use crate::pb::{
+    AdmitRequest, AdmitResponse, BeginIdempotentRequest, BeginIdempotentResponse,
+    CompleteIdempotentRequest, CompleteIdempotentResponse, RecordFailureRequest,
+    RecordFailureResponse, ReleaseIdempotentRequest, ReleaseIdempotentResponse, StoredResponse,
+};
 use crate::stats::Stats;
-use crate::store::{AdmitOp, Store, StoreError};
+use crate::store::{AdmitOp, BeginOutcome, IdemBytes, Replay, Store, StoreError};
 
 /// Fingerprints: 1..=64 bytes (the filter sends 16).
 pub const MAX_FINGERPRINT_BYTES: usize = 64;
@@ -21,6 +26,14 @@ pub const MAX_FINGERPRINT_BYTES: usize = 64;
 pub const MAX_SECONDS: u32 = 86_400;
 /// Lockout keys ("198.51.100.7", "2001:db8::/64"): 1..=128 characters.
 pub const MAX_CLIENT_CHARS: usize = 128;
+/// How long an idempotency key stays in flight without a Complete or Release: 1 s ..= 1 hour.
+pub const MAX_IN_FLIGHT_SECONDS: u32 = 3_600;
+/// How long a completed idempotency record is kept: 1 s ..= 7 days.
+pub const MAX_IDEMPOTENCY_TTL_SECONDS: u32 = 604_800;
+/// The largest request decoded: a Complete with the largest stored response (a 1 MiB body, a
+/// content type of 256 characters of up to 4 bytes each, a key and a token of 64 bytes each)
+/// and room for the protobuf framing. The limit is per service, so it applies to every RPC.
+pub const MAX_REQUEST_BYTES: usize = Replay::MAX_BODY_BYTES + 4096;
 
 pub struct StateService {
     store: Arc<Store>,
@@ -135,6 +148,74 @@ pub fn validate_record_failure(req: &RecordFailureRequest) -> Result<(), &'stati
     Ok(())
 }
 
+/// A key, request fingerprint or token of an idempotency call (1..=64 bytes), or `error`.
+fn idem_bytes<'a>(bytes: &'a [u8], error: &'static str) -> Result<IdemBytes<'a>, &'static str> {
+    IdemBytes::new(bytes).ok_or(error)
+}
+
+/// A validated BeginIdempotent.
+#[derive(Debug, Clone, Copy)]
+pub struct BeginOp<'a> {
+    pub key: IdemBytes<'a>,
+    pub request: IdemBytes<'a>,
+    pub token: IdemBytes<'a>,
+    pub in_flight_seconds: u32,
+}
+
+/// The checks of a BeginIdempotent.
+pub fn validate_begin(req: &BeginIdempotentRequest) -> Result<BeginOp<'_>, &'static str> {
+    let key = idem_bytes(&req.key, "key: 1 to 64 bytes")?;
+    let request = idem_bytes(&req.request, "request: 1 to 64 bytes")?;
+    let token = idem_bytes(&req.token, "token: 1 to 64 bytes")?;
+    if req.in_flight_seconds == 0 || req.in_flight_seconds > MAX_IN_FLIGHT_SECONDS {
+        return Err("in_flight_seconds: 1 to 3600");
+    }
+    Ok(BeginOp {
+        key,
+        request,
+        token,
+        in_flight_seconds: req.in_flight_seconds,
+    })
+}
+
+/// A validated CompleteIdempotent (`response` None: completed, nothing stored).
+#[derive(Debug, Clone, Copy)]
+pub struct CompleteOp<'a> {
+    pub key: IdemBytes<'a>,
+    pub token: IdemBytes<'a>,
+    pub ttl_seconds: u32,
+    pub response: Option<Replay<'a>>,
+}
+
+/// The checks of a CompleteIdempotent.
+pub fn validate_complete(req: &CompleteIdempotentRequest) -> Result<CompleteOp<'_>, &'static str> {
+    let key = idem_bytes(&req.key, "key: 1 to 64 bytes")?;
+    let token = idem_bytes(&req.token, "token: 1 to 64 bytes")?;
+    if req.ttl_seconds == 0 || req.ttl_seconds > MAX_IDEMPOTENCY_TTL_SECONDS {
+        return Err("ttl_seconds: 1 to 604800");
+    }
+    let response = match &req.response {
+        None => None,
+        Some(r) => Some(Replay::new(r.status, &r.content_type, &r.body)?),
+    };
+    Ok(CompleteOp {
+        key,
+        token,
+        ttl_seconds: req.ttl_seconds,
+        response,
+    })
+}
+
+/// The checks of a ReleaseIdempotent: (key, token).
+pub fn validate_release(
+    req: &ReleaseIdempotentRequest,
+) -> Result<(IdemBytes<'_>, IdemBytes<'_>), &'static str> {
+    Ok((
+        idem_bytes(&req.key, "key: 1 to 64 bytes")?,
+        idem_bytes(&req.token, "token: 1 to 64 bytes")?,
+    ))
+}
+
 #[tonic::async_trait]
 impl State for StateService {
     async fn admit(
@@ -180,6 +261,78 @@ impl State for StateService {
             failures: outcome.failures,
             locked_for_seconds: outcome.locked_for_seconds,
         }))
+    }
+
+    async fn begin_idempotent(
+        &self,
+        request: Request<BeginIdempotentRequest>,
+    ) -> Result<Response<BeginIdempotentResponse>, Status> {
+        Stats::bump(&self.stats.begins);
+        let req = request.into_inner();
+        let op = validate_begin(&req).map_err(|why| self.invalid(why))?;
+        let found = self
+            .store
+            .begin_idempotent(op.key, op.request, op.token, op.in_flight_seconds)
+            .await
+            .map_err(|e| self.unavailable("BeginIdempotent", e))?;
+        let (counter, outcome, response) = match found {
+            BeginOutcome::Claimed => (&self.stats.idem_claims, Outcome::Claimed, None),
+            BeginOutcome::InProgress => (&self.stats.in_progress, Outcome::InProgress, None),
+            BeginOutcome::Completed(r) => (
+                &self.stats.completed,
+                Outcome::Completed,
+                Some(StoredResponse {
+                    status: r.status,
+                    content_type: r.content_type,
+                    body: r.body,
+                }),
+            ),
+            BeginOutcome::CompletedNotStored => {
+                (&self.stats.completed, Outcome::CompletedNotStored, None)
+            }
+            BeginOutcome::Mismatch => (&self.stats.mismatches, Outcome::Mismatch, None),
+        };
+        Stats::bump(counter);
+        Ok(Response::new(BeginIdempotentResponse {
+            outcome: outcome as i32,
+            response,
+        }))
+    }
+
+    async fn complete_idempotent(
+        &self,
+        request: Request<CompleteIdempotentRequest>,
+    ) -> Result<Response<CompleteIdempotentResponse>, Status> {
+        Stats::bump(&self.stats.completes);
+        let req = request.into_inner();
+        let op = validate_complete(&req).map_err(|why| self.invalid(why))?;
+        let stored = self
+            .store
+            .complete_idempotent(op.key, op.token, op.ttl_seconds, op.response)
+            .await
+            .map_err(|e| self.unavailable("CompleteIdempotent", e))?;
+        if !stored {
+            Stats::bump(&self.stats.stale);
+        }
+        Ok(Response::new(CompleteIdempotentResponse { stored }))
+    }
+
+    async fn release_idempotent(
+        &self,
+        request: Request<ReleaseIdempotentRequest>,
+    ) -> Result<Response<ReleaseIdempotentResponse>, Status> {
+        Stats::bump(&self.stats.releases);
+        let req = request.into_inner();
+        let (key, token) = validate_release(&req).map_err(|why| self.invalid(why))?;
+        let released = self
+            .store
+            .release_idempotent(key, token)
+            .await
+            .map_err(|e| self.unavailable("ReleaseIdempotent", e))?;
+        if !released {
+            Stats::bump(&self.stats.stale);
+        }
+        Ok(Response::new(ReleaseIdempotentResponse { released }))
     }
 }
 

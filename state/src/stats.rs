@@ -14,6 +14,22 @@ pub struct Stats {
     pub lockouts: AtomicU64,
     /// RecordFailure calls answered.
     pub failures: AtomicU64,
+    /// BeginIdempotent calls answered (any outcome, errors included).
+    pub begins: AtomicU64,
+    /// Idempotency keys claimed (CLAIMED).
+    pub idem_claims: AtomicU64,
+    /// Begins that found the key in flight (IN_PROGRESS).
+    pub in_progress: AtomicU64,
+    /// Begins that found the key completed (COMPLETED or COMPLETED_NOT_STORED).
+    pub completed: AtomicU64,
+    /// Begins that found the key used with another request (MISMATCH).
+    pub mismatches: AtomicU64,
+    /// CompleteIdempotent calls answered.
+    pub completes: AtomicU64,
+    /// ReleaseIdempotent calls answered.
+    pub releases: AtomicU64,
+    /// Completes and Releases whose token no longer held the claim (stored or released false).
+    pub stale: AtomicU64,
     /// Calls answered INVALID_ARGUMENT.
     pub invalid: AtomicU64,
     /// Calls answered UNAVAILABLE (Redis error, deadline, or too few replicas acknowledged).
@@ -28,6 +44,14 @@ pub struct Snapshot {
     pub replays: u64,
     pub lockouts: u64,
     pub failures: u64,
+    pub begins: u64,
+    pub idem_claims: u64,
+    pub in_progress: u64,
+    pub completed: u64,
+    pub mismatches: u64,
+    pub completes: u64,
+    pub releases: u64,
+    pub stale: u64,
     pub invalid: u64,
     pub errors: u64,
 }
@@ -45,6 +69,14 @@ impl Stats {
             replays: r(&self.replays),
             lockouts: r(&self.lockouts),
             failures: r(&self.failures),
+            begins: r(&self.begins),
+            idem_claims: r(&self.idem_claims),
+            in_progress: r(&self.in_progress),
+            completed: r(&self.completed),
+            mismatches: r(&self.mismatches),
+            completes: r(&self.completes),
+            releases: r(&self.releases),
+            stale: r(&self.stale),
             invalid: r(&self.invalid),
             errors: r(&self.errors),
         }
@@ -60,22 +92,39 @@ impl Snapshot {
             replays: self.replays.wrapping_sub(earlier.replays),
             lockouts: self.lockouts.wrapping_sub(earlier.lockouts),
             failures: self.failures.wrapping_sub(earlier.failures),
+            begins: self.begins.wrapping_sub(earlier.begins),
+            idem_claims: self.idem_claims.wrapping_sub(earlier.idem_claims),
+            in_progress: self.in_progress.wrapping_sub(earlier.in_progress),
+            completed: self.completed.wrapping_sub(earlier.completed),
+            mismatches: self.mismatches.wrapping_sub(earlier.mismatches),
+            completes: self.completes.wrapping_sub(earlier.completes),
+            releases: self.releases.wrapping_sub(earlier.releases),
+            stale: self.stale.wrapping_sub(earlier.stale),
             invalid: self.invalid.wrapping_sub(earlier.invalid),
             errors: self.errors.wrapping_sub(earlier.errors),
         }
     }
 
-    /// The summary line: `admits=.. claims=.. replays=.. lockouts=.. failures=.. invalid=.. errors=..`.
+    /// The summary line: `admits=.. claims=.. .. invalid=.. errors=..`, every counter in the
+    /// order of [`Stats`].
     pub fn line(&self) -> String {
         format!(
-            "admits={} claims={} replays={} lockouts={} failures={} invalid={} errors={}",
+            "admits={} claims={} replays={} lockouts={} failures={} begins={} idem_claims={} in_progress={} completed={} mismatches={} completes={} releases={} stale={} invalid={} errors={}",
             self.admits,
             self.claims,
             self.replays,
             self.lockouts,
             self.failures,
+            self.begins,
+            self.idem_claims,
+            self.in_progress,
+            self.completed,
+            self.mismatches,
+            self.completes,
+            self.releases,
+            self.stale,
             self.invalid,
-            self.errors
+            self.errors,
         )
     }
 }
@@ -91,10 +140,12 @@ mod tests {
         Stats::bump(&s.claims);
         Stats::bump(&s.claims);
         Stats::bump(&s.errors);
+        Stats::bump(&s.mismatches);
         let d = s.snapshot().since(&a);
         assert_eq!(
             d.line(),
-            "admits=0 claims=2 replays=0 lockouts=0 failures=0 invalid=0 errors=1"
+            "admits=0 claims=2 replays=0 lockouts=0 failures=0 begins=0 idem_claims=0 \
+             in_progress=0 completed=0 mismatches=1 completes=0 releases=0 stale=0 invalid=0 errors=1"
         );
     }
 }

@@ -3,6 +3,9 @@
 //! Keys (PREFIX is `--key-prefix`, `ew:` by default):
 //! - `PREFIXnonce:<hex fingerprint>` = "1", expiring after the claim's TTL: a claimed fingerprint.
 //! - `PREFIXfail:<client>` = failure count, expiring `window_seconds` after the first failure.
+//! - `PREFIXidem:<hex key fingerprint>` = an idempotency record ([`IdempotencyRecord`] has the
+//!   layout), expiring `in_flight_seconds` after its claim, then `ttl_seconds` after its
+//!   completion.
 //!
 //! # Durability: what survives a primary failover
 //!
@@ -17,7 +20,7 @@
 //!   Failure counts can likewise lose their latest increments, so a client gets a few more
 //!   attempts than `max_failures`. Everything else (older claims, older counts) survives.
 //! - With `--require-replicas N`: each call that may write (an Admit with a claim, a
-//!   RecordFailure) pipelines `WAIT N --replica-timeout-ms` after its script. A claim is
+//!   RecordFailure, each idempotency call) pipelines `WAIT N --replica-timeout-ms` after its script. A claim is
 //!   answered `claimed = true`, and a failure count is answered at all, only when N replicas
 //!   acknowledged having it in memory; otherwise the answer is UNAVAILABLE (the claim
 //!   may or may not exist: the filter treats it as unavailable and the client retries with a
@@ -48,7 +51,8 @@
 //! the claim only if the client is not locked out. (A `--key-prefix` with a hash tag, such as
 //! `{ew}:`, puts every key in one slot and Admit back in one round trip, on one shard.) The WAIT
 //! of `--require-replicas` is pipelined with the write it waits for, on the same connection, so it
-//! adds no round trip, only the time the replicas take to acknowledge.
+//! adds no round trip, only the time the replicas take to acknowledge. Each idempotency call is
+//! one script on one key: one round trip in every deployment.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
@@ -101,6 +105,50 @@ if ttl < 0 then
   ttl = tonumber(ARGV[1])
 end
 return {failures, ttl}
+"#;
+
+/// BeginIdempotent. KEYS[1] = the record, ARGV[1] = the in-flight record to store when there is
+/// none, ARGV[2] = the request fingerprint, ARGV[3] = in_flight_seconds.
+/// Returns {1} claimed, {2} in progress, {3, response} completed (the record after its request
+/// fingerprint), {4} completed without a stored response, {5} another request's key, and {0}
+/// for a value that is not a record (written by something else).
+const BEGIN_IDEMPOTENT_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+  return {1}
+end
+local kind, n = string.byte(v, 1, 2)
+if not n or #v < 2 + n then return {0} end
+if string.sub(v, 3, 2 + n) ~= ARGV[2] then return {5} end
+if kind == 1 then return {2} end
+if kind == 2 then return {3, string.sub(v, 3 + n)} end
+if kind == 3 then return {4} end
+return {0}
+"#;
+
+/// CompleteIdempotent. KEYS[1] = the record, ARGV[1] = the token, ARGV[2] = the completed
+/// record's kind byte, ARGV[3] = what follows its request fingerprint, ARGV[4] = ttl_seconds.
+/// Only an in-flight record holding this token is replaced (its request fingerprint is kept).
+/// Returns 1 when stored, 0 when the claim is not this token's (or there is none).
+const COMPLETE_IDEMPOTENT_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local kind, n = string.byte(v, 1, 2)
+if kind ~= 1 or not n or string.sub(v, 3 + n) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2] .. string.sub(v, 2, 2 + n) .. ARGV[3], 'EX', ARGV[4])
+return 1
+"#;
+
+/// ReleaseIdempotent. KEYS[1] = the record, ARGV[1] = the token. Only an in-flight record
+/// holding this token is deleted. Returns 1 when deleted, else 0.
+const RELEASE_IDEMPOTENT_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local kind, n = string.byte(v, 1, 2)
+if kind ~= 1 or not n or string.sub(v, 3 + n) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
 "#;
 
 /// A kernel-level bound on a connection whose peer vanished without a reset: unacknowledged
@@ -186,6 +234,138 @@ pub struct AdmitOp<'a> {
     pub lockout: Option<(&'a str, u32)>,
     /// (fingerprint, ttl_seconds)
     pub claim: Option<(&'a [u8], u32)>,
+}
+
+/// A fingerprint or token of the idempotency RPCs: 1..=64 bytes, so its length fits the one
+/// length byte of a record. Only [`IdemBytes::new`] makes one.
+#[derive(Debug, Clone, Copy)]
+pub struct IdemBytes<'a>(&'a [u8]);
+
+impl<'a> IdemBytes<'a> {
+    pub const MAX: usize = 64;
+
+    pub fn new(bytes: &'a [u8]) -> Option<Self> {
+        (1..=Self::MAX)
+            .contains(&bytes.len())
+            .then_some(IdemBytes(bytes))
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.0
+    }
+}
+
+/// A response to store for replay: status 100..=599, a content type of at most 256 characters,
+/// a body of at most 1 MiB. Only [`Replay::new`] makes one.
+#[derive(Debug, Clone, Copy)]
+pub struct Replay<'a> {
+    status: u16,
+    content_type: &'a str,
+    body: &'a [u8],
+}
+
+impl<'a> Replay<'a> {
+    pub const MAX_BODY_BYTES: usize = 1 << 20;
+    pub const MAX_CONTENT_TYPE_CHARS: usize = 256;
+
+    /// The error names the field of the rule broken (never the value).
+    pub fn new(status: u32, content_type: &'a str, body: &'a [u8]) -> Result<Self, &'static str> {
+        let status = match u16::try_from(status) {
+            Ok(s) if (100..=599).contains(&s) => s,
+            _ => return Err("response.status: 100 to 599"),
+        };
+        if content_type.chars().count() > Self::MAX_CONTENT_TYPE_CHARS {
+            return Err("response.content_type: at most 256 characters");
+        }
+        if body.len() > Self::MAX_BODY_BYTES {
+            return Err("response.body: at most 1048576 bytes");
+        }
+        Ok(Replay {
+            status,
+            content_type,
+            body,
+        })
+    }
+}
+
+/// A completed response read back from Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReplay {
+    pub status: u32,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// What a BeginIdempotent found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BeginOutcome {
+    Claimed,
+    InProgress,
+    Completed(StoredReplay),
+    CompletedNotStored,
+    Mismatch,
+}
+
+/// The value of an idempotency key in Redis, binary so that a body costs its own size:
+///
+/// ```text
+/// byte 0      kind: 1 in flight, 2 completed with a response, 3 completed, nothing stored
+/// byte 1      n, the length of the request fingerprint (1..=64)
+/// 2 .. 2+n    the request fingerprint
+/// in flight:  the token (the rest of the value)
+/// kind 2:     status (u16, big-endian), content type length in bytes (u16, big-endian),
+///             the content type, the body (the rest of the value)
+/// kind 3:     nothing
+/// ```
+///
+/// The scripts read bytes 0 and 1 and compare byte strings; only this type builds or parses
+/// the rest.
+pub struct IdempotencyRecord;
+
+impl IdempotencyRecord {
+    pub const IN_FLIGHT: u8 = 1;
+    pub const COMPLETED: u8 = 2;
+    pub const COMPLETED_NOT_STORED: u8 = 3;
+
+    /// The record a claim stores.
+    pub fn in_flight(request: IdemBytes<'_>, token: IdemBytes<'_>) -> Vec<u8> {
+        let (request, token) = (request.bytes(), token.bytes());
+        let mut v = Vec::with_capacity(2 + request.len() + token.len());
+        v.push(Self::IN_FLIGHT);
+        // At most 64 (IdemBytes), so the cast keeps the value.
+        v.push(request.len() as u8);
+        v.extend_from_slice(request);
+        v.extend_from_slice(token);
+        v
+    }
+
+    /// What a completed record holds after its request fingerprint (kind 2).
+    pub fn response_part(r: &Replay<'_>) -> Vec<u8> {
+        let ct = r.content_type.as_bytes();
+        let mut v = Vec::with_capacity(4 + ct.len() + r.body.len());
+        v.extend_from_slice(&r.status.to_be_bytes());
+        // At most 256 characters of at most 4 bytes (Replay), so the cast keeps the value.
+        v.extend_from_slice(&(ct.len() as u16).to_be_bytes());
+        v.extend_from_slice(ct);
+        v.extend_from_slice(r.body);
+        v
+    }
+
+    /// Reads [`IdempotencyRecord::response_part`] back; None for anything else.
+    pub fn parse_response_part(part: &[u8]) -> Option<StoredReplay> {
+        let (status, rest) = part.split_first_chunk::<2>()?;
+        let (ct_len, rest) = rest.split_first_chunk::<2>()?;
+        let ct_len = usize::from(u16::from_be_bytes(*ct_len));
+        if rest.len() < ct_len {
+            return None;
+        }
+        let (content_type, body) = rest.split_at(ct_len);
+        Some(StoredReplay {
+            status: u32::from(u16::from_be_bytes(*status)),
+            content_type: String::from_utf8(content_type.to_vec()).ok()?,
+            body: body.to_vec(),
+        })
+    }
 }
 
 struct Lua {
@@ -432,7 +612,7 @@ impl SentinelConn {
     }
 }
 
-/// The state store: Redis behind the two operations of the API.
+/// The state store: Redis behind the operations of the API.
 pub struct Store {
     conns: Vec<Conn>,
     next: AtomicUsize,
@@ -443,6 +623,9 @@ pub struct Store {
     redis_timeout: Duration,
     admit: Lua,
     record_failure: Lua,
+    begin_idempotent: Lua,
+    complete_idempotent: Lua,
+    release_idempotent: Lua,
 }
 
 fn tcp_settings() -> TcpSettings {
@@ -558,6 +741,9 @@ impl Store {
             redis_timeout,
             admit: Lua::new(ADMIT_LUA),
             record_failure: Lua::new(RECORD_FAILURE_LUA),
+            begin_idempotent: Lua::new(BEGIN_IDEMPOTENT_LUA),
+            complete_idempotent: Lua::new(COMPLETE_IDEMPOTENT_LUA),
+            release_idempotent: Lua::new(RELEASE_IDEMPOTENT_LUA),
         })
     }
 
@@ -588,14 +774,21 @@ impl Store {
         k
     }
 
+    fn idem_key(&self, key: IdemBytes<'_>) -> Vec<u8> {
+        let key = key.bytes();
+        let mut k = Vec::with_capacity(self.prefix.len() + 5 + 2 * key.len());
+        k.extend_from_slice(self.prefix.as_bytes());
+        k.extend_from_slice(b"idem:");
+        k.extend_from_slice(hex::encode(key).as_bytes());
+        k
+    }
+
     fn conn(&self) -> &Conn {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         &self.conns[i]
     }
 
-    /// Runs one script (EVALSHA, then EVAL if Redis does not have it cached yet, e.g. after a
-    /// restart) with the WAIT of `--require-replicas` pipelined after it when `wait` is set.
-    /// Returns the script's two integers and the number of replicas WAIT counted.
+    /// Runs one script whose answer is two integers: see [`Store::eval_value`].
     async fn eval(
         &self,
         lua: &Lua,
@@ -603,6 +796,26 @@ impl Store {
         args: &[&[u8]],
         wait: bool,
     ) -> Result<((i64, i64), Option<i64>), StoreError> {
+        let (reply, acked) = self.eval_value(lua, keys, args, wait).await?;
+        match reply {
+            Value::Array(items) => match items.as_slice() {
+                [Value::Int(a), Value::Int(b)] => Ok(((*a, *b), acked)),
+                _ => Err(StoreError::BadReply),
+            },
+            _ => Err(StoreError::BadReply),
+        }
+    }
+
+    /// Runs one script (EVALSHA, then EVAL if Redis does not have it cached yet, e.g. after a
+    /// restart) with the WAIT of `--require-replicas` pipelined after it when `wait` is set.
+    /// Returns the script's reply and the number of replicas WAIT counted.
+    async fn eval_value(
+        &self,
+        lua: &Lua,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        wait: bool,
+    ) -> Result<(Value, Option<i64>), StoreError> {
         let wait = wait && self.require_replicas > 0;
         let deadline = if wait {
             self.redis_timeout + self.replica_timeout
@@ -638,13 +851,7 @@ impl Store {
             other => other?,
         };
         let mut replies = replies.into_iter();
-        let pair = match replies.next() {
-            Some(Value::Array(items)) => match items.as_slice() {
-                [Value::Int(a), Value::Int(b)] => (*a, *b),
-                _ => return Err(StoreError::BadReply),
-            },
-            _ => return Err(StoreError::BadReply),
-        };
+        let reply = replies.next().ok_or(StoreError::BadReply)?;
         let acked = if wait {
             match replies.next() {
                 Some(Value::Int(n)) => Some(n),
@@ -657,7 +864,7 @@ impl Store {
             let left = deadline.saturating_sub(started.elapsed());
             conn.too_few_replicas(started, left).await;
         }
-        Ok((pair, acked))
+        Ok((reply, acked))
     }
 
     fn check_replicated(&self, acked: Option<i64>) -> Result<(), StoreError> {
@@ -755,6 +962,106 @@ impl Store {
             locked_for_seconds,
         })
     }
+
+    /// Claims `key` for `request` in flight under `token`, or says what holds it (see
+    /// `BEGIN_IDEMPOTENT_LUA`). With `--require-replicas`, a claim must be acknowledged.
+    pub async fn begin_idempotent(
+        &self,
+        key: IdemBytes<'_>,
+        request: IdemBytes<'_>,
+        token: IdemBytes<'_>,
+        in_flight_seconds: u32,
+    ) -> Result<BeginOutcome, StoreError> {
+        let record_key = self.idem_key(key);
+        let record = IdempotencyRecord::in_flight(request, token);
+        let seconds = in_flight_seconds.to_string();
+        let (reply, acked) = self
+            .eval_value(
+                &self.begin_idempotent,
+                &[&record_key],
+                &[&record, request.bytes(), seconds.as_bytes()],
+                true,
+            )
+            .await?;
+        let Value::Array(items) = reply else {
+            return Err(StoreError::BadReply);
+        };
+        let outcome = match items.as_slice() {
+            [Value::Int(1)] => BeginOutcome::Claimed,
+            [Value::Int(2)] => BeginOutcome::InProgress,
+            [Value::Int(3), Value::BulkString(part)] => BeginOutcome::Completed(
+                IdempotencyRecord::parse_response_part(part).ok_or(StoreError::BadReply)?,
+            ),
+            [Value::Int(4)] => BeginOutcome::CompletedNotStored,
+            [Value::Int(5)] => BeginOutcome::Mismatch,
+            _ => return Err(StoreError::BadReply),
+        };
+        if outcome == BeginOutcome::Claimed {
+            self.check_replicated(acked)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Replaces the in-flight record that `token` holds with the completed one (`response`
+    /// None: completed, nothing to replay), kept `ttl_seconds`. False when the claim is not
+    /// this token's. With `--require-replicas`, a stored record must be acknowledged.
+    pub async fn complete_idempotent(
+        &self,
+        key: IdemBytes<'_>,
+        token: IdemBytes<'_>,
+        ttl_seconds: u32,
+        response: Option<Replay<'_>>,
+    ) -> Result<bool, StoreError> {
+        let record_key = self.idem_key(key);
+        let (kind, part) = match &response {
+            Some(r) => (
+                IdempotencyRecord::COMPLETED,
+                IdempotencyRecord::response_part(r),
+            ),
+            None => (IdempotencyRecord::COMPLETED_NOT_STORED, Vec::new()),
+        };
+        let ttl = ttl_seconds.to_string();
+        let (reply, acked) = self
+            .eval_value(
+                &self.complete_idempotent,
+                &[&record_key],
+                &[token.bytes(), &[kind], &part, ttl.as_bytes()],
+                true,
+            )
+            .await?;
+        self.settled(reply, acked)
+    }
+
+    /// Deletes the in-flight record that `token` holds. False when the claim is not this
+    /// token's. With `--require-replicas`, the deletion must be acknowledged.
+    pub async fn release_idempotent(
+        &self,
+        key: IdemBytes<'_>,
+        token: IdemBytes<'_>,
+    ) -> Result<bool, StoreError> {
+        let record_key = self.idem_key(key);
+        let (reply, acked) = self
+            .eval_value(
+                &self.release_idempotent,
+                &[&record_key],
+                &[token.bytes()],
+                true,
+            )
+            .await?;
+        self.settled(reply, acked)
+    }
+
+    /// The answer of a Complete or a Release: 1 wrote (and must be replicated), 0 wrote nothing.
+    fn settled(&self, reply: Value, acked: Option<i64>) -> Result<bool, StoreError> {
+        match reply {
+            Value::Int(1) => {
+                self.check_replicated(acked)?;
+                Ok(true)
+            }
+            Value::Int(0) => Ok(false),
+            _ => Err(StoreError::BadReply),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -768,6 +1075,77 @@ mod tests {
         )));
         assert_eq!(e.kind(), "connection refused");
         assert_eq!(StoreError::Timeout.kind(), "deadline exceeded");
+    }
+
+    #[test]
+    fn an_in_flight_record_is_kind_length_request_then_token() {
+        let request = IdemBytes::new(&[0xa1, 0xa2, 0xa3]).unwrap();
+        let token = IdemBytes::new(&[0x7e, 0x7f]).unwrap();
+        assert_eq!(
+            IdempotencyRecord::in_flight(request, token),
+            [1, 3, 0xa1, 0xa2, 0xa3, 0x7e, 0x7f]
+        );
+        let longest = [9u8; 64];
+        let record = IdempotencyRecord::in_flight(IdemBytes::new(&longest).unwrap(), token);
+        assert_eq!(record[1], 64);
+        assert!(IdemBytes::new(&[]).is_none());
+        assert!(IdemBytes::new(&[9; 65]).is_none());
+    }
+
+    #[test]
+    fn a_response_part_reads_back_and_a_cut_one_does_not() {
+        let r = Replay::new(201, "text/plain; charset=utf-8", b"created").unwrap();
+        let part = IdempotencyRecord::response_part(&r);
+        assert_eq!(&part[..4], &[0, 201, 0, 25]);
+        assert_eq!(part.len(), 4 + 25 + 7);
+        let back = IdempotencyRecord::parse_response_part(&part).unwrap();
+        assert_eq!(
+            back,
+            StoredReplay {
+                status: 201,
+                content_type: "text/plain; charset=utf-8".into(),
+                body: b"created".to_vec(),
+            }
+        );
+        let ct = "é".repeat(256);
+        let r = Replay::new(599, &ct, b"").unwrap();
+        let back =
+            IdempotencyRecord::parse_response_part(&IdempotencyRecord::response_part(&r)).unwrap();
+        assert_eq!(
+            (back.status, back.content_type, back.body),
+            (599, ct, vec![])
+        );
+        for cut in [0, 1, 3, 4 + 24] {
+            assert_eq!(
+                IdempotencyRecord::parse_response_part(&part[..cut]),
+                None,
+                "{cut}"
+            );
+        }
+        // A content type that is not UTF-8 is not a record this service wrote.
+        assert_eq!(
+            IdempotencyRecord::parse_response_part(&[0, 200, 0, 1, 0xff]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_replay_is_refused_outside_its_bounds_naming_the_field() {
+        assert!(Replay::new(100, "", b"").is_ok());
+        assert!(Replay::new(599, &"a".repeat(256), &vec![0; 1 << 20]).is_ok());
+        let err =
+            |status, ct: &str, len: usize| Replay::new(status, ct, &vec![0; len]).unwrap_err();
+        assert_eq!(err(99, "", 0), "response.status: 100 to 599");
+        assert_eq!(err(600, "", 0), "response.status: 100 to 599");
+        assert_eq!(err(65_536 + 200, "", 0), "response.status: 100 to 599");
+        assert_eq!(
+            err(200, &"a".repeat(257), 0),
+            "response.content_type: at most 256 characters"
+        );
+        assert_eq!(
+            err(200, "", (1 << 20) + 1),
+            "response.body: at most 1048576 bytes"
+        );
     }
 
     #[test]

@@ -141,6 +141,71 @@ async fn redis_cluster_claims_and_lockouts() {
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
 }
 
+#[tokio::test]
+async fn redis_cluster_idempotency_keys() {
+    use edge_warden_state::pb::begin_idempotent_response::Outcome;
+    let cluster = Cluster::start();
+    let service = Service::start(&["--redis-cluster", &cluster.urls()]).await;
+    let mut c = service.client().await;
+    let mut r = cluster.conn();
+    let (request, token, other) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+    // One key in each third of the slots (redis-cli gives each primary one third); each RPC
+    // touches one key, so none needs a hash tag.
+    let mut keys: Vec<Option<Vec<u8>>> = vec![None; 3];
+    while keys.iter().any(Option::is_none) {
+        let key = fingerprint();
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(idem_key(&key))
+            .query(&mut r)
+            .unwrap();
+        let third = match slot {
+            0..=5460 => 0,
+            5461..=10922 => 1,
+            _ => 2,
+        };
+        keys[third].get_or_insert(key);
+    }
+    for key in keys.into_iter().flatten() {
+        let b = begin(&mut c, begin_req(&key, &request, &token, 30))
+            .await
+            .unwrap();
+        assert_eq!(outcome(&b), Outcome::Claimed);
+        let b = begin(&mut c, begin_req(&key, &request, &other, 30))
+            .await
+            .unwrap();
+        assert_eq!(outcome(&b), Outcome::InProgress);
+        let b = begin(&mut c, begin_req(&key, &other, &other, 30))
+            .await
+            .unwrap();
+        assert_eq!(outcome(&b), Outcome::Mismatch);
+        assert!(!release(&mut c, &key, &other).await.unwrap());
+        let done = Some((200, "application/json", &b"{}"[..]));
+        assert!(complete(&mut c, complete_req(&key, &token, 120, done))
+            .await
+            .unwrap());
+        let b = begin(&mut c, begin_req(&key, &request, &other, 30))
+            .await
+            .unwrap();
+        assert_eq!(outcome(&b), Outcome::Completed);
+        assert_eq!(b.response.unwrap().body, b"{}");
+        let ttl: i64 = r.ttl(idem_key(&key)).unwrap();
+        assert!((115..=120).contains(&ttl), "TTL {ttl}");
+
+        let released = fingerprint();
+        begin(&mut c, begin_req(&released, &request, &token, 30))
+            .await
+            .unwrap();
+        assert!(release(&mut c, &released, &token).await.unwrap());
+        let exists: bool = r.exists(idem_key(&released)).unwrap();
+        assert!(!exists);
+    }
+    for node in &cluster.nodes {
+        let records: i64 = redis::cmd("DBSIZE").query(&mut node.conn()).unwrap();
+        assert_eq!(records, 1, "each primary holds one completed record");
+    }
+}
+
 /// A Sentinel process (redis-server in sentinel mode), killed on drop.
 struct Sentinel {
     child: Child,

@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use edge_warden_state::pb::begin_idempotent_response::Outcome;
 use edge_warden_state::pb::state_client::StateClient;
 use edge_warden_state::pb::{
-    AdmitRequest, AdmitResponse, Claim, LockoutCheck, RecordFailureRequest, RecordFailureResponse,
+    AdmitRequest, AdmitResponse, BeginIdempotentRequest, BeginIdempotentResponse, Claim,
+    CompleteIdempotentRequest, LockoutCheck, RecordFailureRequest, RecordFailureResponse,
+    ReleaseIdempotentRequest, StoredResponse,
 };
 use tonic::transport::Channel;
 
@@ -330,4 +333,80 @@ where
 
 pub fn wait_blocking<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
     wait_for(what, timeout, f)
+}
+
+pub fn begin_req(
+    key: &[u8],
+    request: &[u8],
+    token: &[u8],
+    in_flight: u32,
+) -> BeginIdempotentRequest {
+    BeginIdempotentRequest {
+        key: key.to_vec(),
+        request: request.to_vec(),
+        token: token.to_vec(),
+        in_flight_seconds: in_flight,
+    }
+}
+
+pub async fn begin(
+    c: &mut StateClient<Channel>,
+    req: BeginIdempotentRequest,
+) -> Result<BeginIdempotentResponse, tonic::Status> {
+    c.begin_idempotent(request(req))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Begin's outcome, for comparisons (an unknown number is a test failure).
+pub fn outcome(r: &BeginIdempotentResponse) -> Outcome {
+    Outcome::try_from(r.outcome).unwrap()
+}
+
+pub fn complete_req(
+    key: &[u8],
+    token: &[u8],
+    ttl: u32,
+    response: Option<(u32, &str, &[u8])>,
+) -> CompleteIdempotentRequest {
+    CompleteIdempotentRequest {
+        key: key.to_vec(),
+        token: token.to_vec(),
+        ttl_seconds: ttl,
+        response: response.map(|(status, content_type, body)| StoredResponse {
+            status,
+            content_type: content_type.into(),
+            body: body.to_vec(),
+        }),
+    }
+}
+
+/// Complete's `stored`.
+pub async fn complete(
+    c: &mut StateClient<Channel>,
+    req: CompleteIdempotentRequest,
+) -> Result<bool, tonic::Status> {
+    c.complete_idempotent(request(req))
+        .await
+        .map(|r| r.into_inner().stored)
+}
+
+/// Release's `released`.
+pub async fn release(
+    c: &mut StateClient<Channel>,
+    key: &[u8],
+    token: &[u8],
+) -> Result<bool, tonic::Status> {
+    let req = ReleaseIdempotentRequest {
+        key: key.to_vec(),
+        token: token.to_vec(),
+    };
+    c.release_idempotent(request(req))
+        .await
+        .map(|r| r.into_inner().released)
+}
+
+/// The Redis key of an idempotency key's record with the default prefix.
+pub fn idem_key(key: &[u8]) -> String {
+    format!("ew:idem:{}", hex::encode(key))
 }
