@@ -688,6 +688,14 @@ impl Exchange {
         }
     }
 
+    /// The response body could not be read: the key completes without a response to replay.
+    pub fn forgo_response_body(&mut self) {
+        if let Some(idem) = self.idem.as_mut() {
+            idem.response.too_large = true;
+            idem.response.body = Vec::new();
+        }
+    }
+
     /// The response ended (its headers or last body bytes had end of stream, or its trailers
     /// came). A captured response completes its idempotency key (a 5xx, 408 or 429 releases
     /// it, so a retry goes through); with the fleet store, the returned call must be answered
@@ -1292,7 +1300,7 @@ impl Exchange {
             },
             Ok(remote::Outcome::CompletedNotStored) => Begun::CompletedNotStored,
             Ok(remote::Outcome::Mismatch) => Begun::Mismatch,
-            Err(_) => Begun::Unavailable,
+            Ok(remote::Outcome::Unspecified) | Err(_) => Begun::Unavailable,
         };
         // Another Envoy holds or held the key: this one's claim goes.
         self.release_local(engine, host);

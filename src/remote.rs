@@ -126,15 +126,17 @@ pub struct BeginIdempotentRequest {
     pub in_flight_seconds: u32,
 }
 
-/// `BeginIdempotentResponse.Outcome`.
+/// `BeginIdempotentResponse.Outcome`. Zero is never sent: an empty or truncated answer decodes
+/// to it and counts as no answer, never as a claim.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
 pub enum Outcome {
-    Claimed = 0,
-    InProgress = 1,
-    Completed = 2,
-    CompletedNotStored = 3,
-    Mismatch = 4,
+    Unspecified = 0,
+    Claimed = 1,
+    InProgress = 2,
+    Completed = 3,
+    CompletedNotStored = 4,
+    Mismatch = 5,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

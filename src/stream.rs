@@ -24,6 +24,8 @@ pub(crate) struct Stream {
     read: usize,
     /// The call to the state service this stream waits for.
     calling: Option<u32>,
+    /// That call holds the response (an idempotency key's completion), not the request.
+    calling_response: bool,
 }
 
 /// The host, as the engine sees it: each method is a host call, made only when asked.
@@ -73,6 +75,29 @@ impl Stream {
             exchange: Exchange::new(),
             read: 0,
             calling: None,
+            calling_response: false,
+        }
+    }
+
+    /// The response ended: a captured response completes its idempotency key, and with the
+    /// fleet store the end is held until the service has it.
+    fn response_end(&mut self, shared: &Shared) -> WasmAction {
+        let mut host = WasmHost { shared };
+        let Some(call) = self.exchange.on_response_end(&shared.engine, &mut host) else {
+            return WasmAction::Continue;
+        };
+        match dispatch(shared, &call) {
+            Ok(token) => {
+                self.calling = Some(token);
+                self.calling_response = true;
+                WasmAction::Pause
+            }
+            Err(failure) => {
+                let _ = self
+                    .exchange
+                    .on_state_answer(&shared.engine, Err(failure), &mut host);
+                WasmAction::Continue
+            }
         }
     }
 
@@ -166,6 +191,14 @@ fn send(reply: &LocalReply) -> WasmAction {
 }
 
 impl Context for Stream {
+    fn on_done(&mut self) -> bool {
+        if let Some(shared) = self.shared.clone() {
+            let mut host = WasmHost { shared: &shared };
+            self.exchange.on_stream_end(&shared.engine, &mut host);
+        }
+        true
+    }
+
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         if self.calling != Some(token_id) {
             return;
@@ -185,6 +218,12 @@ impl Context for Stream {
         let action = self
             .exchange
             .on_state_answer(&shared.engine, answer, &mut host);
+        if std::mem::take(&mut self.calling_response) {
+            if hostcalls::resume_http_response().is_err() {
+                log::error!("edge-warden could not resume a response after its state call");
+            }
+            return;
+        }
         if let WasmAction::Continue = self.act(&shared, action, MapType::HttpRequestHeaders) {
             if hostcalls::resume_http_request().is_err() {
                 log::error!("edge-warden could not resume a request after its state call");
@@ -254,11 +293,7 @@ impl HttpContext for Stream {
         self.act(&shared, action, MapType::HttpRequestHeaders)
     }
 
-    fn on_http_response_headers(
-        &mut self,
-        _num_headers: usize,
-        _end_of_stream: bool,
-    ) -> WasmAction {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
         let Some(shared) = self.shared.clone() else {
             return WasmAction::Continue;
         };
@@ -283,21 +318,44 @@ impl HttpContext for Stream {
                 log::warn!("edge-warden could not set response headers");
             }
         }
+        if end_of_stream && self.exchange.captures_response() {
+            return self.response_end(&shared);
+        }
         WasmAction::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
-        if !self.exchange.replaces_response_body() {
+        let Some(shared) = self.shared.clone() else {
             return WasmAction::Continue;
-        }
-        if !end_of_stream {
-            return WasmAction::Pause;
-        }
-        if let Some(body) = self.exchange.take_replacement_body() {
-            if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &body).is_err() {
-                log::warn!("edge-warden could not reshape a rate-limited reply");
+        };
+        if self.exchange.replaces_response_body() {
+            if !end_of_stream {
+                return WasmAction::Pause;
+            }
+            if let Some(body) = self.exchange.take_replacement_body() {
+                if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &body).is_err()
+                {
+                    log::warn!("edge-warden could not reshape a rate-limited reply");
+                }
+            }
+        } else if self.exchange.wants_response_body() && body_size > 0 {
+            // Each chunk goes on as it comes (Continue), so the buffer holds only this one.
+            match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
+                Ok(chunk) => self.exchange.on_response_body(&chunk.unwrap_or_default()),
+                // Unreadable: the key completes without its response kept.
+                Err(_) => self.exchange.forgo_response_body(),
             }
         }
+        if end_of_stream && self.exchange.captures_response() {
+            return self.response_end(&shared);
+        }
         WasmAction::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> WasmAction {
+        match self.shared.clone() {
+            Some(shared) if self.exchange.captures_response() => self.response_end(&shared),
+            _ => WasmAction::Continue,
+        }
     }
 }

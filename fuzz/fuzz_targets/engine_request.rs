@@ -1,12 +1,15 @@
 //! The engine's whole request path, as a runtime drives it: request headers, the body in
-//! chunks, trailers or end of stream, then response headers and body. The native runtime runs
-//! this code in Envoy's process with no sandbox, so nothing a client sends may panic here.
+//! chunks, trailers or end of stream, then response headers and body (kept for an idempotency
+//! key, and replayed to later inputs with the same key), and the response's end or the stream's.
+//! The native runtime runs this code in Envoy's process with no sandbox, so nothing a client
+//! sends may panic here.
 //!
 //! Input: three `\n`-separated fields (unix clock, client address, flags), then header lines, an
 //! empty line and the body (see `common.rs`). Flags: byte 0 is the body chunk size, byte 1 bit 0
-//! ends the body with trailers instead of end of stream, byte 2 picks the response status.
+//! ends the body with trailers instead of end of stream, byte 2 picks the response status,
+//! byte 5 bit 0 ends the stream without its response ending (the client went away).
 //! Checks, besides "no panic": every local reply is a well-formed 2xx/4xx/5xx with no
-//! pseudo-headers and, for an error, a problem+json body; a request is never both answered and
+//! pseudo-headers and, for an error, a problem+json body (a replayed response excepted); a request is never both answered and
 //! passed; header edits never set a pseudo-header.
 #![no_main]
 
@@ -38,7 +41,12 @@ fn engine() -> &'static Engine {
             {{"id": "bot", "sha256": "{}", "role": "client"}},
             {{"id": "old", "sha256": "{}", "role": "admin", "expires_at": "2020-01-01T00:00:00Z"}}]}},
           "lockout": {{"max_failures": 3, "window_seconds": 60, "capacity": 64}},
+          "idempotency": {{"capacity": 16}},
           "policies": [
+            {{"name": "orders", "match": {{"path_prefix": "/orders"}}, "signature": false,
+              "max_body_bytes": 4096, "idempotency": {{"max_response_bytes": 64}}}},
+            {{"name": "signed-orders", "match": {{"path_prefix": "/signed-orders"}},
+              "idempotency": {{"required": false, "methods": ["POST", "GET"]}}}},
             {{"name": "health", "match": {{"path_prefix": "/health", "methods": ["GET"]}}, "signature": false}},
             {{"name": "internal", "match": {{"path_prefix": "/internal"}}, "signature": false,
               "ip": {{"allow": ["10.0.0.0/8", "2001:db8::/32"], "deny": ["10.9.0.0/16"]}}}},
@@ -111,7 +119,8 @@ fn check(action: &Action) -> bool {
                 reply.status
             );
             assert!(reply.headers.iter().all(|(n, _)| !n.starts_with(':')));
-            if reply.status >= 400 {
+            let replayed = reply.headers.iter().any(|(n, _)| n == "idempotent-replayed");
+            if reply.status >= 400 && !replayed {
                 let v: serde_json::Value =
                     serde_json::from_slice(&reply.body).expect("a problem+json body");
                 assert_eq!(v["status"].as_u64(), Some(u64::from(reply.status)));
@@ -195,4 +204,16 @@ fuzz_target!(|data: &[u8]| {
         let v: serde_json::Value = serde_json::from_slice(&body).expect("problem+json");
         assert_eq!(v["code"], "rate_limited");
     }
+    if x.wants_response_body() {
+        for part in body.chunks(chunk) {
+            x.on_response_body(part);
+        }
+    }
+    if flags.get(5).is_some_and(|b| b & 1 == 1) {
+        x.on_stream_end(engine, &mut host);
+    } else {
+        // Without remote_state the key completes here, with no call to make.
+        assert!(x.on_response_end(engine, &mut host).is_none());
+    }
+    assert!(!x.captures_response());
 });

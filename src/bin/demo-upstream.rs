@@ -1,13 +1,19 @@
 //! The demo upstream: answers every request with JSON describing what it received (method, path,
 //! headers, body length and SHA-256), so you can see what edge-warden let through and which
-//! identity headers it added.
+//! identity headers it added. `receipt` numbers the requests it received (1, 2, ...), so a
+//! response replayed for an idempotency key shows the receipt of the one request that came.
+//! Two request headers shape the answer, to try what edge-warden does with slow or failing
+//! upstreams: `x-demo-status: 503` (any 200-599) and `x-demo-delay-ms: 500` (at most 10000);
+//! `x-demo-pad-bytes: N` (at most 4 MiB) adds a `pad` of N bytes, for a large response.
 //!
 //! Usage: demo-upstream [--listen 127.0.0.1:8080]. With port 0 it picks a free port; either way
 //! it prints `listening on ADDR` as its first line.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -56,7 +62,10 @@ fn main() {
     }
 }
 
+static RECEIPTS: AtomicU64 = AtomicU64::new(0);
+
 fn answer(mut request: tiny_http::Request) {
+    let receipt = RECEIPTS.fetch_add(1, Ordering::SeqCst) + 1;
     let mut body = Vec::new();
     let read = request.as_reader().read_to_end(&mut body);
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -70,6 +79,10 @@ fn answer(mut request: tiny_http::Request) {
         .into_iter()
         .map(|(k, v)| (k, v.join(", ")))
         .collect();
+    let pad = headers
+        .get("x-demo-pad-bytes")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(0, |n| n.min(4 << 20));
     let echo = serde_json::json!({
         "method": request.method().as_str(),
         "path": request.url(),
@@ -77,9 +90,18 @@ fn answer(mut request: tiny_http::Request) {
         "body_length": body.len(),
         "body_sha256": hex::encode(Sha256::digest(&body)),
         "body_complete": read.is_ok(),
+        "receipt": receipt,
+        "pad": "x".repeat(pad),
     });
+    let number = |name: &str| headers.get(name).and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(ms) = number("x-demo-delay-ms") {
+        std::thread::sleep(Duration::from_millis(ms.min(10_000)));
+    }
+    let status = number("x-demo-status")
+        .filter(|s| (200..=599).contains(s))
+        .map_or(200, |s| s as u16);
     let json = serde_json::to_vec_pretty(&echo).unwrap_or_default();
-    let mut response = tiny_http::Response::from_data(json);
+    let mut response = tiny_http::Response::from_data(json).with_status_code(status);
     if let Ok(h) = tiny_http::Header::from_bytes(&b"content-type"[..], &b"application/json"[..]) {
         response = response.with_header(h);
     }

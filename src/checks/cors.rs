@@ -347,6 +347,7 @@ fn default_cors_headers() -> Vec<String> {
         "x-request-signature",
         "x-request-timestamp",
         "x-request-nonce",
+        "idempotency-key",
         "x-idempotency-key",
     ]
     .map(String::from)

@@ -267,6 +267,7 @@ extern "C" {
         timeout_ms: u64,
     ) -> u32;
     fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: FilterEnvoyPtr);
+    fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: FilterEnvoyPtr);
 }
 
 /// `envoy_dynamic_module_type_http_callout_init_result_Success` (and `..._result_Success` of a
@@ -484,6 +485,12 @@ impl Stream {
         });
     }
 
+    /// The response body bytes this hook brought (each earlier chunk went on when its hook
+    /// returned Continue).
+    pub fn received_response_body(&self, each: &mut dyn FnMut(&[u8])) {
+        self.body_slices(BodyKind::ReceivedResponse, each);
+    }
+
     /// Replaces the whole response body (what earlier calls buffered and what this one
     /// received) with `body`.
     pub fn replace_response_body(&self, body: &[u8]) -> bool {
@@ -568,6 +575,13 @@ impl Stream {
     pub fn continue_decoding(&self) {
         // SAFETY: `ptr` is the live filter of the running callout hook.
         unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.ptr) }
+    }
+
+    /// Resumes a response held by an earlier hook, as [`Stream::continue_decoding`] does a
+    /// request.
+    pub fn continue_encoding(&self) {
+        // SAFETY: `ptr` is the live filter of the running callout hook.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_encoding(self.ptr) }
     }
 }
 
@@ -776,7 +790,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     envoy: FilterEnvoyPtr,
     module: FilterModulePtr,
-    _end_of_stream: bool,
+    end_of_stream: bool,
 ) -> u32 {
     let stream = Stream { ptr: envoy };
     // The request has been decided by now: a failure here leaves the response as it is.
@@ -784,7 +798,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
         "response_headers",
         HeadersStatus::Continue,
         || (),
-        || filter(module).map_or(HeadersStatus::Continue, |f| f.on_response_headers(&stream)),
+        || {
+            filter(module).map_or(HeadersStatus::Continue, |f| {
+                f.on_response_headers(&stream, end_of_stream)
+            })
+        },
     ) as u32
 }
 
@@ -809,21 +827,43 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
-    _envoy: FilterEnvoyPtr,
-    _module: FilterModulePtr,
+    envoy: FilterEnvoyPtr,
+    module: FilterModulePtr,
 ) -> u32 {
-    TrailersStatus::Continue as u32
+    let stream = Stream { ptr: envoy };
+    guard(
+        "response_trailers",
+        TrailersStatus::Continue,
+        || (),
+        || {
+            filter(module).map_or(TrailersStatus::Continue, |f| {
+                f.on_response_trailers(&stream)
+            })
+        },
+    ) as u32
+}
+
+/// The stream is done (answered, or reset): a claim it still holds is given up.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    envoy: FilterEnvoyPtr,
+    module: FilterModulePtr,
+) {
+    let stream = Stream { ptr: envoy };
+    guard(
+        "stream_complete",
+        (),
+        || (),
+        || {
+            if let Some(f) = filter(module) {
+                f.on_stream_complete(&stream);
+            }
+        },
+    )
 }
 
 // Hooks Envoy 1.40 requires a module to export (it refuses the configuration otherwise) but
 // edge-warden has no use for (it starts no streams or timers; callouts are answered below).
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
-    _envoy: FilterEnvoyPtr,
-    _module: FilterModulePtr,
-) {
-}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
@@ -872,10 +912,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
             });
             let (resume, reply) = f.on_callout_done(&stream, callout, answer);
             // The filter is not used after this point: resuming or replying may destroy it.
-            if let Some(reply) = reply {
-                stream.send_response(reply.status, &reply.headers, &reply.body);
-            } else if resume {
-                stream.continue_decoding();
+            match (reply, resume) {
+                (Some(reply), _) => stream.send_response(reply.status, &reply.headers, &reply.body),
+                (None, super::Resume::Request) => stream.continue_decoding(),
+                (None, super::Resume::Response) => stream.continue_encoding(),
+                (None, super::Resume::No) => {}
             }
         },
     )

@@ -84,6 +84,7 @@ impl FilterConfig {
             exchange: RefCell::new(Exchange::new()),
             read: Cell::new(0),
             calling: Cell::new(None),
+            calling_response: Cell::new(false),
         }
     }
 }
@@ -97,6 +98,15 @@ pub struct Filter {
     read: Cell<usize>,
     /// The callout to the state service this stream waits for.
     calling: Cell<Option<u64>>,
+    /// That callout holds the response (an idempotency key's completion), not the request.
+    calling_response: Cell<bool>,
+}
+
+/// What a finished callout resumes.
+pub enum Resume {
+    No,
+    Request,
+    Response,
 }
 
 /// A finished callout's response headers and body.
@@ -198,15 +208,15 @@ impl Filter {
     }
 
     /// The state service answered (headers and body; `None`: reset, or no answer at all).
-    /// Returns whether to resume the held request, or the reply to send.
+    /// Returns what to resume, or the reply to send.
     fn on_callout_done(
         &self,
         stream: &Stream,
         id: u64,
         answer: Option<CalloutAnswer>,
-    ) -> (bool, Option<LocalReply>) {
+    ) -> (Resume, Option<LocalReply>) {
         if self.calling.get() != Some(id) {
-            return (false, None);
+            return (Resume::No, None);
         }
         self.calling.set(None);
         let answer = match answer {
@@ -216,11 +226,47 @@ impl Filter {
         let action = self.decide(stream, |x, engine, host| {
             x.on_state_answer(engine, answer, host)
         });
-        match self.carry(stream, action) {
-            Step::Continue => (true, None),
-            Step::Hold => (false, None),
-            Step::Reply(reply) => (false, Some(reply)),
+        if self.calling_response.replace(false) {
+            return (Resume::Response, None);
         }
+        match self.carry(stream, action) {
+            Step::Continue => (Resume::Request, None),
+            Step::Hold => (Resume::No, None),
+            Step::Reply(reply) => (Resume::No, Some(reply)),
+        }
+    }
+
+    /// The response ended: a captured response completes its idempotency key; with the fleet
+    /// store the end is held (true) until the service has it.
+    fn response_end(&self, stream: &Stream) -> bool {
+        let Some(call) = self.decide(stream, |x, engine, host| x.on_response_end(engine, host))
+        else {
+            return false;
+        };
+        match self.start_call(stream, &call) {
+            Some(id) => {
+                self.calling.set(Some(id));
+                self.calling_response.set(true);
+                true
+            }
+            None => {
+                self.decide(stream, |x, engine, host| {
+                    x.on_state_answer(engine, Err(Unavailable("call not sent")), host)
+                });
+                false
+            }
+        }
+    }
+
+    fn on_response_trailers(&self, stream: &Stream) -> TrailersStatus {
+        if self.exchange.borrow().captures_response() && self.response_end(stream) {
+            return TrailersStatus::StopIteration;
+        }
+        TrailersStatus::Continue
+    }
+
+    fn on_stream_complete(&self, stream: &Stream) {
+        self.decide(stream, |x, engine, host| x.on_stream_end(engine, host));
     }
 
     // The request hooks return the local reply to send, if any, rather than sending it: Envoy
@@ -316,7 +362,7 @@ impl Filter {
         }
     }
 
-    fn on_response_headers(&self, stream: &Stream) -> HeadersStatus {
+    fn on_response_headers(&self, stream: &Stream, end_of_stream: bool) -> HeadersStatus {
         if self.exchange.borrow().answered() {
             return HeadersStatus::Continue;
         }
@@ -330,22 +376,40 @@ impl Filter {
         if let ResponseAction::Replace(after) = action {
             write_response_headers(stream, &before, &after);
         }
+        if end_of_stream && self.exchange.borrow().captures_response() && self.response_end(stream)
+        {
+            return HeadersStatus::StopIteration;
+        }
         HeadersStatus::Continue
     }
 
     fn on_response_body(&self, stream: &Stream, end_of_stream: bool) -> BodyStatus {
-        if !self.exchange.borrow().replaces_response_body() {
-            return BodyStatus::Continue;
-        }
-        if !end_of_stream {
-            return BodyStatus::StopIterationAndBuffer;
-        }
-        // Taken out first: no borrow of the exchange is held across the calls into Envoy.
-        let body = self.exchange.borrow_mut().take_replacement_body();
-        if let Some(body) = body {
-            if !stream.replace_response_body(&body) {
-                log::warn!("edge-warden could not reshape a rate-limited reply");
+        let (replaces, wants, captures) = {
+            let x = self.exchange.borrow();
+            (
+                x.replaces_response_body(),
+                x.wants_response_body(),
+                x.captures_response(),
+            )
+        };
+        if replaces {
+            if !end_of_stream {
+                return BodyStatus::StopIterationAndBuffer;
             }
+            // Taken out first: no borrow of the exchange is held across the calls into Envoy.
+            let body = self.exchange.borrow_mut().take_replacement_body();
+            if let Some(body) = body {
+                if !stream.replace_response_body(&body) {
+                    log::warn!("edge-warden could not reshape a rate-limited reply");
+                }
+            }
+        } else if wants {
+            let mut x = self.exchange.borrow_mut();
+            stream.received_response_body(&mut |slice| x.on_response_body(slice));
+        }
+        if end_of_stream && captures && self.response_end(stream) {
+            // Envoy keeps the last bytes until the state service has the response.
+            return BodyStatus::StopIterationAndBuffer;
         }
         BodyStatus::Continue
     }

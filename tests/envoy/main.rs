@@ -7,6 +7,7 @@ mod config;
 mod fleet;
 mod hardening;
 mod hostcalls;
+mod idempotency;
 mod identity;
 mod packaging;
 mod ratelimit;
