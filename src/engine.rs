@@ -680,6 +680,16 @@ impl Exchange {
             .is_some_and(|i| i.attempt.is_some() && !i.response.too_large)
     }
 
+    /// Whether the response body is held (buffered by the host) until its end: a captured
+    /// response with the fleet store. A client that has every byte of a response (its
+    /// `content-length`) would not wait for the end of stream, so the bytes themselves wait
+    /// until the state service has the response. One over the cap goes on at once.
+    pub fn holds_response_body(&self) -> bool {
+        self.idem
+            .as_ref()
+            .is_some_and(|i| i.attempt.is_some() && i.remote && !i.response.too_large)
+    }
+
     /// Response body bytes: `chunk` is only what is new since the last call.
     pub fn on_response_body(&mut self, chunk: &[u8]) {
         if let Some(idem) = self.idem.as_mut().filter(|i| i.attempt.is_some()) {
@@ -1206,13 +1216,21 @@ impl Exchange {
             return self.on_begin_answer(engine, key_id, answer, host);
         }
         if let Pending::Finish = pending {
-            if let Err(failure) = remote::decode::<remote::CompleteIdempotentResponse>(answer) {
-                self.unavailable(
+            // Complete and Release answer the same shape: whether the claim was still ours.
+            match remote::decode::<remote::CompleteIdempotentResponse>(answer) {
+                Ok(done) if done.stored => {}
+                Ok(_) => log::warn!(
+                    "edge-warden: the fleet's claim of an idempotency key had lapsed \
+                     (in_flight_seconds) before its response: policy={} request_id={}",
+                    self.policy_label(engine),
+                    self.request_id.as_deref().unwrap_or("-"),
+                ),
+                Err(failure) => self.unavailable(
                     engine,
                     failure,
                     "an idempotency key was completed or released by this Envoy only",
                     host,
-                );
+                ),
             }
             return Action::Continue(Edits::default());
         }

@@ -26,6 +26,8 @@ pub(crate) struct Stream {
     calling: Option<u32>,
     /// That call holds the response (an idempotency key's completion), not the request.
     calling_response: bool,
+    /// Bytes of a held response body (buffered by Envoy) already handed to the engine.
+    response_read: usize,
 }
 
 /// The host, as the engine sees it: each method is a host call, made only when asked.
@@ -76,6 +78,7 @@ impl Stream {
             read: 0,
             calling: None,
             calling_response: false,
+            response_read: 0,
         }
     }
 
@@ -338,9 +341,11 @@ impl HttpContext for Stream {
                     log::warn!("edge-warden could not reshape a rate-limited reply");
                 }
             }
-        } else if self.exchange.wants_response_body() && body_size > 0 {
-            // Each chunk goes on as it comes (Continue), so the buffer holds only this one.
-            match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
+        } else if self.exchange.wants_response_body() && body_size > self.response_read {
+            // A held body accumulates in the buffer (read past what was read); one that goes
+            // on as it comes holds only this chunk.
+            let start = self.response_read;
+            match hostcalls::get_buffer(BufferType::HttpResponseBody, start, body_size - start) {
                 Ok(chunk) => self.exchange.on_response_body(&chunk.unwrap_or_default()),
                 // Unreadable: the key completes without its response kept.
                 Err(_) => self.exchange.forgo_response_body(),
@@ -349,6 +354,11 @@ impl HttpContext for Stream {
         if end_of_stream && self.exchange.captures_response() {
             return self.response_end(&shared);
         }
+        if self.exchange.holds_response_body() {
+            self.response_read = body_size;
+            return WasmAction::Pause;
+        }
+        self.response_read = 0;
         WasmAction::Continue
     }
 

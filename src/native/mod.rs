@@ -408,7 +408,10 @@ impl Filter {
             stream.received_response_body(&mut |slice| x.on_response_body(slice));
         }
         if end_of_stream && captures && self.response_end(stream) {
-            // Envoy keeps the last bytes until the state service has the response.
+            // Envoy keeps the body until the state service has the response.
+            return BodyStatus::StopIterationAndBuffer;
+        }
+        if !end_of_stream && self.exchange.borrow().holds_response_body() {
             return BodyStatus::StopIterationAndBuffer;
         }
         BodyStatus::Continue

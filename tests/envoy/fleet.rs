@@ -215,7 +215,7 @@ pub fn plugin_config(failure_mode: &str) -> String {
   "signature": {{"secrets": [{{"id": "primary", "env": "HMAC_SHARED_SECRET"}}]}},
   "api_keys": {{"keys": [{{"id": "fleet-ci", "sha256": "{}", "role": "client"}}]}},
   "lockout": {{"max_failures": 3, "window_seconds": 120}},
-  "remote_state": {{"cluster": "edge_warden_state", "timeout_ms": 250, "failure_mode": "{failure_mode}"}},
+  "remote_state": {{"cluster": "edge_warden_state", "timeout_ms": 1000, "failure_mode": "{failure_mode}"}},
   "policies": [
     {{"name": "keyed", "match": {{"path_prefix": "/keyed"}}, "signature": false, "api_key": {{}}}},
     {{"name": "signed", "match": {{"path_prefix": "/"}}}}
@@ -494,8 +494,8 @@ fn clients_that_leave_while_their_state_call_is_out_do_not_harm_envoy() {
         std::thread::sleep(Duration::from_millis(20));
         drop(stream);
     }
-    // Past every call's timeout, with the streams long gone.
-    std::thread::sleep(Duration::from_millis(600));
+    // Past every call's timeout (1000 ms), with the streams long gone.
+    std::thread::sleep(Duration::from_millis(1500));
     service.signal("-CONT");
     let r = signed_get(&a, &Signed::new(SECRET, b""));
     assert_eq!(r.status, 200, "Envoy still serves: {}", a.log());

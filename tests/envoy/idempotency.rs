@@ -341,7 +341,7 @@ fn with_the_fleet_store_a_duplicate_at_the_second_envoy_is_replayed() {
     let config = format!(
         r#"{{
       "signature": {{"secrets": [{{"id": "primary", "env": "HMAC_SHARED_SECRET"}}]}},
-      "remote_state": {{"cluster": "edge_warden_state", "timeout_ms": 250}},
+      "remote_state": {{"cluster": "edge_warden_state", "timeout_ms": 1000}},
       "policies": [{}]
     }}"#,
         policies()
@@ -353,7 +353,12 @@ fn with_the_fleet_store_a_duplicate_at_the_second_envoy_is_replayed() {
     let first = post(&a, "/orders", "fleet-1", b"{\"qty\":1}", &[]);
     assert_eq!(first.status, 200);
     let at_b = post(&b, "/orders", "fleet-1", b"{\"qty\":1}", &[]);
-    assert_eq!(at_b.header("idempotent-replayed"), Some("true"));
+    assert_eq!(
+        at_b.header("idempotent-replayed"),
+        Some("true"),
+        "{}",
+        at_b.status
+    );
     assert_eq!(at_b.body, first.body);
     assert_eq!(upstream_requests(&a), 1);
     assert_eq!(upstream_requests(&b), 0, "b never sent it upstream");
@@ -380,9 +385,40 @@ fn with_the_fleet_store_a_duplicate_at_the_second_envoy_is_replayed() {
         (409, "idempotency_request_in_progress".into())
     );
     assert_eq!(slow.join().unwrap(), 200);
+    let r = post(&b, "/orders", "fleet-2", b"{}", &[]);
     assert_eq!(
-        post(&b, "/orders", "fleet-2", b"{}", &[]).header("idempotent-replayed"),
-        Some("true")
+        r.header("idempotent-replayed"),
+        Some("true"),
+        "{}",
+        r.status
     );
-    assert!(redis.keys() >= 2, "the records are in Redis");
+    assert_eq!(
+        r.header("idempotent-replayed"),
+        Some("true"),
+        "{} {}",
+        r.status,
+        a.log()
+            .lines()
+            .filter(|l| l.contains("state service") || l.contains("panic") || l.contains("lapsed"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // A response near the 1 MiB cap crosses the fleet store whole, both ways.
+    let big = post(
+        &a,
+        "/large",
+        "fleet-3",
+        b"{}",
+        &[("x-demo-pad-bytes", "1000000")],
+    );
+    assert_eq!(big.status, 200);
+    let at_b = post(&b, "/large", "fleet-3", b"{}", &[]);
+    assert_eq!(at_b.header("idempotent-replayed"), Some("true"));
+    assert!(
+        at_b.body == big.body,
+        "{} bytes replayed of {}",
+        at_b.body.len(),
+        big.body.len()
+    );
+    assert!(redis.keys() >= 3, "the records are in Redis");
 }
