@@ -122,6 +122,32 @@ fn the_readme_warden_commands_sign_requests_that_pass() {
 }
 
 #[test]
+fn the_readme_idempotency_retry_is_answered_once_by_the_upstream() {
+    let envoy = Envoy::start(Options::default());
+    let script = readme_snippet("idempotency-retry")
+        .replace(
+            "edge-warden-development-secret-do-not-use-in-production",
+            SECRET,
+        )
+        .replace("target/release/warden", env!("CARGO_BIN_EXE_warden"))
+        .replace("127.0.0.1:10000", &format!("127.0.0.1:{}", envoy.port));
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .output()
+        .expect("bash");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert_eq!(
+        stdout.matches("idempotent-replayed: true").count(),
+        1,
+        "{all}"
+    );
+    let receipts: Vec<&str> = stdout.matches(r#""receipt": 1"#).collect();
+    assert_eq!(receipts.len(), 2, "the same echo twice: {all}");
+}
+
+#[test]
 fn warden_sign_headers_match_the_filter_and_reproduce_with_fixed_inputs() {
     let envoy = Envoy::start(Options::default());
     let out = Command::new(env!("CARGO_BIN_EXE_warden"))
