@@ -22,6 +22,7 @@ use crate::checks::host::{self, HostPattern};
 use crate::checks::ip::{self, IpRules, RawIp};
 use crate::checks::response_headers::{self, Plan, RawSecurityHeaders};
 use crate::checks::signature::{self, RawSignature, SigningKey};
+use crate::checks::upload::{self, RawUpload, UploadPolicy};
 use crate::remote::{self, RawRemoteState, RemoteState};
 use crate::store::{self, LockoutSettings, RawLockout, RawReplay};
 
@@ -123,6 +124,10 @@ pub struct RawPolicy {
     /// Client address allow and deny lists (CIDR or single addresses).
     #[serde(default)]
     pub ip: Option<RawIp>,
+    /// File upload checks (names, extensions, declared types, magic numbers, sizes); absent
+    /// means bodies are not inspected as uploads.
+    #[serde(default)]
+    pub upload: Option<RawUpload>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,6 +237,7 @@ pub struct Policy {
     pub trusted_hosts: Vec<HostPattern>,
     pub api_key: Option<PolicyApiKey>,
     pub ip: IpRules,
+    pub upload: Option<UploadPolicy>,
 }
 
 impl Policy {
@@ -342,6 +348,10 @@ impl Config {
                 Some(raw_ip) => ip::compile_ip(raw_ip, &at("ip"))?,
                 None => IpRules::default(),
             };
+            let upload = match &p.upload {
+                Some(u) => Some(upload::compile_upload(u, &at("upload"))?),
+                None => None,
+            };
             policies.push(Policy {
                 name: p.name,
                 matcher: compile_match(&p.matcher, &at("match"))?,
@@ -351,6 +361,7 @@ impl Config {
                 trusted_hosts,
                 api_key,
                 ip,
+                upload,
             });
         }
         for (j, later) in policies.iter().enumerate() {

@@ -61,6 +61,21 @@ pub enum Reject {
     /// A rate limiter after edge-warden (Envoy's local_ratelimit or ratelimit filter) refused
     /// the request; edge-warden only gives its reply the common shape.
     RateLimited,
+    /// An uploaded file's name breaks the name rules (`reason` is fixed text; the name itself is
+    /// never echoed).
+    InvalidFileName { reason: &'static str },
+    /// An uploaded file's extension or declared type is not allowed on this route. `allowed` is
+    /// the route's extension list, from the configuration.
+    FileTypeNotAllowed { allowed: String },
+    /// An uploaded file's first bytes do not match its extension or declared type, or its
+    /// extension and declared type name different kinds.
+    ContentMismatch,
+    /// A multipart body that cannot be read as RFC 7578 / RFC 2046 multipart.
+    MalformedMultipart { reason: &'static str },
+    /// An uploaded file is larger than the route allows.
+    FileTooLarge { limit: u64 },
+    /// A multipart body has more files (`what: "files"`) or parts than the route allows.
+    TooManyParts { what: &'static str, limit: u32 },
     /// edge-warden itself failed (a host call failed, or a panic was caught in the native
     /// runtime): the request is refused, never forwarded unchecked.
     Internal,
@@ -94,6 +109,11 @@ impl Reject {
             Reject::TooManyAuthFailures { .. } | Reject::RateLimited => 429,
             Reject::Internal => 500,
             Reject::StateUnavailable => 503,
+            Reject::InvalidFileName { .. }
+            | Reject::MalformedMultipart { .. }
+            | Reject::TooManyParts { .. } => 400,
+            Reject::FileTypeNotAllowed { .. } | Reject::ContentMismatch => 415,
+            Reject::FileTooLarge { .. } => 413,
         }
     }
 
@@ -122,6 +142,12 @@ impl Reject {
             Reject::RateLimited => "rate_limited",
             Reject::Internal => "internal_error",
             Reject::StateUnavailable => "state_unavailable",
+            Reject::InvalidFileName { .. } => "invalid_file_name",
+            Reject::FileTypeNotAllowed { .. } => "file_type_not_allowed",
+            Reject::ContentMismatch => "content_mismatch",
+            Reject::MalformedMultipart { .. } => "malformed_multipart",
+            Reject::FileTooLarge { .. } => "file_too_large",
+            Reject::TooManyParts { .. } => "too_many_parts",
         }
     }
 
@@ -149,6 +175,12 @@ impl Reject {
             Reject::RateLimited => "Too many requests",
             Reject::Internal => "Internal error",
             Reject::StateUnavailable => "Shared state unavailable",
+            Reject::InvalidFileName { .. } => "Invalid file name",
+            Reject::FileTypeNotAllowed { .. } => "File type not allowed",
+            Reject::ContentMismatch => "File content does not match its type",
+            Reject::MalformedMultipart { .. } => "Malformed multipart body",
+            Reject::FileTooLarge { .. } => "Uploaded file too large",
+            Reject::TooManyParts { .. } => "Too many parts",
         }
     }
 
@@ -237,6 +269,26 @@ impl Reject {
                                          the request was not forwarded; retry after the \
                                          seconds in Retry-After, with a fresh nonce if signed."
                 .to_string(),
+            Reject::InvalidFileName { reason } => format!(
+                "A file name in the upload {reason}. Names must be 1 to 255 bytes of UTF-8 \
+                 without path separators, `..` or control characters."
+            ),
+            Reject::FileTypeNotAllowed { allowed } => format!(
+                "An uploaded file's extension or declared Content-Type is not allowed on this \
+                 route; allowed extensions: {allowed}."
+            ),
+            Reject::ContentMismatch => "The first bytes of an uploaded file do not match the \
+                                        type its extension and Content-Type declare."
+                .to_string(),
+            Reject::MalformedMultipart { reason } => {
+                format!("The multipart/form-data body {reason}.")
+            }
+            Reject::FileTooLarge { limit } => {
+                format!("An uploaded file exceeds the limit of {limit} bytes for this route.")
+            }
+            Reject::TooManyParts { what, limit } => {
+                format!("The upload has more {what} than the {limit} this route allows.")
+            }
         }
     }
 
@@ -390,6 +442,21 @@ mod tests {
             Reject::TooManyAuthFailures { retry_after: 9 },
             Reject::RateLimited,
             Reject::Internal,
+            Reject::InvalidFileName {
+                reason: "contains `..`",
+            },
+            Reject::FileTypeNotAllowed {
+                allowed: "mp3, wav".into(),
+            },
+            Reject::ContentMismatch,
+            Reject::MalformedMultipart {
+                reason: "ends before its closing boundary",
+            },
+            Reject::FileTooLarge { limit: 100 },
+            Reject::TooManyParts {
+                what: "files",
+                limit: 1,
+            },
         ]
     }
 

@@ -6,3 +6,4 @@ pub mod host;
 pub mod ip;
 pub mod response_headers;
 pub mod signature;
+pub mod upload;

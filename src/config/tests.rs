@@ -379,3 +379,23 @@ fn every_section_reports_its_mistakes_at_the_same_path() {
         assert!(e.to_string().contains(&format!("field `{field}`")), "{e}");
     }
 }
+
+#[test]
+fn an_upload_section_is_compiled_at_its_policy_s_path() {
+    let json = |upload: &str| {
+        format!(
+            r#"{{"policies": [{{"name": "a", "signature": false}}, {{"name": "b", "signature": false}},
+                {{"name": "uploads", "signature": false, "upload": {upload}}}]}}"#
+        )
+    };
+    let e = load(&json(r#"{"allowed_extensions": ["exe"]}"#)).unwrap_err();
+    assert_eq!(e.field, "policies[2].upload.allowed_extensions[0]");
+    let e = load(&json(r#"{"allowed_extensions": ["mp3"], "max_size": 1}"#)).unwrap_err();
+    assert!(e.field.contains("policies[2].upload"), "{e}");
+    let c = load(&json(r#"{"allowed_extensions": ["mp3", "wav"]}"#)).unwrap();
+    assert_eq!(
+        c.policies[2].upload.map(|u| u.allowed_list()),
+        Some("mp3, wav".to_string())
+    );
+    assert!(c.policies[0].upload.is_none());
+}
