@@ -1052,6 +1052,13 @@ impl Multipart {
         let mut slots = [httparse::EMPTY_HEADER; MAX_PART_HEADERS];
         let parsed = match httparse::parse_headers(&self.header, &mut slots) {
             Ok(httparse::Status::Complete((_, parsed))) => parsed,
+            _ if control_in_disposition(&self.header) => {
+                // httparse refuses control characters in any header value; in the line that
+                // names the file, that is the name rule speaking.
+                return Err(Reject::InvalidFileName {
+                    reason: "contains a control character or NUL",
+                });
+            }
             _ => return Err(malformed("has a part with malformed headers")),
         };
         let mut disposition = None;
@@ -1104,6 +1111,18 @@ impl Multipart {
             _ => Err(malformed("ends before its closing boundary")),
         }
     }
+}
+
+/// Whether a part's `Content-Disposition` line holds a control character (other than tab).
+fn control_in_disposition(block: &[u8]) -> bool {
+    block
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .filter(|line| {
+            line.get(..20)
+                .is_some_and(|name| name.eq_ignore_ascii_case(b"content-disposition:"))
+        })
+        .any(|line| line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7F))
 }
 
 /// Looks for `delimiter` in `input`, `matched` of its bytes having been seen at the end of the

@@ -335,6 +335,19 @@ fn a_backslash_hidden_by_quoted_string_unescaping_is_still_a_separator() {
 }
 
 #[test]
+fn control_characters_and_nul_in_a_multipart_name_are_a_bad_name() {
+    let p = policy(&["mp3"]);
+    for name in ["a\u{0}.mp3", "a\u{1}.mp3", "a\rb.mp3", "a\u{7f}.mp3"] {
+        let b = body(BOUNDARY, &[file(name, "audio/mpeg", b"ID3\x04")]);
+        let got = run_multipart(&p, &b);
+        assert!(
+            matches!(got, Err(Reject::InvalidFileName { .. })),
+            "{name:?}: {got:?}"
+        );
+    }
+}
+
+#[test]
 fn control_characters_and_nul_are_refused_in_raw_names() {
     for name in [
         &b"a\x00.mp3"[..],
