@@ -1,12 +1,13 @@
 //! The demo upstream: answers every request with JSON describing what it received (method, path,
 //! headers, body length and SHA-256), so you can see what edge-warden let through and which
-//! identity headers it added.
+//! identity headers it added. The body is read to its end and hashed as it streams in, never
+//! held whole, so it can count a body of any size.
 //!
 //! Usage: demo-upstream [--listen 127.0.0.1:8080]. With port 0 it picks a free port; either way
 //! it prints `listening on ADDR` as its first line.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -56,9 +57,27 @@ fn main() {
     }
 }
 
+/// Reads the whole body in 64 KiB pieces, hashing and counting as it goes, so that a body of
+/// any size (the 500 MB upload test) costs the upstream no more memory than one piece.
+fn read_body(reader: &mut dyn Read) -> (u64, Sha256, std::io::Result<()>) {
+    let mut hasher = Sha256::new();
+    let mut length = 0u64;
+    let mut piece = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut piece) {
+            Ok(0) => return (length, hasher, Ok(())),
+            Ok(n) => {
+                hasher.update(&piece[..n]);
+                length += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (length, hasher, Err(e)),
+        }
+    }
+}
+
 fn answer(mut request: tiny_http::Request) {
-    let mut body = Vec::new();
-    let read = request.as_reader().read_to_end(&mut body);
+    let (length, hasher, read) = read_body(request.as_reader());
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for h in request.headers() {
         headers
@@ -74,8 +93,8 @@ fn answer(mut request: tiny_http::Request) {
         "method": request.method().as_str(),
         "path": request.url(),
         "headers": headers,
-        "body_length": body.len(),
-        "body_sha256": hex::encode(Sha256::digest(&body)),
+        "body_length": length,
+        "body_sha256": hex::encode(hasher.finalize()),
         "body_complete": read.is_ok(),
     });
     let json = serde_json::to_vec_pretty(&echo).unwrap_or_default();
