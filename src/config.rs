@@ -21,6 +21,7 @@ use crate::checks::cors::{self, Cors, RawCors};
 use crate::checks::host::{self, HostPattern};
 use crate::checks::ip::{self, IpRules, RawIp};
 use crate::checks::response_headers::{self, Plan, RawSecurityHeaders};
+use crate::checks::shape::{self, RawRequest, RequestShape};
 use crate::checks::signature::{self, RawSignature, SigningKey};
 use crate::remote::{self, RawRemoteState, RemoteState};
 use crate::store::{self, LockoutSettings, RawLockout, RawReplay};
@@ -123,6 +124,10 @@ pub struct RawPolicy {
     /// Client address allow and deny lists (CIDR or single addresses).
     #[serde(default)]
     pub ip: Option<RawIp>,
+    /// Request shape: allowed methods and content types, the streamed body limit, required
+    /// headers (`checks::shape`).
+    #[serde(default)]
+    pub request: Option<RawRequest>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,12 +237,24 @@ pub struct Policy {
     pub trusted_hosts: Vec<HostPattern>,
     pub api_key: Option<PolicyApiKey>,
     pub ip: IpRules,
+    pub request: RequestShape,
 }
 
 impl Policy {
     /// Whether the policy asks for a credential (and so is subject to the lockout).
     pub fn requires_credential(&self) -> bool {
         self.signature || self.api_key.as_ref().is_some_and(|k| k.required)
+    }
+
+    /// The body limit that applies: the streamed `request.max_body_bytes`, and on a signed
+    /// route also the buffered `max_body_bytes`; the smaller wins. `None`: no limit of ours.
+    pub fn body_limit(&self) -> Option<u64> {
+        let streamed = self.request.max_body_bytes;
+        if self.signature {
+            Some(streamed.map_or(self.max_body_bytes, |s| s.min(self.max_body_bytes)))
+        } else {
+            streamed
+        }
     }
 }
 
@@ -342,6 +359,10 @@ impl Config {
                 Some(raw_ip) => ip::compile_ip(raw_ip, &at("ip"))?,
                 None => IpRules::default(),
             };
+            let request = match &p.request {
+                Some(r) => shape::compile_request(r, &at("request"))?,
+                None => RequestShape::default(),
+            };
             policies.push(Policy {
                 name: p.name,
                 matcher: compile_match(&p.matcher, &at("match"))?,
@@ -351,6 +372,7 @@ impl Config {
                 trusted_hosts,
                 api_key,
                 ip,
+                request,
             });
         }
         for (j, later) in policies.iter().enumerate() {

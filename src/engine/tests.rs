@@ -696,3 +696,118 @@ fn metrics_are_listed_in_the_order_of_their_index() {
         assert_eq!(*metric as usize, i);
     }
 }
+
+/// The test configuration with a shaped, streamed route in front.
+fn shaped_engine() -> (Engine, Arc<LocalState<MemoryStore>>) {
+    let json = config_json().replacen(
+        "\"policies\": [",
+        r#""policies": [
+        {"name": "uploads", "match": {"path_prefix": "/uploads"}, "signature": false,
+         "api_key": {},
+         "request": {"methods": ["POST"], "max_body_bytes": 10,
+                     "required_headers": [{"name": "x-device-id", "pattern": "[a-z0-9]{1,8}"}]}},"#,
+        1,
+    );
+    engine_of(&json)
+}
+
+#[test]
+fn an_unsigned_body_streams_on_chunk_by_chunk_and_is_cut_at_the_limit() {
+    let (engine, _) = shaped_engine();
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    let head = request(
+        "POST",
+        "/uploads",
+        &[("x-device-id", "dev1"), ("x-api-key", KEY)],
+    );
+    let a = x.on_request_headers(&engine, head.clone(), false, &mut host);
+    assert!(matches!(a, Action::Continue(_)), "{a:?}");
+    assert_eq!(x.body_mode(), BodyMode::Streamed);
+    for chunk in [&b"1234"[..], b"5678", b"90"] {
+        let a = x.on_request_body(&engine, chunk, false, &mut host);
+        assert!(
+            matches!(a, Action::Continue(ref e) if e.is_empty()),
+            "{a:?}"
+        );
+    }
+    let a = x.on_request_body(&engine, b"!", false, &mut host);
+    assert_eq!(code(&a), "body_too_large");
+    assert!(x.answered());
+    assert_eq!(x.body_mode(), BodyMode::Ignore);
+
+    // Declared too long: refused from the headers.
+    let mut x = Exchange::new();
+    let mut long = head.clone();
+    long.push(("content-length".into(), b"11".to_vec()));
+    assert_eq!(
+        code(&x.on_request_headers(&engine, long, false, &mut host)),
+        "body_too_large"
+    );
+    // An unshaped unsigned route does not read its body at all.
+    let mut x = Exchange::new();
+    x.on_request_headers(&engine, request("GET", "/health", &[]), false, &mut host);
+    assert_eq!(x.body_mode(), BodyMode::Ignore);
+}
+
+#[test]
+fn shape_is_checked_before_credentials_and_counts_no_failure() {
+    let (engine, _) = shaped_engine();
+    let mut host = TestHost::new();
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
+        (
+            "PUT",
+            &[("x-device-id", "dev1"), ("x-api-key", "ew_wrong")],
+            "method_not_allowed",
+        ),
+        ("POST", &[("x-api-key", "ew_wrong")], "missing_header"),
+        (
+            "POST",
+            &[("x-device-id", "DEV 1"), ("x-api-key", "ew_wrong")],
+            "invalid_header",
+        ),
+    ];
+    // More refusals than the lockout allows wrong keys: none of them counted as one.
+    for _ in 0..3 {
+        for (method, extra, want) in cases {
+            let mut x = Exchange::new();
+            let a =
+                x.on_request_headers(&engine, request(method, "/uploads", extra), true, &mut host);
+            assert_eq!(code(&a), want);
+        }
+    }
+    let mut x = Exchange::new();
+    let ok = request(
+        "POST",
+        "/uploads",
+        &[("x-device-id", "dev1"), ("x-api-key", KEY)],
+    );
+    assert!(matches!(
+        x.on_request_headers(&engine, ok, true, &mut host),
+        Action::Continue(_)
+    ));
+}
+
+#[test]
+fn a_signed_routes_body_is_held_and_fed_to_the_watch_and_the_hash() {
+    let (engine, state) = engine();
+    let mut host = TestHost::new();
+    let body = b"0123456789";
+    let mut x = Exchange::new();
+    let sig = signed(body, NOW, "nonce-watch-aaaaaaaaaaa");
+    x.on_request_headers(
+        &engine,
+        with(request("POST", "/pay", &[]), &sig),
+        false,
+        &mut host,
+    );
+    assert_eq!(x.body_mode(), BodyMode::Held);
+    assert!(matches!(
+        x.on_request_body(&engine, &body[..4], false, &mut host),
+        Action::Pause
+    ));
+    let a = x.on_request_body(&engine, &body[4..], true, &mut host);
+    assert!(matches!(a, Action::Continue(_)), "{a:?}");
+    assert!(nonce_recorded(&state, "nonce-watch-aaaaaaaaaaa"));
+}
