@@ -10,12 +10,17 @@
 use std::net::IpAddr;
 
 use crate::checks::signature::{self, Keyring, SignatureVerified, SignedRequest, Verifier};
-use crate::checks::{api_key, cors, host, ip};
+use crate::checks::upload::{self, UploadInspector};
+use crate::checks::{api_key, cors, host, ip, shape};
 use crate::config::Config;
 use crate::headers::{self, RequestHeaders};
 use crate::reject::{self, Reject};
 use crate::remote::{self, AdmitRequest, AdmitResponse, Call, FailureMode, Unavailable};
 use crate::store::{Lockout, NonceCache, Recorded, SharedStore};
+
+pub mod body;
+
+pub use body::{BodyInspector, BodyWatch};
 
 /// What the engine needs from the runtime around it. Each method may cost a host call, so the
 /// engine asks only when a check needs the answer, and at most once per request.
@@ -286,7 +291,6 @@ enum Phase {
     Verifying {
         request: SignedRequest,
         verifier: Verifier,
-        limit: u64,
     },
     /// Waiting for the state service's answer.
     Calling(Pending),
@@ -320,6 +324,24 @@ pub struct Exchange {
     edits: Edits,
     /// A body that replaces the response body (a rate limiter's 429 in problem+json).
     replacement_body: Option<Vec<u8>>,
+    /// The body rules of this request (its size limit, inspectors), whether the body is held
+    /// or streams on; `None`: no rule reads the body.
+    body: Option<BodyWatch>,
+}
+
+/// How an adapter hands the request body to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyMode {
+    /// No check reads it: let it go on (or keep holding it, while [`Exchange::calling`] or
+    /// after [`Exchange::answered`]) without copying it out of the host.
+    Ignore,
+    /// The request is held and its body buffered by the host (a signed request being verified,
+    /// or a state call pending): each callback sees everything buffered so far, so hand the
+    /// engine only the bytes past those already handed over.
+    Held,
+    /// The body streams on to the upstream as it arrives, nothing buffered: every callback's
+    /// bytes are new; hand them all over and do what the engine answers at once.
+    Streamed,
 }
 
 impl Default for Exchange {
@@ -339,13 +361,23 @@ impl Exchange {
             client_ip: None,
             edits: Edits::default(),
             replacement_body: None,
+            body: None,
         }
     }
 
-    /// Whether the engine wants the request body (a signed request being verified). Adapters
-    /// that must copy body bytes out of the host skip it otherwise.
+    /// Whether the engine wants the request body, and how it arrives (see [`BodyMode`]).
+    pub fn body_mode(&self) -> BodyMode {
+        match (&self.phase, &self.body) {
+            (Phase::Verifying { .. }, _) | (Phase::Calling(_), Some(_)) => BodyMode::Held,
+            (Phase::Pass, Some(_)) => BodyMode::Streamed,
+            _ => BodyMode::Ignore,
+        }
+    }
+
+    /// Whether the engine wants the request body at all. Adapters that must copy body bytes
+    /// out of the host skip it otherwise.
     pub fn wants_body(&self) -> bool {
-        matches!(self.phase, Phase::Verifying { .. })
+        self.body_mode() != BodyMode::Ignore
     }
 
     /// Whether the request is held for the state service's answer: body and trailers stay
@@ -399,7 +431,9 @@ impl Exchange {
         }
     }
 
-    /// Body bytes arrived: `chunk` is only what is new since the last call.
+    /// Body bytes arrived: `chunk` is only what is new since the last call. Every consumer of
+    /// the body is fed from here: first the [`BodyWatch`] (limit, inspectors), then what the
+    /// phase needs (the signature's hash while verifying).
     pub fn on_request_body(
         &mut self,
         engine: &Engine,
@@ -407,18 +441,29 @@ impl Exchange {
         end_of_stream: bool,
         host: &mut dyn Host,
     ) -> Action {
+        if self.answered() {
+            return Action::Pause;
+        }
+        if let Some(watch) = &mut self.body {
+            let fed = watch.feed(chunk).and_then(|()| {
+                if end_of_stream {
+                    watch.finish()
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(why) = fed {
+                // Streamed: the upstream has seen part of the body; Envoy resets its request
+                // when this reply goes to the client.
+                return self.reject(engine, why, host);
+            }
+        }
         match &mut self.phase {
+            // Streams on at once: headers went upstream already, nothing to edit.
             Phase::Pass => Action::Continue(Edits::default()),
             // The held request goes on only once the answer is in.
             Phase::Answered | Phase::Calling(_) => Action::Pause,
-            Phase::Verifying {
-                verifier, limit, ..
-            } => {
-                let total = verifier.body_len().saturating_add(chunk.len() as u64);
-                if total > *limit {
-                    let limit = *limit;
-                    return self.reject(engine, Reject::BodyTooLarge { limit }, host);
-                }
+            Phase::Verifying { verifier, .. } => {
                 verifier.update(chunk);
                 if end_of_stream {
                     self.end_of_body(engine, host)
@@ -431,6 +476,11 @@ impl Exchange {
 
     /// Request trailers arrived: a body followed by trailers ends here.
     pub fn on_request_trailers(&mut self, engine: &Engine, host: &mut dyn Host) -> Action {
+        if !self.answered() {
+            if let Some(Err(why)) = self.body.as_mut().map(BodyWatch::finish) {
+                return self.reject(engine, why, host);
+            }
+        }
         match self.phase {
             Phase::Verifying { .. } => self.end_of_body(engine, host),
             Phase::Answered | Phase::Calling(_) => Action::Pause,
@@ -580,6 +630,27 @@ impl Exchange {
             return Err(Answer::Reject(Reject::OriginNotAllowed));
         }
 
+        // Request shape: plain comparisons on the headers, before any credential is checked
+        // (no state, no lockout count) and before any body byte is read.
+        let declared = shape::declared_length(headers);
+        let has_body = !end_of_stream && declared != Some(0);
+        policy
+            .request
+            .check(method, headers, has_body)
+            .map_err(Answer::Reject)?;
+        let watch = body_watch(policy, headers).map_err(Answer::Reject)?;
+        if let (Some(limit), Some(length)) = (policy.body_limit(), declared) {
+            if length > limit {
+                return Err(Answer::Reject(Reject::BodyTooLarge { limit }));
+            }
+        }
+        if !watch.is_idle() {
+            let watch = self.body.insert(watch);
+            if end_of_stream {
+                watch.finish().map_err(Answer::Reject)?;
+            }
+        }
+
         // The clock for the header-time checks; a body that follows is judged by a fresh one.
         let now = host.now();
         let presented = match &policy.api_key {
@@ -648,20 +719,12 @@ impl Exchange {
         let request = signature::parse_headers(headers).map_err(Answer::Reject)?;
         signature::check_window(request.timestamp, now, config.window_seconds)
             .map_err(Answer::Reject)?;
-        let limit = policy.max_body_bytes;
-        let declared = headers
-            .first_str("content-length")
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit) {
-            return Err(Answer::Reject(Reject::BodyTooLarge { limit }));
-        }
         if end_of_stream {
             return Ok(Proceed::Verify(request, now));
         }
         self.phase = Phase::Verifying {
             request,
             verifier: Verifier::new(&engine.keyring),
-            limit,
         };
         Ok(Proceed::Wait)
     }
@@ -948,6 +1011,35 @@ impl Exchange {
             self.request_id.as_deref().unwrap_or("-"),
         );
         self.replacement_body = Some(response.body);
+    }
+}
+
+/// The body rules of a request on `policy`: the place every consumer of a passing body is
+/// added: the body limit, then the upload inspector when the policy has `upload` and the
+/// request is an upload (what the headers alone refuse, such as a bad file name in a raw
+/// upload's Content-Disposition, is refused here, before any body byte is read).
+fn body_watch(
+    policy: &crate::config::Policy,
+    headers: &RequestHeaders,
+) -> Result<BodyWatch, Reject> {
+    let mut watch = BodyWatch::new(policy.body_limit());
+    if let Some(rules) = &policy.upload {
+        if let Some(inspector) = upload::start(rules, headers)? {
+            watch = watch.with(Box::new(inspector));
+        }
+    }
+    Ok(watch)
+}
+
+/// The upload inspector reads a body as the watch hands it over: every chunk once, in order,
+/// held (signed) or streamed, then the end.
+impl BodyInspector for UploadInspector {
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), Reject> {
+        UploadInspector::feed(self, chunk)
+    }
+
+    fn finish(&mut self) -> Result<(), Reject> {
+        UploadInspector::finish(self)
     }
 }
 

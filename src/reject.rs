@@ -79,6 +79,24 @@ pub enum Reject {
     /// edge-warden itself failed (a host call failed, or a panic was caught in the native
     /// runtime): the request is refused, never forwarded unchecked.
     Internal,
+    /// The route does not accept this method (`policies[i].request.methods`); `allow` is the
+    /// `Allow` header value.
+    MethodNotAllowed { allow: String },
+    /// The body's media type is not one the route accepts, or a body came without one.
+    UnsupportedMediaType { accepted: String },
+    /// A header the route requires is absent (or empty). `header` is the configured name.
+    MissingHeader { header: String },
+    /// A required header is sent twice or does not match its pattern. The value is never
+    /// quoted: it is the client's, and may be hostile.
+    InvalidHeader {
+        header: String,
+        reason: &'static str,
+    },
+    /// The path holds a traversal in some spelling (`..`, `%2e%2e`, `%252e`, `..\`, overlong
+    /// UTF-8, `//`), refused before a policy is selected.
+    InvalidPath,
+    /// A control character (raw or percent-encoded) in the path, the query or a header value.
+    InvalidCharacters { part: &'static str },
 }
 
 /// The headers a signed request carries; the names appear in details, so they are spelled as
@@ -114,6 +132,12 @@ impl Reject {
             | Reject::TooManyParts { .. } => 400,
             Reject::FileTypeNotAllowed { .. } | Reject::ContentMismatch => 415,
             Reject::FileTooLarge { .. } => 413,
+            Reject::MethodNotAllowed { .. } => 405,
+            Reject::UnsupportedMediaType { .. } => 415,
+            Reject::MissingHeader { .. }
+            | Reject::InvalidHeader { .. }
+            | Reject::InvalidPath
+            | Reject::InvalidCharacters { .. } => 400,
         }
     }
 
@@ -148,6 +172,12 @@ impl Reject {
             Reject::MalformedMultipart { .. } => "malformed_multipart",
             Reject::FileTooLarge { .. } => "file_too_large",
             Reject::TooManyParts { .. } => "too_many_parts",
+            Reject::MethodNotAllowed { .. } => "method_not_allowed",
+            Reject::UnsupportedMediaType { .. } => "unsupported_media_type",
+            Reject::MissingHeader { .. } => "missing_header",
+            Reject::InvalidHeader { .. } => "invalid_header",
+            Reject::InvalidPath => "invalid_path",
+            Reject::InvalidCharacters { .. } => "invalid_characters",
         }
     }
 
@@ -181,6 +211,12 @@ impl Reject {
             Reject::MalformedMultipart { .. } => "Malformed multipart body",
             Reject::FileTooLarge { .. } => "Uploaded file too large",
             Reject::TooManyParts { .. } => "Too many parts",
+            Reject::MethodNotAllowed { .. } => "Method not allowed",
+            Reject::UnsupportedMediaType { .. } => "Unsupported media type",
+            Reject::MissingHeader { .. } => "Required header missing",
+            Reject::InvalidHeader { .. } => "Invalid header",
+            Reject::InvalidPath => "Invalid path",
+            Reject::InvalidCharacters { .. } => "Invalid characters",
         }
     }
 
@@ -289,6 +325,25 @@ impl Reject {
             Reject::TooManyParts { what, limit } => {
                 format!("The upload has more {what} than the {limit} this route allows.")
             }
+            Reject::MethodNotAllowed { allow } => {
+                format!("This route does not accept this method; allowed: {allow}.")
+            }
+            Reject::UnsupportedMediaType { accepted } => format!(
+                "This route accepts request bodies of these media types only, named in \
+                 Content-Type: {accepted}."
+            ),
+            Reject::MissingHeader { header } => {
+                format!("The {header} header is required on this route.")
+            }
+            Reject::InvalidHeader { header, reason } => format!("The {header} header {reason}."),
+            Reject::InvalidPath => "The path holds a dot segment (`.` or `..`, in any \
+                                    encoding), an overlong UTF-8 sequence or an empty segment; \
+                                    send the path in its plain, resolved form."
+                .to_string(),
+            Reject::InvalidCharacters { part } => format!(
+                "The {part} holds a control character (raw or percent-encoded), which this \
+                 service does not accept."
+            ),
         }
     }
 
@@ -322,6 +377,8 @@ impl Reject {
             Reject::TooManyAuthFailures { retry_after } => {
                 vec![("retry-after", retry_after.to_string())]
             }
+            Reject::MethodNotAllowed { allow } => vec![("allow", allow.clone())],
+            Reject::UnsupportedMediaType { accepted } => vec![("accept", accepted.clone())],
             Reject::MissingApiKey
             | Reject::InvalidApiKey
             | Reject::ExpiredApiKey
@@ -457,6 +514,21 @@ mod tests {
                 what: "files",
                 limit: 1,
             },
+            Reject::MethodNotAllowed {
+                allow: "GET, POST".into(),
+            },
+            Reject::UnsupportedMediaType {
+                accepted: "application/json".into(),
+            },
+            Reject::MissingHeader {
+                header: "x-device-id".into(),
+            },
+            Reject::InvalidHeader {
+                header: "x-device-id".into(),
+                reason: "does not have the form this route requires",
+            },
+            Reject::InvalidPath,
+            Reject::InvalidCharacters { part: "query" },
         ]
     }
 

@@ -12,6 +12,7 @@ mod packaging;
 mod ratelimit;
 mod reload;
 mod replay_cache;
+mod shape;
 mod signature;
 mod tls;
 mod tooling;
