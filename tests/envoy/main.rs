@@ -16,3 +16,4 @@ mod shape;
 mod signature;
 mod tls;
 mod tooling;
+mod uploads;
