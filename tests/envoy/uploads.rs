@@ -435,6 +435,41 @@ fn a_signed_upload_is_inspected_while_it_is_held_for_its_signature() {
     }
 }
 
+#[test]
+fn a_streamed_spoofed_file_is_refused_before_the_rest_of_its_body_is_sent() {
+    let envoy = envoy();
+    let ct = multipart_type();
+    let part_head = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"song.mp3\"\r\n\
+         Content-Type: audio/mpeg\r\n\r\n"
+    );
+    // 10 MiB announced; only the part head, the executable's bytes and 64 KiB follow.
+    let mut stream = TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let head = format!(
+        "POST /uploads HTTP/1.1\r\nhost: x\r\ncontent-type: {ct}\r\n\
+         content-length: 10485760\r\n\r\n{part_head}"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(EXE).unwrap();
+    stream.write_all(&[0u8; 64 * 1024]).unwrap();
+    // Read what Envoy answers while the client still owes most of the body (until the reply's
+    // body is in, or Envoy closes the connection).
+    let mut answer = Vec::new();
+    let mut piece = [0u8; 4096];
+    while !answer.ends_with(b"}") {
+        match stream.read(&mut piece) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&piece[..n]),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
+    assert!(answer.contains("\"code\":\"content_mismatch\""), "{answer}");
+}
+
 /// A field of /proc/PID/status, in KiB.
 fn proc_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
