@@ -21,7 +21,9 @@ use crate::checks::cors::{self, Cors, RawCors};
 use crate::checks::host::{self, HostPattern};
 use crate::checks::ip::{self, IpRules, RawIp};
 use crate::checks::response_headers::{self, Plan, RawSecurityHeaders};
+use crate::checks::shape::{self, RawRequest, RequestShape};
 use crate::checks::signature::{self, RawSignature, SigningKey};
+use crate::checks::upload::{self, RawUpload, UploadPolicy};
 use crate::idempotency::{self, PolicyIdempotency, RawIdempotencyStore, RawPolicyIdempotency};
 use crate::remote::{self, RawRemoteState, RemoteState};
 use crate::store::{self, LockoutSettings, RawLockout, RawReplay};
@@ -130,6 +132,14 @@ pub struct RawPolicy {
     /// Idempotency keys on this policy's requests; absent means keys are ignored.
     #[serde(default)]
     pub idempotency: Option<RawPolicyIdempotency>,
+    /// File upload checks (names, extensions, declared types, magic numbers, sizes); absent
+    /// means bodies are not inspected as uploads.
+    #[serde(default)]
+    pub upload: Option<RawUpload>,
+    /// Request shape: allowed methods and content types, the streamed body limit, required
+    /// headers (`checks::shape`).
+    #[serde(default)]
+    pub request: Option<RawRequest>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,12 +252,25 @@ pub struct Policy {
     pub api_key: Option<PolicyApiKey>,
     pub ip: IpRules,
     pub idempotency: Option<PolicyIdempotency>,
+    pub upload: Option<UploadPolicy>,
+    pub request: RequestShape,
 }
 
 impl Policy {
     /// Whether the policy asks for a credential (and so is subject to the lockout).
     pub fn requires_credential(&self) -> bool {
         self.signature || self.api_key.as_ref().is_some_and(|k| k.required)
+    }
+
+    /// The body limit that applies: the streamed `request.max_body_bytes`, and on a signed
+    /// route also the buffered `max_body_bytes`; the smaller wins. `None`: no limit of ours.
+    pub fn body_limit(&self) -> Option<u64> {
+        let streamed = self.request.max_body_bytes;
+        if self.signature {
+            Some(streamed.map_or(self.max_body_bytes, |s| s.min(self.max_body_bytes)))
+        } else {
+            streamed
+        }
     }
 }
 
@@ -357,6 +380,14 @@ impl Config {
                 Some(i) => Some(idempotency::compile_policy(i, &at("idempotency"))?),
                 None => None,
             };
+            let upload = match &p.upload {
+                Some(u) => Some(upload::compile_upload(u, &at("upload"))?),
+                None => None,
+            };
+            let request = match &p.request {
+                Some(r) => shape::compile_request(r, &at("request"))?,
+                None => RequestShape::default(),
+            };
             policies.push(Policy {
                 name: p.name,
                 matcher: compile_match(&p.matcher, &at("match"))?,
@@ -367,6 +398,8 @@ impl Config {
                 api_key,
                 ip,
                 idempotency,
+                upload,
+                request,
             });
         }
         for (j, later) in policies.iter().enumerate() {

@@ -10,7 +10,8 @@
 use std::net::IpAddr;
 
 use crate::checks::signature::{self, Keyring, SignatureVerified, SignedRequest, Verifier};
-use crate::checks::{api_key, cors, host, ip};
+use crate::checks::upload::{self, UploadInspector};
+use crate::checks::{api_key, cors, host, ip, shape};
 use crate::config::Config;
 use crate::headers::{self, RequestHeaders};
 use crate::idempotency::{self, Begun, Fingerprint, PolicyIdempotency, StoredResponse, Table};
@@ -18,6 +19,10 @@ use crate::reject::{self, Reject};
 use crate::remote::{self, AdmitRequest, AdmitResponse, Call, FailureMode, Unavailable};
 use crate::store::{Lockout, NonceCache, Recorded, SharedStore};
 use sha2::{Digest, Sha256};
+
+pub mod body;
+
+pub use body::{BodyInspector, BodyWatch};
 
 /// What the engine needs from the runtime around it. Each method may cost a host call, so the
 /// engine asks only when a check needs the answer, and at most once per request.
@@ -382,7 +387,6 @@ enum Phase {
     Verifying {
         request: SignedRequest,
         verifier: Verifier,
-        limit: u64,
     },
     /// Waiting for the body of an unsigned request with an idempotency key (its fingerprint
     /// covers the body), `read` bytes of at most `limit` so far.
@@ -498,6 +502,24 @@ pub struct Exchange {
     body_digest: Option<Sha256>,
     /// The fleet-wide lockout check of an unsigned request, due once its body was read.
     lockout_due: bool,
+    /// The body rules of this request (its size limit, inspectors), whether the body is held
+    /// or streams on; `None`: no rule reads the body.
+    body: Option<BodyWatch>,
+}
+
+/// How an adapter hands the request body to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyMode {
+    /// No check reads it: let it go on (or keep holding it, while [`Exchange::calling`] or
+    /// after [`Exchange::answered`]) without copying it out of the host.
+    Ignore,
+    /// The request is held and its body buffered by the host (a signed request being verified,
+    /// or a state call pending): each callback sees everything buffered so far, so hand the
+    /// engine only the bytes past those already handed over.
+    Held,
+    /// The body streams on to the upstream as it arrives, nothing buffered: every callback's
+    /// bytes are new; hand them all over and do what the engine answers at once.
+    Streamed,
 }
 
 impl Default for Exchange {
@@ -520,13 +542,25 @@ impl Exchange {
             idem: None,
             body_digest: None,
             lockout_due: false,
+            body: None,
         }
     }
 
-    /// Whether the engine wants the request body (a signed request being verified). Adapters
-    /// that must copy body bytes out of the host skip it otherwise.
+    /// Whether the engine wants the request body, and how it arrives (see [`BodyMode`]).
+    pub fn body_mode(&self) -> BodyMode {
+        match (&self.phase, &self.body) {
+            (Phase::Verifying { .. } | Phase::Reading { .. }, _) | (Phase::Calling(_), Some(_)) => {
+                BodyMode::Held
+            }
+            (Phase::Pass, Some(_)) => BodyMode::Streamed,
+            _ => BodyMode::Ignore,
+        }
+    }
+
+    /// Whether the engine wants the request body at all. Adapters that must copy body bytes
+    /// out of the host skip it otherwise.
     pub fn wants_body(&self) -> bool {
-        matches!(self.phase, Phase::Verifying { .. } | Phase::Reading { .. })
+        self.body_mode() != BodyMode::Ignore
     }
 
     /// Whether the request is held for the state service's answer: body and trailers stay
@@ -579,7 +613,9 @@ impl Exchange {
         }
     }
 
-    /// Body bytes arrived: `chunk` is only what is new since the last call.
+    /// Body bytes arrived: `chunk` is only what is new since the last call. Every consumer of
+    /// the body is fed from here: first the [`BodyWatch`] (limit, inspectors), then what the
+    /// phase needs (the signature's hash while verifying).
     pub fn on_request_body(
         &mut self,
         engine: &Engine,
@@ -587,18 +623,29 @@ impl Exchange {
         end_of_stream: bool,
         host: &mut dyn Host,
     ) -> Action {
+        if self.answered() {
+            return Action::Pause;
+        }
+        if let Some(watch) = &mut self.body {
+            let fed = watch.feed(chunk).and_then(|()| {
+                if end_of_stream {
+                    watch.finish()
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(why) = fed {
+                // Streamed: the upstream has seen part of the body; Envoy resets its request
+                // when this reply goes to the client.
+                return self.reject(engine, why, host);
+            }
+        }
         match &mut self.phase {
+            // Streams on at once: headers went upstream already, nothing to edit.
             Phase::Pass => Action::Continue(Edits::default()),
             // The held request goes on only once the answer is in.
             Phase::Answered | Phase::Calling(_) => Action::Pause,
-            Phase::Verifying {
-                verifier, limit, ..
-            } => {
-                let total = verifier.body_len().saturating_add(chunk.len() as u64);
-                if total > *limit {
-                    let limit = *limit;
-                    return self.reject(engine, Reject::BodyTooLarge { limit }, host);
-                }
+            Phase::Verifying { verifier, .. } => {
                 verifier.update(chunk);
                 if let Some(digest) = self.body_digest.as_mut() {
                     digest.update(chunk);
@@ -629,6 +676,11 @@ impl Exchange {
 
     /// Request trailers arrived: a body followed by trailers ends here.
     pub fn on_request_trailers(&mut self, engine: &Engine, host: &mut dyn Host) -> Action {
+        if !self.answered() {
+            if let Some(Err(why)) = self.body.as_mut().map(BodyWatch::finish) {
+                return self.reject(engine, why, host);
+            }
+        }
         match self.phase {
             Phase::Verifying { .. } | Phase::Reading { .. } => self.end_of_body(engine, host),
             Phase::Answered | Phase::Calling(_) => Action::Pause,
@@ -875,6 +927,27 @@ impl Exchange {
             return Err(Answer::Reject(Reject::OriginNotAllowed));
         }
 
+        // Request shape: plain comparisons on the headers, before any credential is checked
+        // (no state, no lockout count) and before any body byte is read.
+        let declared = shape::declared_length(headers);
+        let has_body = !end_of_stream && declared != Some(0);
+        policy
+            .request
+            .check(method, headers, has_body)
+            .map_err(Answer::Reject)?;
+        let watch = body_watch(policy, headers).map_err(Answer::Reject)?;
+        if let (Some(limit), Some(length)) = (policy.body_limit(), declared) {
+            if length > limit {
+                return Err(Answer::Reject(Reject::BodyTooLarge { limit }));
+            }
+        }
+        if !watch.is_idle() {
+            let watch = self.body.insert(watch);
+            if end_of_stream {
+                watch.finish().map_err(Answer::Reject)?;
+            }
+        }
+
         // The clock for the header-time checks; a body that follows is judged by a fresh one.
         let now = host.now();
         let presented = match &policy.api_key {
@@ -957,7 +1030,7 @@ impl Exchange {
                 // The key's fingerprint covers the body: it is held (up to the policy's
                 // `max_body_bytes`) until it has all arrived.
                 let limit = policy.max_body_bytes;
-                if declared_length(headers).is_some_and(|len| len > limit) {
+                if declared.is_some_and(|len| len > limit) {
                     return Err(Answer::Reject(Reject::BodyTooLarge { limit }));
                 }
                 self.phase = Phase::Reading { read: 0, limit };
@@ -969,17 +1042,12 @@ impl Exchange {
         let request = signature::parse_headers(headers).map_err(Answer::Reject)?;
         signature::check_window(request.timestamp, now, config.window_seconds)
             .map_err(Answer::Reject)?;
-        let limit = policy.max_body_bytes;
-        if declared_length(headers).is_some_and(|len| len > limit) {
-            return Err(Answer::Reject(Reject::BodyTooLarge { limit }));
-        }
         if end_of_stream {
             return Ok(Proceed::Verify(request, now));
         }
         self.phase = Phase::Verifying {
             request,
             verifier: Verifier::new(&engine.keyring),
-            limit,
         };
         Ok(Proceed::Wait)
     }
@@ -1447,6 +1515,35 @@ impl Exchange {
     }
 }
 
+/// The body rules of a request on `policy`: the place every consumer of a passing body is
+/// added: the body limit, then the upload inspector when the policy has `upload` and the
+/// request is an upload (what the headers alone refuse, such as a bad file name in a raw
+/// upload's Content-Disposition, is refused here, before any body byte is read).
+fn body_watch(
+    policy: &crate::config::Policy,
+    headers: &RequestHeaders,
+) -> Result<BodyWatch, Reject> {
+    let mut watch = BodyWatch::new(policy.body_limit());
+    if let Some(rules) = &policy.upload {
+        if let Some(inspector) = upload::start(rules, headers)? {
+            watch = watch.with(Box::new(inspector));
+        }
+    }
+    Ok(watch)
+}
+
+/// The upload inspector reads a body as the watch hands it over: every chunk once, in order,
+/// held (signed) or streamed, then the end.
+impl BodyInspector for UploadInspector {
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), Reject> {
+        UploadInspector::feed(self, chunk)
+    }
+
+    fn finish(&mut self) -> Result<(), Reject> {
+        UploadInspector::finish(self)
+    }
+}
+
 /// How a request that passed its header checks goes on.
 enum Proceed {
     /// Signed, no body: verify now (with the clock read for the headers).
@@ -1455,13 +1552,6 @@ enum Proceed {
     Wait,
     /// Unsigned, every header check passed: the fleet lockout and the idempotency key next.
     Unsigned,
-}
-
-/// The `content-length` a request declared, if it is a number.
-fn declared_length(headers: &RequestHeaders) -> Option<u64> {
-    headers
-        .first_str("content-length")
-        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// How a request is answered from the header checks.

@@ -60,6 +60,11 @@ impl RequestHeaders {
             .map(|(_, v)| v.as_slice())
     }
 
+    /// Every header, in order (with repeats).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.pairs.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+    }
+
     /// Every header name, in order (with repeats).
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.pairs.iter().map(|(n, _)| n.as_str())

@@ -61,6 +61,21 @@ pub enum Reject {
     /// A rate limiter after edge-warden (Envoy's local_ratelimit or ratelimit filter) refused
     /// the request; edge-warden only gives its reply the common shape.
     RateLimited,
+    /// An uploaded file's name breaks the name rules (`reason` is fixed text; the name itself is
+    /// never echoed).
+    InvalidFileName { reason: &'static str },
+    /// An uploaded file's extension or declared type is not allowed on this route. `allowed` is
+    /// the route's extension list, from the configuration.
+    FileTypeNotAllowed { allowed: String },
+    /// An uploaded file's first bytes do not match its extension or declared type, or its
+    /// extension and declared type name different kinds.
+    ContentMismatch,
+    /// A multipart body that cannot be read as RFC 7578 / RFC 2046 multipart.
+    MalformedMultipart { reason: &'static str },
+    /// An uploaded file is larger than the route allows.
+    FileTooLarge { limit: u64 },
+    /// A multipart body has more files (`what: "files"`) or parts than the route allows.
+    TooManyParts { what: &'static str, limit: u32 },
     /// edge-warden itself failed (a host call failed, or a panic was caught in the native
     /// runtime): the request is refused, never forwarded unchecked.
     Internal,
@@ -77,6 +92,24 @@ pub enum Reject {
     IdempotencyResponseNotStored,
     /// The idempotency table has no room for another request in flight right now.
     IdempotencyUnavailable,
+    /// The route does not accept this method (`policies[i].request.methods`); `allow` is the
+    /// `Allow` header value.
+    MethodNotAllowed { allow: String },
+    /// The body's media type is not one the route accepts, or a body came without one.
+    UnsupportedMediaType { accepted: String },
+    /// A header the route requires is absent (or empty). `header` is the configured name.
+    MissingHeader { header: String },
+    /// A required header is sent twice or does not match its pattern. The value is never
+    /// quoted: it is the client's, and may be hostile.
+    InvalidHeader {
+        header: String,
+        reason: &'static str,
+    },
+    /// The path holds a traversal in some spelling (`..`, `%2e%2e`, `%252e`, `..\`, overlong
+    /// UTF-8, `//`), refused before a policy is selected.
+    InvalidPath,
+    /// A control character (raw or percent-encoded) in the path, the query or a header value.
+    InvalidCharacters { part: &'static str },
 }
 
 /// The headers a signed request carries; the names appear in details, so they are spelled as
@@ -110,6 +143,17 @@ impl Reject {
             Reject::IdempotencyKeyMissing | Reject::IdempotencyKeyInvalid => 400,
             Reject::IdempotencyRequestInProgress | Reject::IdempotencyResponseNotStored => 409,
             Reject::IdempotencyKeyReused => 422,
+            Reject::InvalidFileName { .. }
+            | Reject::MalformedMultipart { .. }
+            | Reject::TooManyParts { .. } => 400,
+            Reject::FileTypeNotAllowed { .. } | Reject::ContentMismatch => 415,
+            Reject::FileTooLarge { .. } => 413,
+            Reject::MethodNotAllowed { .. } => 405,
+            Reject::UnsupportedMediaType { .. } => 415,
+            Reject::MissingHeader { .. }
+            | Reject::InvalidHeader { .. }
+            | Reject::InvalidPath
+            | Reject::InvalidCharacters { .. } => 400,
         }
     }
 
@@ -144,6 +188,18 @@ impl Reject {
             Reject::IdempotencyKeyReused => "idempotency_key_reused",
             Reject::IdempotencyResponseNotStored => "idempotency_response_not_stored",
             Reject::IdempotencyUnavailable => "idempotency_unavailable",
+            Reject::InvalidFileName { .. } => "invalid_file_name",
+            Reject::FileTypeNotAllowed { .. } => "file_type_not_allowed",
+            Reject::ContentMismatch => "content_mismatch",
+            Reject::MalformedMultipart { .. } => "malformed_multipart",
+            Reject::FileTooLarge { .. } => "file_too_large",
+            Reject::TooManyParts { .. } => "too_many_parts",
+            Reject::MethodNotAllowed { .. } => "method_not_allowed",
+            Reject::UnsupportedMediaType { .. } => "unsupported_media_type",
+            Reject::MissingHeader { .. } => "missing_header",
+            Reject::InvalidHeader { .. } => "invalid_header",
+            Reject::InvalidPath => "invalid_path",
+            Reject::InvalidCharacters { .. } => "invalid_characters",
         }
     }
 
@@ -177,6 +233,18 @@ impl Reject {
             Reject::IdempotencyKeyReused => "Idempotency key reused",
             Reject::IdempotencyResponseNotStored => "Response not stored",
             Reject::IdempotencyUnavailable => "Idempotency check unavailable",
+            Reject::InvalidFileName { .. } => "Invalid file name",
+            Reject::FileTypeNotAllowed { .. } => "File type not allowed",
+            Reject::ContentMismatch => "File content does not match its type",
+            Reject::MalformedMultipart { .. } => "Malformed multipart body",
+            Reject::FileTooLarge { .. } => "Uploaded file too large",
+            Reject::TooManyParts { .. } => "Too many parts",
+            Reject::MethodNotAllowed { .. } => "Method not allowed",
+            Reject::UnsupportedMediaType { .. } => "Unsupported media type",
+            Reject::MissingHeader { .. } => "Required header missing",
+            Reject::InvalidHeader { .. } => "Invalid header",
+            Reject::InvalidPath => "Invalid path",
+            Reject::InvalidCharacters { .. } => "Invalid characters",
         }
     }
 
@@ -292,6 +360,45 @@ impl Reject {
                                                request, so it was not forwarded; retry after \
                                                the seconds in Retry-After with the same key."
                 .to_string(),
+            Reject::InvalidFileName { reason } => format!(
+                "A file name in the upload {reason}. Names must be 1 to 255 bytes of UTF-8 \
+                 without path separators, `..` or control characters."
+            ),
+            Reject::FileTypeNotAllowed { allowed } => format!(
+                "An uploaded file's extension or declared Content-Type is not allowed on this \
+                 route; allowed extensions: {allowed}."
+            ),
+            Reject::ContentMismatch => "The first bytes of an uploaded file do not match the \
+                                        type its extension and Content-Type declare."
+                .to_string(),
+            Reject::MalformedMultipart { reason } => {
+                format!("The multipart/form-data body {reason}.")
+            }
+            Reject::FileTooLarge { limit } => {
+                format!("An uploaded file exceeds the limit of {limit} bytes for this route.")
+            }
+            Reject::TooManyParts { what, limit } => {
+                format!("The upload has more {what} than the {limit} this route allows.")
+            }
+            Reject::MethodNotAllowed { allow } => {
+                format!("This route does not accept this method; allowed: {allow}.")
+            }
+            Reject::UnsupportedMediaType { accepted } => format!(
+                "This route accepts request bodies of these media types only, named in \
+                 Content-Type: {accepted}."
+            ),
+            Reject::MissingHeader { header } => {
+                format!("The {header} header is required on this route.")
+            }
+            Reject::InvalidHeader { header, reason } => format!("The {header} header {reason}."),
+            Reject::InvalidPath => "The path holds a dot segment (`.` or `..`, in any \
+                                    encoding), an overlong UTF-8 sequence or an empty segment; \
+                                    send the path in its plain, resolved form."
+                .to_string(),
+            Reject::InvalidCharacters { part } => format!(
+                "The {part} holds a control character (raw or percent-encoded), which this \
+                 service does not accept."
+            ),
         }
     }
 
@@ -328,6 +435,8 @@ impl Reject {
             Reject::TooManyAuthFailures { retry_after } => {
                 vec![("retry-after", retry_after.to_string())]
             }
+            Reject::MethodNotAllowed { allow } => vec![("allow", allow.clone())],
+            Reject::UnsupportedMediaType { accepted } => vec![("accept", accepted.clone())],
             Reject::MissingApiKey
             | Reject::InvalidApiKey
             | Reject::ExpiredApiKey
@@ -448,6 +557,36 @@ mod tests {
             Reject::TooManyAuthFailures { retry_after: 9 },
             Reject::RateLimited,
             Reject::Internal,
+            Reject::InvalidFileName {
+                reason: "contains `..`",
+            },
+            Reject::FileTypeNotAllowed {
+                allowed: "mp3, wav".into(),
+            },
+            Reject::ContentMismatch,
+            Reject::MalformedMultipart {
+                reason: "ends before its closing boundary",
+            },
+            Reject::FileTooLarge { limit: 100 },
+            Reject::TooManyParts {
+                what: "files",
+                limit: 1,
+            },
+            Reject::MethodNotAllowed {
+                allow: "GET, POST".into(),
+            },
+            Reject::UnsupportedMediaType {
+                accepted: "application/json".into(),
+            },
+            Reject::MissingHeader {
+                header: "x-device-id".into(),
+            },
+            Reject::InvalidHeader {
+                header: "x-device-id".into(),
+                reason: "does not have the form this route requires",
+            },
+            Reject::InvalidPath,
+            Reject::InvalidCharacters { part: "query" },
         ]
     }
 

@@ -12,7 +12,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action as WasmAction, BufferType, MapType};
 
 use crate::checks::ip;
-use crate::engine::{Action, Edits, Exchange, Host, LocalReply, Metric, ResponseAction};
+use crate::engine::{Action, BodyMode, Edits, Exchange, Host, LocalReply, Metric, ResponseAction};
 use crate::plugin::Shared;
 use crate::reject::{self, Reject};
 use crate::remote::{self, Call, Unavailable};
@@ -20,7 +20,7 @@ use crate::remote::{self, Call, Unavailable};
 pub(crate) struct Stream {
     shared: Option<Rc<Shared>>,
     exchange: Exchange,
-    /// Bytes of the buffered request body already handed to the engine.
+    /// Bytes of the buffered request body already handed to the engine (while it is held).
     read: usize,
     /// The call to the state service this stream waits for.
     calling: Option<u32>,
@@ -256,29 +256,31 @@ impl HttpContext for Stream {
         let Some(shared) = self.shared.clone() else {
             return WasmAction::Pause;
         };
-        if !self.exchange.wants_body() {
-            // Held for a state call: returning Continue now would send the held headers on.
-            return if self.exchange.answered() || self.exchange.calling() {
-                WasmAction::Pause
-            } else {
-                WasmAction::Continue
-            };
-        }
-        // `body_size` is everything buffered so far; read only the new bytes.
-        let chunk = if body_size > self.read {
-            match hostcalls::get_buffer(
-                BufferType::HttpRequestBody,
-                self.read,
-                body_size - self.read,
-            ) {
+        // Held (Pause returned before): Envoy buffers, and `body_size` is everything buffered
+        // so far; read only the new bytes. Streamed (Continue returned before): nothing is
+        // buffered, and `body_size` counts this callback's bytes only.
+        let seen = match self.exchange.body_mode() {
+            BodyMode::Ignore => {
+                // Held for a state call: returning Continue now would send the held headers on.
+                return if self.exchange.answered() || self.exchange.calling() {
+                    WasmAction::Pause
+                } else {
+                    WasmAction::Continue
+                };
+            }
+            BodyMode::Held => self.read,
+            BodyMode::Streamed => 0,
+        };
+        let chunk = if body_size > seen {
+            match hostcalls::get_buffer(BufferType::HttpRequestBody, seen, body_size - seen) {
                 Ok(chunk) => chunk.unwrap_or_default(),
-                // Fail closed: a body we cannot read cannot be verified.
+                // Fail closed: a body we cannot read cannot be checked.
                 Err(_) => return refuse("could not read the request body"),
             }
         } else {
             Vec::new()
         };
-        self.read += chunk.len();
+        self.read = seen + chunk.len();
         let mut host = WasmHost { shared: &shared };
         let action =
             self.exchange

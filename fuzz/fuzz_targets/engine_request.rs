@@ -7,10 +7,11 @@
 //! Input: three `\n`-separated fields (unix clock, client address, flags), then header lines, an
 //! empty line and the body (see `common.rs`). Flags: byte 0 is the body chunk size, byte 1 bit 0
 //! ends the body with trailers instead of end of stream, byte 2 picks the response status,
-//! byte 5 bit 0 ends the stream without its response ending (the client went away).
-//! Checks, besides "no panic": every local reply is a well-formed 2xx/4xx/5xx with no
-//! pseudo-headers and, for an error, a problem+json body (a replayed response excepted); a request is never both answered and
-//! passed; header edits never set a pseudo-header.
+//! byte 5 bit 0 ends the stream without its response ending (the client went away). Policies
+//! cover every check, uploads (streamed and signed) and idempotency keys included. Checks,
+//! besides "no panic": every local reply is a well-formed 2xx/4xx/5xx with no pseudo-headers
+//! and, for an error, a problem+json body (a replayed response excepted); a request is never
+//! both answered and passed; header edits never set a pseudo-header.
 #![no_main]
 
 mod common;
@@ -58,6 +59,11 @@ fn engine() -> &'static Engine {
                         "allow_methods": ["GET", "POST"], "allow_credentials": true,
                         "expose_headers": ["x-total"]}}}},
             {{"name": "both", "match": {{"path": "/both"}}, "api_key": {{}}}},
+            {{"name": "uploads", "match": {{"path_prefix": "/uploads"}}, "signature": false,
+              "upload": {{"allowed_extensions": ["mp3", "png", "pdf"], "max_file_bytes": 4096,
+                          "max_files": 2, "max_parts": 4, "max_part_header_bytes": 256}}}},
+            {{"name": "signed-uploads", "match": {{"path_prefix": "/signed-uploads"}},
+              "max_body_bytes": 8192, "upload": {{"allowed_extensions": ["wav"]}}}},
             {{"name": "signed", "max_body_bytes": 65536}}
           ],
           "security_headers": {{"preset": "owasp", "headers": {{"X-Extra": {{"set": "1"}}}}}}

@@ -4,13 +4,15 @@
 //! response replayed for an idempotency key shows the receipt of the one request that came.
 //! Two request headers shape the answer, to try what edge-warden does with slow or failing
 //! upstreams: `x-demo-status: 503` (any 200-599) and `x-demo-delay-ms: 500` (at most 10000);
-//! `x-demo-pad-bytes: N` (at most 4 MiB) adds a `pad` of N bytes, for a large response.
+//! `x-demo-pad-bytes: N` (at most 4 MiB) adds a `pad` of N bytes, for a large response. The
+//! body is read to its end and hashed as it streams in, never held whole, so it can count a
+//! body of any size.
 //!
 //! Usage: demo-upstream [--listen 127.0.0.1:8080]. With port 0 it picks a free port; either way
 //! it prints `listening on ADDR` as its first line.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,10 +66,28 @@ fn main() {
 
 static RECEIPTS: AtomicU64 = AtomicU64::new(0);
 
+/// Reads the whole body in 64 KiB pieces, hashing and counting as it goes, so that a body of
+/// any size (the 500 MB upload test) costs the upstream no more memory than one piece.
+fn read_body(reader: &mut dyn Read) -> (u64, Sha256, std::io::Result<()>) {
+    let mut hasher = Sha256::new();
+    let mut length = 0u64;
+    let mut piece = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut piece) {
+            Ok(0) => return (length, hasher, Ok(())),
+            Ok(n) => {
+                hasher.update(&piece[..n]);
+                length += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (length, hasher, Err(e)),
+        }
+    }
+}
+
 fn answer(mut request: tiny_http::Request) {
     let receipt = RECEIPTS.fetch_add(1, Ordering::SeqCst) + 1;
-    let mut body = Vec::new();
-    let read = request.as_reader().read_to_end(&mut body);
+    let (length, hasher, read) = read_body(request.as_reader());
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for h in request.headers() {
         headers
@@ -87,8 +107,8 @@ fn answer(mut request: tiny_http::Request) {
         "method": request.method().as_str(),
         "path": request.url(),
         "headers": headers,
-        "body_length": body.len(),
-        "body_sha256": hex::encode(Sha256::digest(&body)),
+        "body_length": length,
+        "body_sha256": hex::encode(hasher.finalize()),
         "body_complete": read.is_ok(),
         "receipt": receipt,
         "pad": "x".repeat(pad),

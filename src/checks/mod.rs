@@ -5,4 +5,6 @@ pub mod cors;
 pub mod host;
 pub mod ip;
 pub mod response_headers;
+pub mod shape;
 pub mod signature;
+pub mod upload;

@@ -289,6 +289,26 @@ fn every_section_reports_its_mistakes_at_the_same_path() {
             "policies[1].ip.other",
         ),
         (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "request": {"required_headers": [{"name": "x-ok"}, {"name": "x-device-id", "pattern": "[A-Z"}]}}]}"#,
+            "policies[1].request.required_headers[1].pattern",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "request": {"max_body_bytes": 0}}]}"#,
+            "policies[1].request.max_body_bytes",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "request": {"content_types": ["json"]}}]}"#,
+            "policies[1].request.content_types[0]",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "request": {"methods": ["get"]}}]}"#,
+            "policies[1].request.methods[0]",
+        ),
+        (
+            r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "request": {"max_bytes": 1}}]}"#,
+            "policies[1].request.max_bytes",
+        ),
+        (
             r#"{"policies": [{"name": "ok", "signature": false}, {"name": "a", "signature": false, "api_key": {"required": true}}]}"#,
             "api_keys.keys",
         ),
@@ -378,4 +398,43 @@ fn every_section_reports_its_mistakes_at_the_same_path() {
         assert_eq!(&e.field, field, "{json}: {e}");
         assert!(e.to_string().contains(&format!("field `{field}`")), "{e}");
     }
+}
+
+#[test]
+fn an_upload_section_is_compiled_at_its_policy_s_path() {
+    let json = |upload: &str| {
+        format!(
+            r#"{{"policies": [{{"name": "a", "signature": false}}, {{"name": "b", "signature": false}},
+                {{"name": "uploads", "signature": false, "upload": {upload}}}]}}"#
+        )
+    };
+    let e = load(&json(r#"{"allowed_extensions": ["exe"]}"#)).unwrap_err();
+    assert_eq!(e.field, "policies[2].upload.allowed_extensions[0]");
+    let e = load(&json(r#"{"allowed_extensions": ["mp3"], "max_size": 1}"#)).unwrap_err();
+    assert!(e.field.contains("policies[2].upload"), "{e}");
+    let c = load(&json(r#"{"allowed_extensions": ["mp3", "wav"]}"#)).unwrap();
+    assert_eq!(
+        c.policies[2].upload.map(|u| u.allowed_list()),
+        Some("mp3, wav".to_string())
+    );
+    assert!(c.policies[0].upload.is_none());
+}
+
+#[test]
+fn the_streamed_and_the_buffered_limit_combine_to_the_smaller_on_signed_routes() {
+    let c = load(
+        r#"{
+      "signature": {"secrets": [{"id": "primary", "env": "HMAC_SHARED_SECRET"}]},
+      "max_body_bytes": 1000,
+      "policies": [
+        {"name": "up", "match": {"path_prefix": "/up"}, "signature": false, "request": {"max_body_bytes": 10737418240}},
+        {"name": "open", "match": {"path_prefix": "/open"}, "signature": false},
+        {"name": "small", "match": {"path_prefix": "/small"}, "request": {"max_body_bytes": 10}},
+        {"name": "signed"}
+      ]
+    }"#,
+    )
+    .unwrap();
+    let limits: Vec<Option<u64>> = c.policies.iter().map(Policy::body_limit).collect();
+    assert_eq!(limits, [Some(10_737_418_240), None, Some(10), Some(1000)]);
 }

@@ -937,3 +937,249 @@ fn with_the_fleet_store_the_claim_and_the_completion_are_told_to_it() {
         Action::Call(_)
     ));
 }
+
+/// The test configuration with a shaped, streamed route in front.
+fn shaped_engine() -> (Engine, Arc<LocalState<MemoryStore>>) {
+    let json = config_json().replacen(
+        "\"policies\": [",
+        r#""policies": [
+        {"name": "uploads", "match": {"path_prefix": "/uploads"}, "signature": false,
+         "api_key": {},
+         "request": {"methods": ["POST"], "max_body_bytes": 10,
+                     "required_headers": [{"name": "x-device-id", "pattern": "[a-z0-9]{1,8}"}]}},"#,
+        1,
+    );
+    engine_of(&json)
+}
+
+#[test]
+fn an_unsigned_body_streams_on_chunk_by_chunk_and_is_cut_at_the_limit() {
+    let (engine, _) = shaped_engine();
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    let head = request(
+        "POST",
+        "/uploads",
+        &[("x-device-id", "dev1"), ("x-api-key", KEY)],
+    );
+    let a = x.on_request_headers(&engine, head.clone(), false, &mut host);
+    assert!(matches!(a, Action::Continue(_)), "{a:?}");
+    assert_eq!(x.body_mode(), BodyMode::Streamed);
+    for chunk in [&b"1234"[..], b"5678", b"90"] {
+        let a = x.on_request_body(&engine, chunk, false, &mut host);
+        assert!(
+            matches!(a, Action::Continue(ref e) if e.is_empty()),
+            "{a:?}"
+        );
+    }
+    let a = x.on_request_body(&engine, b"!", false, &mut host);
+    assert_eq!(code(&a), "body_too_large");
+    assert!(x.answered());
+    assert_eq!(x.body_mode(), BodyMode::Ignore);
+
+    // Declared too long: refused from the headers.
+    let mut x = Exchange::new();
+    let mut long = head.clone();
+    long.push(("content-length".into(), b"11".to_vec()));
+    assert_eq!(
+        code(&x.on_request_headers(&engine, long, false, &mut host)),
+        "body_too_large"
+    );
+    // An unshaped unsigned route does not read its body at all.
+    let mut x = Exchange::new();
+    x.on_request_headers(&engine, request("GET", "/health", &[]), false, &mut host);
+    assert_eq!(x.body_mode(), BodyMode::Ignore);
+}
+
+#[test]
+fn shape_is_checked_before_credentials_and_counts_no_failure() {
+    let (engine, _) = shaped_engine();
+    let mut host = TestHost::new();
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
+        (
+            "PUT",
+            &[("x-device-id", "dev1"), ("x-api-key", "ew_wrong")],
+            "method_not_allowed",
+        ),
+        ("POST", &[("x-api-key", "ew_wrong")], "missing_header"),
+        (
+            "POST",
+            &[("x-device-id", "DEV 1"), ("x-api-key", "ew_wrong")],
+            "invalid_header",
+        ),
+    ];
+    // More refusals than the lockout allows wrong keys: none of them counted as one.
+    for _ in 0..3 {
+        for (method, extra, want) in cases {
+            let mut x = Exchange::new();
+            let a =
+                x.on_request_headers(&engine, request(method, "/uploads", extra), true, &mut host);
+            assert_eq!(code(&a), want);
+        }
+    }
+    let mut x = Exchange::new();
+    let ok = request(
+        "POST",
+        "/uploads",
+        &[("x-device-id", "dev1"), ("x-api-key", KEY)],
+    );
+    assert!(matches!(
+        x.on_request_headers(&engine, ok, true, &mut host),
+        Action::Continue(_)
+    ));
+}
+
+#[test]
+fn a_signed_routes_body_is_held_and_fed_to_the_watch_and_the_hash() {
+    let (engine, state) = engine();
+    let mut host = TestHost::new();
+    let body = b"0123456789";
+    let mut x = Exchange::new();
+    let sig = signed(body, NOW, "nonce-watch-aaaaaaaaaaa");
+    x.on_request_headers(
+        &engine,
+        with(request("POST", "/pay", &[]), &sig),
+        false,
+        &mut host,
+    );
+    assert_eq!(x.body_mode(), BodyMode::Held);
+    assert!(matches!(
+        x.on_request_body(&engine, &body[..4], false, &mut host),
+        Action::Pause
+    ));
+    let a = x.on_request_body(&engine, &body[4..], true, &mut host);
+    assert!(matches!(a, Action::Continue(_)), "{a:?}");
+    assert!(nonce_recorded(&state, "nonce-watch-aaaaaaaaaaa"));
+}
+
+fn upload_engine() -> Engine {
+    let json = r#"{
+      "signature": {"secrets": [{"id": "primary", "env": "S"}]},
+      "policies": [
+        {"name": "uploads", "match": {"path_prefix": "/uploads"}, "signature": false,
+         "upload": {"allowed_extensions": ["mp3"]}},
+        {"name": "signed-uploads", "match": {"path_prefix": "/signed-uploads"},
+         "upload": {"allowed_extensions": ["mp3"]}}
+      ]
+    }"#;
+    engine_of(json).0
+}
+
+fn multipart(content: &[u8]) -> Vec<u8> {
+    let mut b =
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.mp3\"\r\n\r\n".to_vec();
+    b.extend_from_slice(content);
+    b.extend_from_slice(b"\r\n--XyZ--\r\n");
+    b
+}
+
+#[test]
+fn an_unsigned_upload_streams_each_chunk_on_and_is_refused_at_the_chunk_that_fails() {
+    let engine = upload_engine();
+    let mut host = TestHost::new();
+    let ct = ("content-type", "multipart/form-data; boundary=XyZ");
+    let mut x = Exchange::new();
+    let a = x.on_request_headers(
+        &engine,
+        request("POST", "/uploads", &[ct]),
+        false,
+        &mut host,
+    );
+    assert!(matches!(a, Action::Continue(_)));
+    assert_eq!(x.body_mode(), BodyMode::Streamed);
+    let body = multipart(&[b"ID3\x04".as_slice(), &[0u8; 4000]].concat());
+    for piece in body.chunks(100) {
+        let a = x.on_request_body(&engine, piece, false, &mut host);
+        assert!(matches!(a, Action::Continue(_)), "{a:?}");
+    }
+    let a = x.on_request_body(&engine, &[], true, &mut host);
+    assert!(matches!(a, Action::Continue(_)));
+
+    let mut x = Exchange::new();
+    x.on_request_headers(
+        &engine,
+        request("POST", "/uploads", &[ct]),
+        false,
+        &mut host,
+    );
+    let body = multipart(&[b"MZ\x90\x00".as_slice(), &[0u8; 4000]].concat());
+    let mut chunks = body.chunks(600);
+    let first = x.on_request_body(&engine, chunks.next().unwrap(), false, &mut host);
+    assert!(
+        matches!(first, Action::Continue(_)),
+        "the window is not full yet"
+    );
+    let second = x.on_request_body(&engine, chunks.next().unwrap(), false, &mut host);
+    assert_eq!(code(&second), "content_mismatch");
+    assert!(x.answered());
+
+    // A truncated multipart is refused where the body ends.
+    let mut x = Exchange::new();
+    x.on_request_headers(
+        &engine,
+        request("POST", "/uploads", &[ct]),
+        false,
+        &mut host,
+    );
+    let body = multipart(b"ID3\x04");
+    x.on_request_body(&engine, &body[..body.len() - 6], false, &mut host);
+    assert_eq!(
+        code(&x.on_request_trailers(&engine, &mut host)),
+        "malformed_multipart"
+    );
+
+    // No body at all.
+    let mut x = Exchange::new();
+    let a = x.on_request_headers(&engine, request("POST", "/uploads", &[ct]), true, &mut host);
+    assert_eq!(code(&a), "malformed_multipart");
+
+    // A bad name in a raw upload's Content-Disposition: refused from the headers.
+    let mut x = Exchange::new();
+    let raw = [
+        ("content-type", "audio/mpeg"),
+        ("content-disposition", "attachment; filename=\"../a.mp3\""),
+    ];
+    let a = x.on_request_headers(&engine, request("PUT", "/uploads", &raw), false, &mut host);
+    assert_eq!(code(&a), "invalid_file_name");
+}
+
+#[test]
+fn a_signed_upload_is_read_while_held_and_a_refused_one_does_not_spend_its_nonce() {
+    let engine = upload_engine();
+    let mut host = TestHost::new();
+    let ct = (
+        "content-type".to_string(),
+        "multipart/form-data; boundary=XyZ".to_string(),
+    );
+    let spoofed = multipart(b"MZ\x90\x00");
+    let mut sig = signed(&spoofed, NOW, "nonce-upload-0123456789");
+    sig.push(ct.clone());
+    let mut x = Exchange::new();
+    let a = x.on_request_headers(
+        &engine,
+        with(request("POST", "/signed-uploads", &[]), &sig),
+        false,
+        &mut host,
+    );
+    assert!(matches!(a, Action::Pause));
+    assert_eq!(x.body_mode(), BodyMode::Held);
+    assert_eq!(
+        code(&x.on_request_body(&engine, &spoofed, true, &mut host)),
+        "content_mismatch"
+    );
+    let good = multipart(b"ID3\x04");
+    let mut sig = signed(&good, NOW, "nonce-upload-0123456789");
+    sig.push(ct);
+    let mut x = Exchange::new();
+    x.on_request_headers(
+        &engine,
+        with(request("POST", "/signed-uploads", &[]), &sig),
+        false,
+        &mut host,
+    );
+    let a = x.on_request_body(&engine, &good, true, &mut host);
+    assert!(edits(a)
+        .iter()
+        .any(|(n, v)| n == "x-edge-warden-key-id" && v.as_deref() == Some("primary")));
+}

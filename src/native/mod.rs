@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::checks::ip;
 use crate::config::Config;
 use crate::engine::{
-    Action, Engine, Exchange, Host, LocalReply, LocalState, Metric, ResponseAction,
+    Action, BodyMode, Engine, Exchange, Host, LocalReply, LocalState, Metric, ResponseAction,
 };
 use crate::reject::{self, Reject};
 use crate::remote::{self, Call, Unavailable};
@@ -303,11 +303,11 @@ impl Filter {
         stream: &Stream,
         end_of_stream: bool,
     ) -> (BodyStatus, Option<LocalReply>) {
-        let (wants, answered, calling) = {
+        let (mode, answered, calling) = {
             let x = self.exchange.borrow();
-            (x.wants_body(), x.answered(), x.calling())
+            (x.body_mode(), x.answered(), x.calling())
         };
-        if !wants {
+        if mode == BodyMode::Ignore {
             let status = if answered {
                 BodyStatus::StopIterationNoBuffer
             } else if calling {
@@ -325,12 +325,20 @@ impl Filter {
                 "body",
             );
             let mut last = None;
-            let mut seen = self.read.get();
+            // Held: Envoy buffers the body, and a resumed earlier filter may hand over the
+            // buffered bytes again; skip those already seen. Streamed: nothing is buffered,
+            // every byte this hook brings is new.
+            let mut seen = match mode {
+                BodyMode::Held => self.read.get(),
+                _ => 0,
+            };
             stream.new_request_body(seen, &mut |slice| {
                 if last.is_none() {
                     seen += slice.len();
                     match x.on_request_body(engine, slice, false, host) {
                         Action::Pause => {}
+                        // Streamed on: the next slice is fed too.
+                        Action::Continue(edits) if edits.is_empty() => {}
                         other => last = Some(other),
                     }
                 }
@@ -338,8 +346,9 @@ impl Filter {
             self.read.set(seen);
             match last {
                 Some(decided) => decided,
-                None if end_of_stream => x.on_request_body(engine, &[], true, host),
-                None => Action::Pause,
+                // What the phase does with this hook's end: wait, stream on, or (at the end of
+                // the stream) verify.
+                None => x.on_request_body(engine, &[], end_of_stream, host),
             }
         });
         match self.carry(stream, action) {

@@ -525,6 +525,11 @@ impl Envoy {
         Ok(envoy)
     }
 
+    /// Envoy's process id (the `.venv/bin/envoy` launcher execs Envoy, keeping its pid).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn port_of(&self, listener: &str) -> u16 {
         self.ports
             .iter()

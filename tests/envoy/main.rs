@@ -13,6 +13,8 @@ mod packaging;
 mod ratelimit;
 mod reload;
 mod replay_cache;
+mod shape;
 mod signature;
 mod tls;
 mod tooling;
+mod uploads;

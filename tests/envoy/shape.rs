@@ -1,0 +1,283 @@
+//! Request shape (`policies[i].request`) and the streaming body mode, through a real Envoy.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::harness::{Envoy, Options, Signed, SECRET};
+
+const CONFIG: &str = r#"{
+  "signature": {"secrets": [{"id": "primary", "env": "HMAC_SHARED_SECRET"}]},
+  "max_body_bytes": 1024,
+  "policies": [
+    {"name": "admin", "match": {"path_prefix": "/admin"}, "signature": false,
+     "ip": {"allow": ["10.0.0.0/8"]}},
+    {"name": "devices", "match": {"path_prefix": "/devices"}, "signature": false,
+     "request": {"methods": ["GET", "POST"], "content_types": ["application/json"],
+                 "required_headers": [{"name": "x-device-id", "pattern": "^[A-Za-z0-9_-]{1,64}$"}]}},
+    {"name": "uploads", "match": {"path_prefix": "/uploads"}, "signature": false,
+     "request": {"methods": ["PUT", "POST"], "max_body_bytes": 4096}},
+    {"name": "bulk", "match": {"path_prefix": "/bulk"}, "signature": false,
+     "request": {"max_body_bytes": 104857600}},
+    {"name": "signed", "match": {"path_prefix": "/signed"}, "request": {"max_body_bytes": 100}},
+    {"name": "open", "signature": false}
+  ]
+}"#;
+
+fn envoy() -> Envoy {
+    Envoy::start(Options::with_config(CONFIG))
+}
+
+/// A GET with a raw request target and extra raw header lines, as bytes no client library
+/// would send; returns the status and the rejection code (`-` for none, e.g. Envoy's own 400).
+fn raw_get(envoy: &Envoy, target: &[u8], headers: &[u8]) -> (u16, String, String) {
+    let mut request = b"GET ".to_vec();
+    request.extend_from_slice(target);
+    request.extend_from_slice(b" HTTP/1.1\r\nhost: x\r\n");
+    request.extend_from_slice(headers);
+    request.extend_from_slice(b"connection: close\r\n\r\n");
+    let answer = envoy.raw(&[&request], Duration::ZERO);
+    parse(&answer)
+}
+
+/// Status, rejection code and the whole answer.
+fn parse(answer: &str) -> (u16, String, String) {
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let code = answer
+        .split("\"code\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or("-")
+        .to_string();
+    (status, code, answer.to_string())
+}
+
+/// A chunked POST without content-length: the head, then one part per piece, then (if
+/// `terminate`) the last chunk.
+fn chunked(path: &str, extra: &str, pieces: &[&[u8]], terminate: bool) -> Vec<Vec<u8>> {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n{extra}\
+         connection: close\r\n\r\n"
+    );
+    let mut parts = vec![head.into_bytes()];
+    for piece in pieces {
+        let mut chunk = format!("{:x}\r\n", piece.len()).into_bytes();
+        chunk.extend_from_slice(piece);
+        chunk.extend_from_slice(b"\r\n");
+        parts.push(chunk);
+    }
+    if terminate {
+        parts.push(b"0\r\n\r\n".to_vec());
+    }
+    parts
+}
+
+fn send_parts(envoy: &Envoy, parts: &[Vec<u8>]) -> String {
+    let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    // Pauses between the parts, so each reaches the filter in a callback of its own.
+    envoy.raw(&parts, Duration::from_millis(50))
+}
+
+/// A counter of the upstream cluster (`cluster.demo_upstream.NAME`).
+fn upstream_stat(envoy: &Envoy, name: &str) -> u64 {
+    let full = format!("cluster.demo_upstream.{name}");
+    let (_, text) = envoy.admin(&format!("/stats?filter={full}$"));
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{full}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Upstream connections Envoy closed while a request on them was still in flight.
+fn upstream_resets(envoy: &Envoy) -> u64 {
+    upstream_stat(envoy, "upstream_cx_destroy_local_with_active_rq")
+}
+
+const DEVICE: (&str, &str) = ("x-device-id", "dev_42-a");
+
+#[test]
+fn a_method_the_route_does_not_accept_gets_405_with_allow() {
+    let envoy = envoy();
+    let r = envoy.request("GET", "/devices/1", &[DEVICE], b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    for method in ["DELETE", "PUT", "PATCH", "OPTIONS"] {
+        let r = envoy.request(method, "/devices/1", &[DEVICE], b"");
+        assert_eq!(
+            (r.status, r.code()),
+            (405, "method_not_allowed".into()),
+            "{method}"
+        );
+        assert_eq!(r.header("allow"), Some("GET, POST"), "{method}");
+    }
+}
+
+#[test]
+fn a_body_of_another_media_type_gets_415() {
+    let envoy = envoy();
+    let json = |ct: &'static str| vec![DEVICE, ("content-type", ct)];
+    // Case and parameters do not matter.
+    for ct in ["application/json", "Application/JSON; charset=utf-8"] {
+        let r = envoy.request("POST", "/devices", &json(ct), b"{}");
+        assert_eq!(r.status, 200, "{ct}: {}", String::from_utf8_lossy(&r.body));
+    }
+    for ct in [
+        "text/plain",
+        "application/jsonx",
+        "application/xml; a=application/json",
+    ] {
+        let r = envoy.request("POST", "/devices", &json(ct), b"{}");
+        assert_eq!(
+            (r.status, r.code()),
+            (415, "unsupported_media_type".into()),
+            "{ct}"
+        );
+        assert_eq!(r.header("accept"), Some("application/json"));
+    }
+    // A body without a Content-Type is refused; a request without a body needs none.
+    let r = envoy.request("POST", "/devices", &[DEVICE], b"{}");
+    assert_eq!((r.status, r.code()), (415, "unsupported_media_type".into()));
+    assert_eq!(
+        envoy.request("POST", "/devices", &[DEVICE], b"").status,
+        200
+    );
+    assert_eq!(envoy.request("GET", "/devices", &[DEVICE], b"").status, 200);
+}
+
+#[test]
+fn a_missing_or_malformed_required_header_is_400_naming_it_never_quoting_it() {
+    let envoy = envoy();
+    let r = envoy.request("GET", "/devices", &[], b"");
+    assert_eq!((r.status, r.code()), (400, "missing_header".into()));
+    assert!(r.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("x-device-id"));
+    let r = envoy.request("GET", "/devices", &[("x-device-id", "")], b"");
+    assert_eq!((r.status, r.code()), (400, "missing_header".into()));
+
+    let long = "a".repeat(65);
+    for hostile in [
+        "<script>alert(1)</script>",
+        "' OR 1=1 --",
+        "dev 42",
+        "dev42;rm -rf",
+        long.as_str(),
+    ] {
+        let r = envoy.request("GET", "/devices", &[("x-device-id", hostile)], b"");
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid_header".into()),
+            "{hostile}"
+        );
+        let text = String::from_utf8_lossy(&r.body);
+        assert!(text.contains("x-device-id"), "{text}");
+        assert!(!text.contains(hostile), "the value is echoed: {text}");
+        assert!(r.headers.iter().all(|(_, v)| !v.contains(hostile)));
+    }
+    // Two copies are ambiguous (which one would the upstream read?).
+    let (status, code, _) = raw_get(
+        &envoy,
+        b"/devices",
+        b"x-device-id: good1\r\nx-device-id: good2\r\n",
+    );
+    assert_eq!((status, code.as_str()), (400, "invalid_header"));
+    let r = envoy.request("GET", "/devices", &[("x-device-id", &"b".repeat(64))], b"");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn a_declared_length_over_the_limit_is_413_before_any_byte_is_sent() {
+    let envoy = envoy();
+    // The headers alone, no body byte follows: the answer comes anyway.
+    let head = b"POST /uploads HTTP/1.1\r\nhost: x\r\ncontent-length: 4097\r\n\r\n";
+    let (status, code, answer) = parse(&envoy.raw(&[head], Duration::ZERO));
+    assert_eq!((status, code.as_str()), (413, "body_too_large"), "{answer}");
+    assert!(answer.contains("4096 bytes"), "{answer}");
+    // Exactly the limit passes, in full.
+    let body = vec![b'u'; 4096];
+    let r = envoy.request("POST", "/uploads", &[], &body);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_length"], 4096);
+}
+
+#[test]
+fn a_chunked_body_is_counted_as_it_streams_and_cut_at_the_limit() {
+    let envoy = envoy();
+    let piece: &[u8] = &[b'c'; 1000];
+    // 4000 bytes in four callbacks: under the limit of 4096 only if each byte is counted once.
+    let answer = send_parts(&envoy, &chunked("/uploads", "", &[piece; 4], true));
+    let (status, _, answer) = parse(&answer);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"body_length\": 4000"), "{answer}");
+    assert!(
+        answer.contains(&hex::encode(Sha256::digest([b'c'; 4000]))),
+        "{answer}"
+    );
+    assert_eq!(upstream_resets(&envoy), 0);
+
+    // The fifth piece crosses the limit: 413 mid-stream, though the upstream has had the
+    // headers and the first 4000 bytes; Envoy closes that upstream connection with the
+    // request unfinished.
+    let sent_before = upstream_stat(&envoy, "upstream_cx_tx_bytes_total");
+    let answer = send_parts(&envoy, &chunked("/uploads", "", &[piece; 6], true));
+    let (status, code, answer) = parse(&answer);
+    assert_eq!((status, code.as_str()), (413, "body_too_large"), "{answer}");
+    assert!(
+        !answer.contains("body_length"),
+        "the upstream answered: {answer}"
+    );
+    assert_eq!(upstream_resets(&envoy), 1);
+    let sent = upstream_stat(&envoy, "upstream_cx_tx_bytes_total") - sent_before;
+    assert!((4000..5000).contains(&sent), "{sent} bytes went upstream");
+}
+
+#[test]
+fn a_streamed_body_larger_than_envoys_buffer_passes_without_being_buffered() {
+    let mut opts = Options::with_config(CONFIG);
+    opts.buffer_limit = Some(1_048_576);
+    let envoy = Envoy::start(opts);
+    // 8 MiB through a 1 MiB connection buffer: only possible if nothing holds the body.
+    let body: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let r = envoy.request("POST", "/bulk", &[], &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["body_length"], body.len());
+    assert_eq!(r.json()["body_sha256"], hex::encode(Sha256::digest(&body)));
+    // Chunked, in 64 KiB pieces, too.
+    let pieces: Vec<&[u8]> = body.chunks(64 * 1024).collect();
+    let parts = chunked("/bulk", "", &pieces, true);
+    let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    let (status, _, answer) = parse(&envoy.raw(&parts, Duration::ZERO));
+    assert_eq!(status, 200, "{}", &answer[..answer.len().min(400)]);
+    assert!(answer.contains(&hex::encode(Sha256::digest(&body))));
+}
+
+#[test]
+fn on_a_signed_route_the_smaller_of_the_two_limits_wins() {
+    let envoy = envoy();
+    // request.max_body_bytes 100 under the buffered max_body_bytes 1024.
+    let r = envoy.signed("POST", "/signed", &[b's'; 100]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = envoy.signed("POST", "/signed", &[b's'; 101]);
+    assert_eq!((r.status, r.code()), (413, "body_too_large".into()));
+    assert!(r.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("100 bytes"));
+    // Chunked, no length: cut as it arrives (the body is held for the signature here).
+    let body = [b's'; 150];
+    let s = Signed::new(SECRET, &body);
+    let extra = format!(
+        "x-request-signature: {}\r\nx-request-timestamp: {}\r\nx-request-nonce: {}\r\n",
+        s.signature, s.timestamp, s.nonce
+    );
+    let answer = send_parts(
+        &envoy,
+        &chunked("/signed", &extra, &[&body[..75], &body[75..]], true),
+    );
+    let (status, code, answer) = parse(&answer);
+    assert_eq!((status, code.as_str()), (413, "body_too_large"), "{answer}");
+}
