@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 
 use crate::checks::signature::{self, Keyring, SignatureVerified, SignedRequest, Verifier};
-use crate::checks::{api_key, cors, host, ip, shape};
+use crate::checks::{api_key, cors, host, ip, path, shape};
 use crate::config::Config;
 use crate::headers::{self, RequestHeaders};
 use crate::reject::{self, Reject};
@@ -577,6 +577,18 @@ impl Exchange {
             self.edits
                 .list
                 .push((config.key_source.header.clone(), None));
+        }
+
+        // Path safety and control characters come before a policy is selected: the policy must
+        // be chosen on a path that means the same to the upstream (see `checks::path`).
+        path::check(headers.first(":path").unwrap_or_default()).map_err(Answer::Reject)?;
+        if headers
+            .iter()
+            .any(|(n, v)| n != ":path" && !path::header_value_is_clean(v))
+        {
+            return Err(Answer::Reject(Reject::InvalidCharacters {
+                part: "value of a header",
+            }));
         }
 
         let method = headers.first_str(":method").unwrap_or("");
