@@ -50,6 +50,11 @@ fn engine() -> &'static Engine {
                         "allow_methods": ["GET", "POST"], "allow_credentials": true,
                         "expose_headers": ["x-total"]}}}},
             {{"name": "both", "match": {{"path": "/both"}}, "api_key": {{}}}},
+            {{"name": "uploads", "match": {{"path_prefix": "/uploads"}}, "signature": false,
+              "request": {{"methods": ["POST", "PUT"], "content_types": ["application/json"],
+                          "max_body_bytes": 512,
+                          "required_headers": [{{"name": "x-device-id", "pattern": "^[A-Za-z0-9_-]{{1,64}}$"}}]}}}},
+            {{"name": "shaped-signed", "match": {{"path_prefix": "/shaped"}}, "request": {{"max_body_bytes": 100}}}},
             {{"name": "signed", "max_body_bytes": 65536}}
           ],
           "security_headers": {{"preset": "owasp", "headers": {{"X-Extra": {{"set": "1"}}}}}}

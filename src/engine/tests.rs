@@ -811,3 +811,57 @@ fn a_signed_routes_body_is_held_and_fed_to_the_watch_and_the_hash() {
     assert!(matches!(a, Action::Continue(_)), "{a:?}");
     assert!(nonce_recorded(&state, "nonce-watch-aaaaaaaaaaa"));
 }
+
+#[test]
+fn a_body_held_for_a_state_call_is_counted_and_then_streams_on() {
+    let json = config_json()
+        .replacen(
+            "\"policies\": [",
+            r#""policies": [
+        {"name": "uploads", "match": {"path_prefix": "/uploads"}, "signature": false,
+         "api_key": {}, "request": {"max_body_bytes": 10}},"#,
+            1,
+        )
+        .replacen(
+            "\"policies\"",
+            r#""remote_state": {"cluster": "state"}, "policies""#,
+            1,
+        );
+    let (engine, _) = engine_of(&json);
+    let mut host = TestHost::new();
+    let head = request("POST", "/uploads", &[("x-api-key", KEY)]);
+
+    // Held while the fleet is asked: the bytes count, and the answer lets the rest stream.
+    let mut x = Exchange::new();
+    expect_call(x.on_request_headers(&engine, head.clone(), false, &mut host));
+    assert_eq!(x.body_mode(), BodyMode::Held);
+    assert!(matches!(
+        x.on_request_body(&engine, b"123456", false, &mut host),
+        Action::Pause
+    ));
+    assert!(matches!(
+        x.on_state_answer(&engine, admit(0, false), &mut host),
+        Action::Continue(_)
+    ));
+    assert_eq!(x.body_mode(), BodyMode::Streamed);
+    assert!(matches!(
+        x.on_request_body(&engine, b"7890", false, &mut host),
+        Action::Continue(_)
+    ));
+    assert_eq!(
+        code(&x.on_request_body(&engine, b"x", true, &mut host)),
+        "body_too_large"
+    );
+
+    // Over the limit while the call is out: refused at once; the late answer changes nothing.
+    let mut x = Exchange::new();
+    expect_call(x.on_request_headers(&engine, head, false, &mut host));
+    assert_eq!(
+        code(&x.on_request_body(&engine, b"12345678901", false, &mut host)),
+        "body_too_large"
+    );
+    assert!(matches!(
+        x.on_state_answer(&engine, admit(0, false), &mut host),
+        Action::Pause
+    ));
+}
