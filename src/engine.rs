@@ -440,11 +440,53 @@ impl Exchange {
         end_of_stream: bool,
         host: &mut dyn Host,
     ) -> Action {
+        self.body_arrived(engine, Chunk::Bytes(chunk), end_of_stream, host)
+    }
+
+    /// Body bytes arrived, of which only the number matters ([`Exchange::wants_body_bytes`]
+    /// is false): an adapter that must copy bytes out of the host skips the copy.
+    pub fn on_request_body_length(
+        &mut self,
+        engine: &Engine,
+        length: usize,
+        end_of_stream: bool,
+        host: &mut dyn Host,
+    ) -> Action {
+        self.body_arrived(engine, Chunk::Length(length), end_of_stream, host)
+    }
+
+    /// Whether the body's bytes are needed (a signature to hash, an inspector to feed), or only
+    /// how many there are (a size limit alone).
+    pub fn wants_body_bytes(&self) -> bool {
+        matches!(self.phase, Phase::Verifying { .. })
+            || self.body.as_ref().is_some_and(BodyWatch::inspects)
+    }
+
+    fn body_arrived(
+        &mut self,
+        engine: &Engine,
+        chunk: Chunk,
+        end_of_stream: bool,
+        host: &mut dyn Host,
+    ) -> Action {
         if self.answered() {
             return Action::Pause;
         }
+        let bytes = match chunk {
+            Chunk::Bytes(bytes) => Some(bytes),
+            Chunk::Length(_) if self.wants_body_bytes() => {
+                // An adapter bug, not a client's doing: fail closed.
+                log::error!("edge-warden: body bytes were needed but only a length came");
+                return self.reject(engine, Reject::Internal, host);
+            }
+            Chunk::Length(_) => None,
+        };
         if let Some(watch) = &mut self.body {
-            let fed = watch.feed(chunk).and_then(|()| {
+            let fed = match bytes {
+                Some(bytes) => watch.feed(bytes),
+                None => watch.count(chunk.len()),
+            };
+            let fed = fed.and_then(|()| {
                 if end_of_stream {
                     watch.finish()
                 } else {
@@ -463,7 +505,7 @@ impl Exchange {
             // The held request goes on only once the answer is in.
             Phase::Answered | Phase::Calling(_) => Action::Pause,
             Phase::Verifying { verifier, .. } => {
-                verifier.update(chunk);
+                verifier.update(bytes.unwrap_or_default());
                 if end_of_stream {
                     self.end_of_body(engine, host)
                 } else {
@@ -1029,6 +1071,22 @@ impl Exchange {
 /// added (the body limit now; inspectors such as an upload check with [`BodyWatch::with`]).
 fn body_watch(policy: &crate::config::Policy) -> BodyWatch {
     BodyWatch::new(policy.body_limit())
+}
+
+/// What an adapter hands over of a body chunk.
+#[derive(Clone, Copy)]
+enum Chunk<'a> {
+    Bytes(&'a [u8]),
+    Length(usize),
+}
+
+impl Chunk<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Bytes(bytes) => bytes.len(),
+            Chunk::Length(length) => *length,
+        }
+    }
 }
 
 /// How a request that passed its header checks goes on.

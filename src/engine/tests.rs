@@ -865,3 +865,40 @@ fn a_body_held_for_a_state_call_is_counted_and_then_streams_on() {
         Action::Pause
     ));
 }
+
+#[test]
+fn a_size_limit_alone_needs_only_lengths_and_a_signature_needs_bytes() {
+    let (engine, _) = shaped_engine();
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    let head = request(
+        "POST",
+        "/uploads",
+        &[("x-device-id", "dev1"), ("x-api-key", KEY)],
+    );
+    x.on_request_headers(&engine, head, false, &mut host);
+    assert!(!x.wants_body_bytes());
+    assert!(matches!(
+        x.on_request_body_length(&engine, 10, false, &mut host),
+        Action::Continue(_)
+    ));
+    assert_eq!(
+        code(&x.on_request_body_length(&engine, 1, true, &mut host)),
+        "body_too_large"
+    );
+
+    // A signed body must come as bytes; a length alone is refused, never passed unverified.
+    let mut x = Exchange::new();
+    let sig = signed(b"abc", NOW, "nonce-length-aaaaaaaaaa");
+    x.on_request_headers(
+        &engine,
+        with(request("POST", "/pay", &[]), &sig),
+        false,
+        &mut host,
+    );
+    assert!(x.wants_body_bytes());
+    assert_eq!(
+        code(&x.on_request_body_length(&engine, 3, true, &mut host)),
+        "internal_error"
+    );
+}
