@@ -436,9 +436,9 @@ fn traversal_in_every_disguise_is_refused_with_envoys_normalisation_off() {
 #[test]
 fn control_characters_in_header_values_never_reach_the_upstream() {
     let envoy = envoy();
-    // Envoy's HTTP/1 codec refuses every control character but TAB in a header value before
-    // a filter runs (edge-warden's own check, unit-tested in checks::path, is the second line
-    // for other codecs); TAB is a legal field value character and passes.
+    // Envoy's codecs refuse every control character but TAB in a header value before a filter
+    // runs, so none reaches edge-warden's own check (unit-tested in checks::path, the second
+    // line); TAB is a legal field value character and passes.
     for value in [&b"a\x00b"[..], b"a\x01b", b"a\x1bb", b"a\x7fb", b"a\x0bb"] {
         let mut line = b"x-note: ".to_vec();
         line.extend_from_slice(value);
@@ -448,4 +448,21 @@ fn control_characters_in_header_values_never_reach_the_upstream() {
     }
     let (status, _, answer) = raw_get(&envoy, b"/open", b"x-note: a\tb\r\n");
     assert_eq!(status, 200, "{answer}");
+
+    // Over HTTP/2 (h2c, prior knowledge) Envoy's codec resets the stream: no response at all
+    // (curl reports 000), neither the upstream's nor edge-warden's.
+    let h2 = |value: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--http2-prior-knowledge", "-o", "/dev/null"])
+            .args(["-w", "%{http_code} %{http_version}", "-H"])
+            .arg(format!("x-note: {value}"))
+            .arg(format!("http://127.0.0.1:{}/open/x", envoy.port))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for value in ["a\x01b", "a\x1bb", "a\x7fb"] {
+        assert_eq!(h2(value), "000 0", "{value:?}");
+    }
+    assert_eq!(h2("a\tb"), "200 2");
 }
