@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use crate::checks::signature::{self, Keyring, SignatureVerified, SignedRequest, Verifier};
 use crate::checks::upload::{self, UploadInspector};
-use crate::checks::{api_key, cors, host, ip, shape};
+use crate::checks::{api_key, cors, host, ip, path, shape};
 use crate::config::Config;
 use crate::headers::{self, RequestHeaders};
 use crate::idempotency::{self, Begun, Fingerprint, PolicyIdempotency, StoredResponse, Table};
@@ -623,11 +623,53 @@ impl Exchange {
         end_of_stream: bool,
         host: &mut dyn Host,
     ) -> Action {
+        self.body_arrived(engine, Chunk::Bytes(chunk), end_of_stream, host)
+    }
+
+    /// Body bytes arrived, of which only the number matters ([`Exchange::wants_body_bytes`]
+    /// is false): an adapter that must copy bytes out of the host skips the copy.
+    pub fn on_request_body_length(
+        &mut self,
+        engine: &Engine,
+        length: usize,
+        end_of_stream: bool,
+        host: &mut dyn Host,
+    ) -> Action {
+        self.body_arrived(engine, Chunk::Length(length), end_of_stream, host)
+    }
+
+    /// Whether the body's bytes are needed (a signature to hash, an inspector to feed), or only
+    /// how many there are (a size limit alone).
+    pub fn wants_body_bytes(&self) -> bool {
+        matches!(self.phase, Phase::Verifying { .. } | Phase::Reading { .. })
+            || self.body.as_ref().is_some_and(BodyWatch::inspects)
+    }
+
+    fn body_arrived(
+        &mut self,
+        engine: &Engine,
+        chunk: Chunk,
+        end_of_stream: bool,
+        host: &mut dyn Host,
+    ) -> Action {
         if self.answered() {
             return Action::Pause;
         }
+        let bytes = match chunk {
+            Chunk::Bytes(bytes) => Some(bytes),
+            Chunk::Length(_) if self.wants_body_bytes() => {
+                // An adapter bug, not a client's doing: fail closed.
+                log::error!("edge-warden: body bytes were needed but only a length came");
+                return self.reject(engine, Reject::Internal, host);
+            }
+            Chunk::Length(_) => None,
+        };
         if let Some(watch) = &mut self.body {
-            let fed = watch.feed(chunk).and_then(|()| {
+            let fed = match bytes {
+                Some(bytes) => watch.feed(bytes),
+                None => watch.count(chunk.len()),
+            };
+            let fed = fed.and_then(|()| {
                 if end_of_stream {
                     watch.finish()
                 } else {
@@ -646,9 +688,10 @@ impl Exchange {
             // The held request goes on only once the answer is in.
             Phase::Answered | Phase::Calling(_) => Action::Pause,
             Phase::Verifying { verifier, .. } => {
-                verifier.update(chunk);
+                let bytes = bytes.unwrap_or_default();
+                verifier.update(bytes);
                 if let Some(digest) = self.body_digest.as_mut() {
-                    digest.update(chunk);
+                    digest.update(bytes);
                 }
                 if end_of_stream {
                     self.end_of_body(engine, host)
@@ -663,7 +706,7 @@ impl Exchange {
                     return self.reject(engine, Reject::BodyTooLarge { limit }, host);
                 }
                 if let Some(digest) = self.body_digest.as_mut() {
-                    digest.update(chunk);
+                    digest.update(bytes.unwrap_or_default());
                 }
                 if end_of_stream {
                     self.end_of_body(engine, host)
@@ -875,6 +918,18 @@ impl Exchange {
             self.edits
                 .list
                 .push((config.key_source.header.clone(), None));
+        }
+
+        // Path safety and control characters come before a policy is selected: the policy must
+        // be chosen on a path that means the same to the upstream (see `checks::path`).
+        path::check(headers.first(":path").unwrap_or_default()).map_err(Answer::Reject)?;
+        if headers
+            .iter()
+            .any(|(n, v)| n != ":path" && !path::header_value_is_clean(v))
+        {
+            return Err(Answer::Reject(Reject::InvalidCharacters {
+                part: "value of a header",
+            }));
         }
 
         let method = headers.first_str(":method").unwrap_or("");
@@ -1541,6 +1596,22 @@ impl BodyInspector for UploadInspector {
 
     fn finish(&mut self) -> Result<(), Reject> {
         UploadInspector::finish(self)
+    }
+}
+
+/// What an adapter hands over of a body chunk.
+#[derive(Clone, Copy)]
+enum Chunk<'a> {
+    Bytes(&'a [u8]),
+    Length(usize),
+}
+
+impl Chunk<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Bytes(bytes) => bytes.len(),
+            Chunk::Length(length) => *length,
+        }
     }
 }
 

@@ -271,6 +271,20 @@ impl HttpContext for Stream {
             BodyMode::Held => self.read,
             BodyMode::Streamed => 0,
         };
+        let mut host = WasmHost { shared: &shared };
+        if !self.exchange.wants_body_bytes() {
+            // A size limit alone: the length is enough, so the bytes stay in Envoy (no copy
+            // into the VM, no host call).
+            let length = body_size.saturating_sub(seen);
+            self.read = seen + length;
+            let action = self.exchange.on_request_body_length(
+                &shared.engine,
+                length,
+                end_of_stream,
+                &mut host,
+            );
+            return self.act(&shared, action, MapType::HttpRequestHeaders);
+        }
         let chunk = if body_size > seen {
             match hostcalls::get_buffer(BufferType::HttpRequestBody, seen, body_size - seen) {
                 Ok(chunk) => chunk.unwrap_or_default(),
@@ -281,7 +295,6 @@ impl HttpContext for Stream {
             Vec::new()
         };
         self.read = seen + chunk.len();
-        let mut host = WasmHost { shared: &shared };
         let action =
             self.exchange
                 .on_request_body(&shared.engine, &chunk, end_of_stream, &mut host);

@@ -64,6 +64,11 @@ fn engine() -> &'static Engine {
                           "max_files": 2, "max_parts": 4, "max_part_header_bytes": 256}}}},
             {{"name": "signed-uploads", "match": {{"path_prefix": "/signed-uploads"}},
               "max_body_bytes": 8192, "upload": {{"allowed_extensions": ["wav"]}}}},
+            {{"name": "streamed", "match": {{"path_prefix": "/streamed"}}, "signature": false,
+              "request": {{"methods": ["POST", "PUT"], "content_types": ["application/json"],
+                          "max_body_bytes": 512,
+                          "required_headers": [{{"name": "x-device-id", "pattern": "^[A-Za-z0-9_-]{{1,64}}$"}}]}}}},
+            {{"name": "shaped-signed", "match": {{"path_prefix": "/shaped"}}, "request": {{"max_body_bytes": 100}}}},
             {{"name": "signed", "max_body_bytes": 65536}}
           ],
           "security_headers": {{"preset": "owasp", "headers": {{"X-Extra": {{"set": "1"}}}}}}

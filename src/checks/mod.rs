@@ -4,6 +4,7 @@ pub mod api_key;
 pub mod cors;
 pub mod host;
 pub mod ip;
+pub mod path;
 pub mod response_headers;
 pub mod shape;
 pub mod signature;

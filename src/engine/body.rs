@@ -52,14 +52,23 @@ impl BodyWatch {
         self.received
     }
 
+    /// Whether an inspector needs the bytes (else only their number matters).
+    pub fn inspects(&self) -> bool {
+        !self.inspectors.is_empty()
+    }
+
+    /// `length` more bytes, when only their number matters ([`BodyWatch::inspects`] is false).
+    pub fn count(&mut self, length: usize) -> Result<(), Reject> {
+        self.received = self.received.saturating_add(length as u64);
+        match self.limit {
+            Some(limit) if self.received > limit => Err(Reject::BodyTooLarge { limit }),
+            _ => Ok(()),
+        }
+    }
+
     /// One chunk of the body, only what is new since the last call.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), Reject> {
-        self.received = self.received.saturating_add(chunk.len() as u64);
-        if let Some(limit) = self.limit {
-            if self.received > limit {
-                return Err(Reject::BodyTooLarge { limit });
-            }
-        }
+        self.count(chunk.len())?;
         if chunk.is_empty() {
             return Ok(());
         }
@@ -131,6 +140,15 @@ mod tests {
         assert_eq!(&*fed.borrow(), b"abcd");
         assert_eq!(finished.get(), 1);
         assert_eq!(watch.feed(b"!"), Err(Reject::Internal));
+    }
+
+    #[test]
+    fn counting_lengths_enforces_the_same_limit() {
+        let mut watch = BodyWatch::new(Some(10));
+        assert!(!watch.inspects());
+        assert_eq!(watch.count(6), Ok(()));
+        assert_eq!(watch.feed(b"1234"), Ok(()));
+        assert_eq!(watch.count(1), Err(Reject::BodyTooLarge { limit: 10 }));
     }
 
     #[test]

@@ -1183,3 +1183,94 @@ fn a_signed_upload_is_read_while_held_and_a_refused_one_does_not_spend_its_nonce
         .iter()
         .any(|(n, v)| n == "x-edge-warden-key-id" && v.as_deref() == Some("primary")));
 }
+
+#[test]
+fn a_body_held_for_a_state_call_is_counted_and_then_streams_on() {
+    let json = config_json()
+        .replacen(
+            "\"policies\": [",
+            r#""policies": [
+        {"name": "uploads", "match": {"path_prefix": "/uploads"}, "signature": false,
+         "api_key": {}, "request": {"max_body_bytes": 10}},"#,
+            1,
+        )
+        .replacen(
+            "\"policies\"",
+            r#""remote_state": {"cluster": "state"}, "policies""#,
+            1,
+        );
+    let (engine, _) = engine_of(&json);
+    let mut host = TestHost::new();
+    let head = request("POST", "/uploads", &[("x-api-key", KEY)]);
+
+    // Held while the fleet is asked: the bytes count, and the answer lets the rest stream.
+    let mut x = Exchange::new();
+    expect_call(x.on_request_headers(&engine, head.clone(), false, &mut host));
+    assert_eq!(x.body_mode(), BodyMode::Held);
+    assert!(matches!(
+        x.on_request_body(&engine, b"123456", false, &mut host),
+        Action::Pause
+    ));
+    assert!(matches!(
+        x.on_state_answer(&engine, admit(0, false), &mut host),
+        Action::Continue(_)
+    ));
+    assert_eq!(x.body_mode(), BodyMode::Streamed);
+    assert!(matches!(
+        x.on_request_body(&engine, b"7890", false, &mut host),
+        Action::Continue(_)
+    ));
+    assert_eq!(
+        code(&x.on_request_body(&engine, b"x", true, &mut host)),
+        "body_too_large"
+    );
+
+    // Over the limit while the call is out: refused at once; the late answer changes nothing.
+    let mut x = Exchange::new();
+    expect_call(x.on_request_headers(&engine, head, false, &mut host));
+    assert_eq!(
+        code(&x.on_request_body(&engine, b"12345678901", false, &mut host)),
+        "body_too_large"
+    );
+    assert!(matches!(
+        x.on_state_answer(&engine, admit(0, false), &mut host),
+        Action::Pause
+    ));
+}
+
+#[test]
+fn a_size_limit_alone_needs_only_lengths_and_a_signature_needs_bytes() {
+    let (engine, _) = shaped_engine();
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    let head = request(
+        "POST",
+        "/uploads",
+        &[("x-device-id", "dev1"), ("x-api-key", KEY)],
+    );
+    x.on_request_headers(&engine, head, false, &mut host);
+    assert!(!x.wants_body_bytes());
+    assert!(matches!(
+        x.on_request_body_length(&engine, 10, false, &mut host),
+        Action::Continue(_)
+    ));
+    assert_eq!(
+        code(&x.on_request_body_length(&engine, 1, true, &mut host)),
+        "body_too_large"
+    );
+
+    // A signed body must come as bytes; a length alone is refused, never passed unverified.
+    let mut x = Exchange::new();
+    let sig = signed(b"abc", NOW, "nonce-length-aaaaaaaaaa");
+    x.on_request_headers(
+        &engine,
+        with(request("POST", "/pay", &[]), &sig),
+        false,
+        &mut host,
+    );
+    assert!(x.wants_body_bytes());
+    assert_eq!(
+        code(&x.on_request_body_length(&engine, 3, true, &mut host)),
+        "internal_error"
+    );
+}
