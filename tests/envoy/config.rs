@@ -61,6 +61,18 @@ fn envoy_refuses_an_invalid_plugin_config_and_names_the_field() {
             r#"{"signature": {"secrets": [{"id": "k", "env": "HMAC_SHARED_SECRET"}]}, "policies": [{"name": "a", "match": {"methods": ["post"]}}]}"#,
             "field `policies[0].match.methods[0]`",
         ),
+        (
+            r#"{"policies": [{"name": "a", "signature": false, "request": {"required_headers": [{"name": "x-device-id", "pattern": "([a-z"}]}}]}"#,
+            "field `policies[0].request.required_headers[0].pattern`",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": false, "idempotency": {"ttl_seconds": 0}}]}"#,
+            "field `policies[0].idempotency.ttl_seconds`: must be between 1 and 604800 seconds",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": false, "upload": {"allowed_extensions": ["exe"]}}]}"#,
+            "field `policies[0].upload.allowed_extensions[0]`",
+        ),
     ];
     for (config, expected) in cases {
         let log = refused(config, secret.clone());
