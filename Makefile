@@ -14,7 +14,7 @@ NATIVE := target/native/libedge_warden.so
 RUNTIME ?= wasm
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: help run run-fleet run-tls certs validate bench bench-deps test wasm native native-faults cli state deps envoy wasm-target node-deps browser-deps redis-deps lint unit integration clean
+.PHONY: help run run-fleet run-tls certs validate bench bench-deps test wasm native native-faults wasm-faults cli state deps envoy wasm-target node-deps browser-deps redis-deps lint unit integration clean
 
 help:
 	@echo "make run    build edge-warden and start Envoy on 127.0.0.1:10000 (admin :9901) before the demo upstream"
@@ -72,6 +72,10 @@ native:
 native-faults:
 	cargo build --profile native --lib --features fault-injection --target-dir target/faults
 
+# The same for the .wasm: a request header crashes the VM, to test each failure_policy.
+wasm-faults: wasm-target
+	cargo build --release --target wasm32-wasip1 --lib --features wasm-fault-injection --target-dir target/faults-wasm
+
 cli:
 	cargo build --release --bins
 
@@ -110,13 +114,13 @@ unit: redis-deps
 	cargo test -p edge-warden-state
 
 # Every Envoy test runs against both runtimes.
-integration: deps wasm native native-faults state
+integration: deps wasm native native-faults wasm-faults state
 	EDGE_WARDEN_RUNTIME=wasm cargo test --test envoy
 	EDGE_WARDEN_RUNTIME=native cargo test --test envoy
 
 # Last, a short bounded fuzz run of every target (fuzz/fuzz.mk): the native runtime has no
 # sandbox, so a parser or request path that panics must not land.
-test: deps wasm native native-faults state lint
+test: deps wasm native native-faults wasm-faults state lint
 	cargo test --lib --bins
 	cargo test -p edge-warden-state
 	EDGE_WARDEN_RUNTIME=wasm cargo test --test envoy

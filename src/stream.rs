@@ -167,6 +167,20 @@ fn dispatch(shared: &Shared, call: &Call) -> Result<u32, Unavailable> {
     })
 }
 
+/// Test builds only (`--features wasm-fault-injection`, never shipped): a request header
+/// `x-edge-warden-fault: headers` panics, which crashes this worker's VM, so the tests can show
+/// what each `failure_policy` does then.
+#[cfg(feature = "wasm-fault-injection")]
+#[allow(clippy::panic)] // The point of this test build.
+fn inject_fault(headers: &[(String, Vec<u8>)]) {
+    if headers
+        .iter()
+        .any(|(n, v)| n == "x-edge-warden-fault" && v.as_slice() == b"headers")
+    {
+        panic!("fault injected");
+    }
+}
+
 /// Refuses the request because the host failed us (fail closed, problem+json like every
 /// rejection).
 fn refuse(why: &str) -> WasmAction {
@@ -244,6 +258,8 @@ impl HttpContext for Stream {
         let Ok(pairs) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
             return refuse("could not read the request headers");
         };
+        #[cfg(feature = "wasm-fault-injection")]
+        inject_fault(&pairs);
         let mut host = WasmHost { shared: &shared };
         let action =
             self.exchange

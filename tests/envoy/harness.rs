@@ -146,6 +146,8 @@ pub struct Options {
     pub runtime: Option<Runtime>,
     /// Where the native module is loaded from, instead of target/native.
     pub module_dir: Option<PathBuf>,
+    /// The .wasm to load, instead of the release build.
+    pub wasm_file: Option<PathBuf>,
     /// Serve the listeners over LDS from a watched file instead of `static_resources`, so a
     /// test can change the plugin configuration of a running Envoy
     /// ([`Envoy::update_plugin_config`]).
@@ -172,6 +174,7 @@ impl Default for Options {
             edits: Vec::new(),
             runtime: None,
             module_dir: None,
+            wasm_file: None,
             lds: false,
         }
     }
@@ -232,7 +235,10 @@ pub fn render(opts: &Options, upstream_port: u16) -> String {
         out = replace_once(
             &out,
             "filename: target/wasm32-wasip1/release/edge_warden.wasm",
-            &format!("filename: {}", wasm().display()),
+            &format!(
+                "filename: {}",
+                opts.wasm_file.clone().unwrap_or_else(wasm).display()
+            ),
         );
         out = replace_once(
             &out,
