@@ -42,11 +42,7 @@ fn crash(envoy: &Envoy) -> u16 {
 
 /// Requests Envoy sent to the upstream (its own count).
 fn upstream_requests(envoy: &Envoy) -> i64 {
-    let (_, text) = envoy.admin("/stats?filter=^cluster\\.demo_upstream\\.upstream_rq_total$");
-    text.lines()
-        .find_map(|l| l.split_once(": "))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0)
+    envoy.cluster_stat("demo_upstream", "upstream_rq_total")
 }
 
 #[test]

@@ -250,11 +250,7 @@ fn signed_get(envoy: &Envoy, signed: &Signed) -> Resp {
 
 /// Calls Envoy made to the state service cluster (Envoy's own count, not ours).
 pub fn state_requests(envoy: &Envoy) -> i64 {
-    let (_, text) = envoy.admin("/stats?filter=^cluster\\.edge_warden_state\\.upstream_rq_total$");
-    text.lines()
-        .find_map(|l| l.split_once(": "))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0)
+    envoy.cluster_stat("edge_warden_state", "upstream_rq_total")
 }
 
 #[test]

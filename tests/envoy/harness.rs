@@ -623,6 +623,17 @@ impl Envoy {
         (r.status, String::from_utf8_lossy(&r.body).into_owned())
     }
 
+    /// A counter of one of Envoy's clusters (`demo_upstream`, `edge_warden_state`):
+    /// `cluster.<cluster>.<name>`, 0 before the first count. Envoy's own count, not ours.
+    pub fn cluster_stat(&self, cluster: &str, name: &str) -> i64 {
+        let full = format!("cluster.{cluster}.{name}");
+        let (_, text) = self.admin(&format!("/stats?filter=^{}$", full.replace('.', "\\.")));
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{full}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// A counter or gauge of edge-warden's once the filter has handed Envoy what it counted so
     /// far: each VM flushes its metric deltas once a second, so this waits out one period.
     pub fn settled_stat(&self, name: &str) -> Option<i64> {

@@ -97,14 +97,8 @@ fn send_parts(envoy: &Envoy, parts: &[Vec<u8>]) -> String {
     envoy.raw(&parts, Duration::from_millis(50))
 }
 
-/// A counter of the upstream cluster (`cluster.demo_upstream.NAME`).
 fn upstream_stat(envoy: &Envoy, name: &str) -> u64 {
-    let full = format!("cluster.demo_upstream.{name}");
-    let (_, text) = envoy.admin(&format!("/stats?filter={full}$"));
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{full}: ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    u64::try_from(envoy.cluster_stat("demo_upstream", name)).unwrap_or(0)
 }
 
 /// Upstream connections Envoy closed while a request on them was still in flight.
