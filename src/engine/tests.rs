@@ -1403,3 +1403,29 @@ fn under_report_mode_a_preflight_is_refused_as_in_enforce_mode_and_a_forged_list
     assert!(list.contains(&("x_edge_warden_would_reject".into(), None)));
     assert_eq!(would_reject(&list), None);
 }
+
+#[test]
+fn under_report_mode_a_streamed_body_over_its_limit_is_counted_and_goes_on() {
+    let stream = r#"{"name": "stream", "mode": "report", "match": {"path_prefix": "/stream"},
+          "signature": false, "request": {"max_body_bytes": 4}},
+        {"name": "health""#;
+    let (engine, _) = engine_of(&config_json().replacen(r#"{"name": "health""#, stream, 1));
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    let list =
+        edits(x.on_request_headers(&engine, request("POST", "/stream", &[]), false, &mut host));
+    assert_eq!(would_reject(&list), None);
+    assert_eq!(x.body_mode(), BodyMode::Streamed);
+    assert!(matches!(
+        x.on_request_body_length(&engine, 3, false, &mut host),
+        Action::Continue(_)
+    ));
+    // Past the limit: counted and logged, never answered; the body rules stop.
+    assert!(matches!(
+        x.on_request_body_length(&engine, 3, false, &mut host),
+        Action::Continue(_)
+    ));
+    assert_eq!((host.reported, host.rejected), (1, 0));
+    assert_eq!(x.body_mode(), BodyMode::Ignore);
+    assert!(!x.answered());
+}
