@@ -24,6 +24,7 @@ use crate::checks::response_headers::{self, Plan, RawSecurityHeaders};
 use crate::checks::shape::{self, RawRequest, RequestShape};
 use crate::checks::signature::{self, RawSignature, SigningKey};
 use crate::checks::upload::{self, RawUpload, UploadPolicy};
+use crate::events::{self, RawEvents};
 use crate::idempotency::{self, PolicyIdempotency, RawIdempotencyStore, RawPolicyIdempotency};
 use crate::remote::{self, RawRemoteState, RemoteState};
 use crate::store::{self, LockoutSettings, RawLockout, RawReplay};
@@ -98,6 +99,9 @@ pub struct RawConfig {
     /// Headers in which edge-warden tells the upstream (and Envoy's rate limits) who called.
     #[serde(default)]
     pub identity: RawIdentity,
+    /// Security events: flood control of identical ones.
+    #[serde(default)]
+    pub events: RawEvents,
     /// Ordered list of policies; the first whose `match` fits the request applies. A request
     /// that no policy matches is refused (`no_matching_policy`).
     pub policies: Vec<RawPolicy>,
@@ -140,6 +144,22 @@ pub struct RawPolicy {
     /// headers (`checks::shape`).
     #[serde(default)]
     pub request: Option<RawRequest>,
+    /// `enforce` (default): a failed check refuses the request. `report`: every check runs, a
+    /// failed one is logged and counted with `"enforced": false`, and the request goes on with
+    /// the codes in `x-edge-warden-would-reject`.
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// What a policy does with a failed check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Refuse the request.
+    #[default]
+    Enforce,
+    /// Log and count it, let the request go on, and tell the upstream.
+    Report,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +259,9 @@ pub struct Config {
     pub api_key_id_header: String,
     pub role_header: String,
     pub client_header: String,
+    /// Seconds during which identical security events from one client are counted instead of
+    /// written.
+    pub event_suppress_seconds: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -254,6 +277,7 @@ pub struct Policy {
     pub idempotency: Option<PolicyIdempotency>,
     pub upload: Option<UploadPolicy>,
     pub request: RequestShape,
+    pub mode: Mode,
 }
 
 impl Policy {
@@ -313,6 +337,7 @@ impl Config {
         let keys = signature::compile_secrets(&sig.secrets, "signature.secrets", env)?;
         let api_keys = api_key::compile_api_keys(&raw.api_keys, "api_keys")?;
         check_identity(&raw.identity, "identity")?;
+        let event_suppress_seconds = events::compile_events(&raw.events, "events")?;
         let lockout = store::compile_lockout(&raw.lockout, "lockout")?;
         let idempotency_capacity = idempotency::compile_store(&raw.idempotency, "idempotency")?;
         let remote = match &raw.remote_state {
@@ -400,6 +425,7 @@ impl Config {
                 idempotency,
                 upload,
                 request,
+                mode: p.mode,
             });
         }
         for (j, later) in policies.iter().enumerate() {
@@ -440,6 +466,7 @@ impl Config {
             api_key_id_header: raw.identity.api_key_id_header.clone(),
             role_header: raw.identity.role_header.clone(),
             client_header: raw.identity.client_header.clone(),
+            event_suppress_seconds,
         })
     }
 

@@ -12,7 +12,8 @@ use std::net::IpAddr;
 use crate::checks::signature::{self, Keyring, SignatureVerified, SignedRequest, Verifier};
 use crate::checks::upload::{self, UploadInspector};
 use crate::checks::{api_key, cors, host, ip, path, shape};
-use crate::config::Config;
+use crate::config::{Config, Mode};
+use crate::events::{self, Event, Events};
 use crate::headers::{self, RequestHeaders};
 use crate::idempotency::{self, Begun, Fingerprint, PolicyIdempotency, StoredResponse, Table};
 use crate::reject::{self, Reject};
@@ -276,10 +277,12 @@ pub enum Metric {
     StateFailedOpen = 5,
     /// Stored responses replayed for a duplicate idempotency key.
     IdempotentReplays = 6,
+    /// Failed checks a policy in report mode let through (one per code per request).
+    ReportedRejections = 7,
 }
 
 impl Metric {
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
     /// Every metric, in index order, with its name and whether it is a gauge.
     pub const ALL: [(Metric, &'static str, bool); Self::COUNT] = [
         (Metric::Allowed, "edge_warden_requests_allowed", false),
@@ -305,6 +308,11 @@ impl Metric {
             "edge_warden_idempotent_replays",
             false,
         ),
+        (
+            Metric::ReportedRejections,
+            "edge_warden_rejections_reported",
+            false,
+        ),
     ];
 }
 
@@ -314,12 +322,16 @@ pub struct Engine {
     pub config: Config,
     keyring: Keyring,
     state: Box<dyn State + Send + Sync>,
+    /// Security events and their flood control (one table per engine: per VM in wasm, per
+    /// configuration natively). The wasm root context ticks it; see `events`.
+    pub events: Events,
 }
 
 impl Engine {
     pub fn new(config: Config, state: Box<dyn State + Send + Sync>) -> Self {
         Self {
             keyring: Keyring::new(&config.keys),
+            events: Events::new(config.event_suppress_seconds),
             config,
             state,
         }
@@ -505,6 +517,32 @@ pub struct Exchange {
     /// The body rules of this request (its size limit, inspectors), whether the body is held
     /// or streams on; `None`: no rule reads the body.
     body: Option<BodyWatch>,
+    /// What a security event says about this request, filled in as the checks learn it.
+    about: About,
+    /// Report mode: the rejections the request would have had, in the order found (one per
+    /// code); `logged` of them are logged and counted already.
+    would_reject: Vec<Reject>,
+    logged: usize,
+    /// The clock as last read for a check (headers, end of body): an event's timestamp.
+    clock: Option<u64>,
+}
+
+/// The request as its security events describe it (never a credential).
+#[derive(Default)]
+struct About {
+    method: String,
+    /// The path without query values ([`events::loggable_path`]).
+    path: String,
+    /// Envoy's route name, read on first use.
+    route: Option<Option<String>>,
+    /// The API key that authenticated.
+    api_key_id: Option<String>,
+    /// The signing secret that verified the signature.
+    secret_id: Option<String>,
+    /// The key that authenticated has the admin role: its use is audited when it passes.
+    admin: bool,
+    /// A CORS preflight: answered or refused as in enforce mode, whatever the policy's mode.
+    preflight: bool,
 }
 
 /// How an adapter hands the request body to the engine.
@@ -543,6 +581,10 @@ impl Exchange {
             body_digest: None,
             lockout_due: false,
             body: None,
+            about: About::default(),
+            would_reject: Vec::new(),
+            logged: 0,
+            clock: None,
         }
     }
 
@@ -664,22 +706,24 @@ impl Exchange {
             }
             Chunk::Length(_) => None,
         };
-        if let Some(watch) = &mut self.body {
+        let fed = self.body.as_mut().map(|watch| {
             let fed = match bytes {
                 Some(bytes) => watch.feed(bytes),
                 None => watch.count(chunk.len()),
             };
-            let fed = fed.and_then(|()| {
+            fed.and_then(|()| {
                 if end_of_stream {
                     watch.finish()
                 } else {
                     Ok(())
                 }
-            });
-            if let Err(why) = fed {
-                // Streamed: the upstream has seen part of the body; Envoy resets its request
-                // when this reply goes to the client.
-                return self.reject(engine, why, host);
+            })
+        });
+        if let Some(Err(why)) = fed {
+            // Streamed: the upstream has seen part of the body; Envoy resets its request
+            // when this reply goes to the client.
+            if let Some(action) = self.body_refused(engine, why, host) {
+                return action;
             }
         }
         match &mut self.phase {
@@ -721,7 +765,9 @@ impl Exchange {
     pub fn on_request_trailers(&mut self, engine: &Engine, host: &mut dyn Host) -> Action {
         if !self.answered() {
             if let Some(Err(why)) = self.body.as_mut().map(BodyWatch::finish) {
-                return self.reject(engine, why, host);
+                if let Some(action) = self.body_refused(engine, why, host) {
+                    return action;
+                }
             }
         }
         match self.phase {
@@ -872,6 +918,7 @@ impl Exchange {
                 // A fresh clock: a body can be held open until the timestamp has left the
                 // window and the first use of its nonce has been purged from the cache.
                 let now = host.now();
+                self.clock = Some(now);
                 self.finish(engine, request, verifier, now, host)
             }
             Phase::Reading { .. } => self.unsigned_admit(engine, host),
@@ -900,12 +947,13 @@ impl Exchange {
 
         // The identity headers are ours alone: drop any copy the client sent, on every route,
         // also spelled with underscores (`x_edge_warden_role`), which WSGI/CGI-style servers
-        // read as the same header.
+        // read as the same header. So is report mode's list of codes.
         let identity = [
-            &config.key_id_header,
+            config.key_id_header.as_str(),
             &config.api_key_id_header,
             &config.role_header,
             &config.client_header,
+            events::WOULD_REJECT_HEADER,
         ];
         for name in headers.names() {
             if identity.iter().any(|ours| headers::same_name(name, ours)) {
@@ -921,7 +969,8 @@ impl Exchange {
         }
 
         // Path safety and control characters come before a policy is selected: the policy must
-        // be chosen on a path that means the same to the upstream (see `checks::path`).
+        // be chosen on a path that means the same to the upstream (see `checks::path`). So they
+        // are enforced whatever a policy's mode.
         path::check(headers.first(":path").unwrap_or_default()).map_err(Answer::Reject)?;
         if headers
             .iter()
@@ -934,6 +983,8 @@ impl Exchange {
 
         let method = headers.first_str(":method").unwrap_or("");
         let path = headers.first_str(":path").unwrap_or("");
+        self.about.method = method.chars().take(32).collect();
+        self.about.path = events::loggable_path(path);
         let origin = headers.first("origin");
         // A preflight (Fetch standard): OPTIONS with Origin and Access-Control-Request-Method.
         // It is matched to the policy of the request it asks about, so by the requested method.
@@ -942,11 +993,15 @@ impl Exchange {
             ("OPTIONS", Some(_), Some(m)) => Some(m),
             _ => None,
         };
+        self.about.preflight = preflight.is_some();
         let select_method = preflight
             .and_then(|m| std::str::from_utf8(m).ok())
             .unwrap_or(method);
         let route = if config.uses_route_names {
-            host.route_name()
+            self.about
+                .route
+                .get_or_insert_with(|| host.route_name())
+                .clone()
         } else {
             None
         };
@@ -956,14 +1011,14 @@ impl Exchange {
         self.policy = Some(index);
         let policy = &config.policies[index];
 
+        // From here on, every failed check goes through `note`: in enforce mode it ends the
+        // checks with the rejection; in report mode it is noted and the next check runs.
         if !policy.trusted_hosts.is_empty() {
-            host::check(&policy.trusted_hosts, headers.first(":authority"))
-                .map_err(Answer::Reject)?;
+            let trusted = host::check(&policy.trusted_hosts, headers.first(":authority"));
+            self.noted(engine, trusted)?;
         }
-        policy
-            .ip
-            .check(|| self.client_ip(host))
-            .map_err(Answer::Reject)?;
+        let allowed = policy.ip.check(|| self.client_ip(host));
+        self.noted(engine, allowed)?;
 
         if let Some(cors) = &policy.cors {
             self.vary_origin = true;
@@ -974,7 +1029,7 @@ impl Exchange {
                     Err(why) => Err(Answer::Reject(why)),
                 };
             }
-            if let cors::Outcome::Allow(origin) = cors.check(origin).map_err(Answer::Reject)? {
+            if let Some(cors::Outcome::Allow(origin)) = self.noted(engine, cors.check(origin))? {
                 self.cors_headers = cors.response_headers(&origin);
             }
         } else if preflight.is_some() {
@@ -986,27 +1041,30 @@ impl Exchange {
         // (no state, no lockout count) and before any body byte is read.
         let declared = shape::declared_length(headers);
         let has_body = !end_of_stream && declared != Some(0);
-        policy
-            .request
-            .check(method, headers, has_body)
-            .map_err(Answer::Reject)?;
-        let watch = body_watch(policy, headers).map_err(Answer::Reject)?;
+        self.noted(engine, policy.request.check(method, headers, has_body))?;
+        let watch = self.noted(engine, body_watch(policy, headers))?;
         if let (Some(limit), Some(length)) = (policy.body_limit(), declared) {
             if length > limit {
-                return Err(Answer::Reject(Reject::BodyTooLarge { limit }));
+                self.note(engine, Reject::BodyTooLarge { limit })?;
             }
         }
-        if !watch.is_idle() {
+        if let Some(watch) = watch.filter(|w| !w.is_idle()) {
             let watch = self.body.insert(watch);
             if end_of_stream {
-                watch.finish().map_err(Answer::Reject)?;
+                let finished = watch.finish();
+                self.noted(engine, finished)?;
             }
         }
 
         // The clock for the header-time checks; a body that follows is judged by a fresh one.
         let now = host.now();
+        self.clock = Some(now);
+        // Summaries of suppressed events that are due (this clock read is there anyway).
+        engine.events.tick(now);
         let presented = match &policy.api_key {
-            Some(_) => config.key_source.find(headers).map_err(Answer::Reject)?,
+            Some(_) => self
+                .noted(engine, config.key_source.find(headers))?
+                .flatten(),
             None => None,
         };
         // Wherever a credential is checked (required, or presented to an optional key), a
@@ -1014,33 +1072,37 @@ impl Exchange {
         let checks_credential = policy.requires_credential() || presented.is_some();
         if let (true, Some(prefix)) = (checks_credential, engine.state.lockout_prefix()) {
             let mut client = || self.client_ip(host).map(|ip| ip::lockout_key(ip, prefix));
-            engine
-                .state
-                .check_lockout(&mut client, now)
-                .map_err(Answer::Reject)?;
+            let open = engine.state.check_lockout(&mut client, now);
+            self.noted(engine, open)?;
         }
 
         let mut client = None;
         if let Some(requirement) = &policy.api_key {
             match presented {
-                None if requirement.required => return Err(Answer::Reject(Reject::MissingApiKey)),
+                None if requirement.required => self.note(engine, Reject::MissingApiKey)?,
                 None => {}
                 Some(presented) => {
-                    let found = api_key::authenticate(&config.api_keys, presented.key, now)
-                        .map_err(Answer::Reject)?;
-                    let key = &config.api_keys[found.index];
-                    api_key::authorize(&requirement.roles, key).map_err(Answer::Reject)?;
-                    client = Some(format!("key:{}", key.id));
-                    self.edits
-                        .list
-                        .push((config.api_key_id_header.clone(), Some(key.id.clone())));
-                    self.edits.list.push((
-                        config.role_header.clone(),
-                        Some(key.role.as_str().to_string()),
-                    ));
-                    // A bearer key goes too (the key header was dropped above already).
+                    // A bearer key goes (the key header was dropped above already), also when
+                    // report mode lets a wrong one through.
                     if config.strip_api_key && presented.header != config.key_source.header {
                         self.edits.list.push((presented.header.clone(), None));
+                    }
+                    let found = api_key::authenticate(&config.api_keys, presented.key, now);
+                    if let Some(found) = self.noted(engine, found)? {
+                        let key = &config.api_keys[found.index];
+                        self.about.api_key_id = Some(key.id.clone());
+                        let role = api_key::authorize(&requirement.roles, key);
+                        let authorized = role.is_ok();
+                        self.noted(engine, role)?;
+                        self.about.admin = authorized && key.role == api_key::Role::Admin;
+                        client = Some(format!("key:{}", key.id));
+                        self.edits
+                            .list
+                            .push((config.api_key_id_header.clone(), Some(key.id.clone())));
+                        self.edits.list.push((
+                            config.role_header.clone(),
+                            Some(key.role.as_str().to_string()),
+                        ));
                     }
                 }
             }
@@ -1051,12 +1113,16 @@ impl Exchange {
         // The key is read here, but claimed only once the request has passed every other
         // check (a signed one: after its nonce), so a refused request never holds a key.
         if let Some(settings) = policy.idempotency.as_ref().filter(|i| i.covers(method)) {
-            match idempotency::find_key(headers).map_err(Answer::Reject)? {
-                None if settings.required => {
-                    return Err(Answer::Reject(Reject::IdempotencyKeyMissing))
+            match idempotency::find_key(headers) {
+                Err(why) => self.note(engine, why)?,
+                Ok(None) if settings.required => {
+                    self.note(engine, Reject::IdempotencyKeyMissing)?;
                 }
-                None => {}
-                Some(key) => {
+                Ok(None) => {}
+                // Report mode checks the key's presence and form only: the table is neither
+                // read nor written, so nothing is replayed or refused for a duplicate.
+                Ok(Some(_)) if self.reporting(engine) => {}
+                Ok(Some(key)) => {
                     self.idem = Some(Idem {
                         settings: settings.clone(),
                         key,
@@ -1094,9 +1160,12 @@ impl Exchange {
             return Ok(Proceed::Unsigned);
         }
         // Every header-only check runs before any body is read.
-        let request = signature::parse_headers(headers).map_err(Answer::Reject)?;
-        signature::check_window(request.timestamp, now, config.window_seconds)
-            .map_err(Answer::Reject)?;
+        let Some(request) = self.noted(engine, signature::parse_headers(headers))? else {
+            // Report mode, no usable signature headers: nothing to verify.
+            return Ok(Proceed::Unsigned);
+        };
+        let window = signature::check_window(request.timestamp, now, config.window_seconds);
+        self.noted(engine, window)?;
         if end_of_stream {
             return Ok(Proceed::Verify(request, now));
         }
@@ -1109,10 +1178,160 @@ impl Exchange {
 
     /// Lets the request go upstream with the header edits. Every path that passes a request
     /// goes through here, so client copies of identity headers can never slip through.
-    fn pass(&mut self, host: &mut dyn Host) -> Action {
+    fn pass(&mut self, engine: &Engine, host: &mut dyn Host) -> Action {
         host.count(Metric::Allowed, 1);
+        if let Some(codes) = self.log_reported(engine, host) {
+            self.edits
+                .list
+                .push((events::WOULD_REJECT_HEADER.to_string(), Some(codes)));
+        }
+        if self.about.admin {
+            // The reference's "audit admin actions": every request an admin key makes.
+            let now = self.event_time(host);
+            let event = self.event(engine, "admin_key_used", None, now, host);
+            engine.events.always(&event);
+        }
         self.phase = Phase::Pass;
         Action::Continue(std::mem::take(&mut self.edits))
+    }
+
+    /// An event's timestamp: the clock the checks last read (no host call), else now.
+    fn event_time(&mut self, host: &mut dyn Host) -> u64 {
+        match self.clock {
+            Some(now) => now,
+            None => host.now(),
+        }
+    }
+
+    /// Whether failed checks are noted rather than enforced: the policy is in report mode
+    /// (a preflight is always answered as in enforce mode).
+    fn reporting(&self, engine: &Engine) -> bool {
+        !self.about.preflight
+            && self
+                .policy
+                .and_then(|i| engine.config.policies.get(i))
+                .is_some_and(|p| p.mode == Mode::Report)
+    }
+
+    /// A failed header check: `Err` ends the checks with it (enforce mode); in report mode it
+    /// is noted and the checks go on.
+    fn note(&mut self, engine: &Engine, why: Reject) -> Result<(), Answer> {
+        if !self.reporting(engine) {
+            return Err(Answer::Reject(why));
+        }
+        if !self.would_reject.iter().any(|w| w.code() == why.code()) {
+            self.would_reject.push(why);
+        }
+        Ok(())
+    }
+
+    /// A check's result through [`Exchange::note`]: its value, or `None` when it failed and
+    /// report mode noted it.
+    fn noted<T>(
+        &mut self,
+        engine: &Engine,
+        result: Result<T, Reject>,
+    ) -> Result<Option<T>, Answer> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(why) => self.note(engine, why).map(|()| None),
+        }
+    }
+
+    /// A failure found after the header checks: the rejection's action (enforce mode), or
+    /// `None` when report mode noted it.
+    fn refuse(&mut self, engine: &Engine, why: Reject, host: &mut dyn Host) -> Option<Action> {
+        match self.note(engine, why) {
+            Ok(()) => None,
+            Err(Answer::Reject(why)) => Some(self.reject(engine, why, host)),
+            Err(Answer::Preflight(_)) => None,
+        }
+    }
+
+    /// [`Exchange::refuse`] for a signed request's last steps: in report mode it goes on
+    /// unverified (no signing key named upstream).
+    fn refuse_or_admit(&mut self, engine: &Engine, why: Reject, host: &mut dyn Host) -> Action {
+        match self.refuse(engine, why, host) {
+            Some(action) => action,
+            None => self.admitted(engine, None, host),
+        }
+    }
+
+    /// A body rule failed: the rejection (enforce mode), or, in report mode, the body rules
+    /// stop and the request goes on; a body that streams on is past its headers, so what it
+    /// would have been refused for is logged now, without the upstream header.
+    fn body_refused(
+        &mut self,
+        engine: &Engine,
+        why: Reject,
+        host: &mut dyn Host,
+    ) -> Option<Action> {
+        let action = self.refuse(engine, why, host);
+        if action.is_none() {
+            self.body = None;
+            if matches!(self.phase, Phase::Pass) {
+                self.log_reported(engine, host);
+            }
+        }
+        action
+    }
+
+    /// Logs and counts what report mode noted since the last time; the codes of everything
+    /// noted, for the upstream header (`None`: nothing).
+    fn log_reported(&mut self, engine: &Engine, host: &mut dyn Host) -> Option<String> {
+        if self.would_reject.is_empty() {
+            return None;
+        }
+        let now = self.event_time(host);
+        let unlogged: Vec<Reject> = self
+            .would_reject
+            .iter()
+            .skip(self.logged)
+            .cloned()
+            .collect();
+        for why in unlogged {
+            host.count(Metric::ReportedRejections, 1);
+            let event = self.event(engine, "request_rejected", Some((&why, false)), now, host);
+            engine.events.rejected(&event);
+        }
+        self.logged = self.would_reject.len();
+        let codes: Vec<&str> = self.would_reject.iter().map(Reject::code).collect();
+        Some(codes.join(","))
+    }
+
+    /// A security event about this request (`rejection`: the reason and whether it was
+    /// enforced). Reads the client address and the route name if nothing has yet.
+    fn event<'s>(
+        &'s mut self,
+        engine: &'s Engine,
+        kind: &'static str,
+        rejection: Option<(&Reject, bool)>,
+        now: u64,
+        host: &mut dyn Host,
+    ) -> Event<'s> {
+        let client = self.client_ip(host);
+        if self.about.route.is_none() {
+            self.about.route = Some(host.route_name());
+        }
+        let policy = self
+            .policy
+            .and_then(|i| engine.config.policies.get(i))
+            .map(|p| p.name.as_str());
+        Event {
+            event: kind,
+            code: rejection.map(|(why, _)| why.code()),
+            status: rejection.map(|(why, _)| why.status()),
+            policy,
+            route: self.about.route.as_ref().and_then(|r| r.as_deref()),
+            client,
+            key_id: self.about.api_key_id.as_deref(),
+            secret_id: self.about.secret_id.as_deref(),
+            method: &self.about.method,
+            path: &self.about.path,
+            request_id: self.request_id.as_deref(),
+            timestamp: now,
+            enforced: rejection.map(|(_, enforced)| enforced),
+        }
     }
 
     /// Verifies the signature over everything read, checks the timestamp against `now` (the
@@ -1126,14 +1345,22 @@ impl Exchange {
         host: &mut dyn Host,
     ) -> Action {
         let config = &engine.config;
+        // In report mode a failure here is noted and the request goes on without its signing
+        // key named upstream; only a verified signature in its window claims its nonce.
         let proof = match verifier.finish(&request) {
             Ok(proof) => proof,
-            Err(why) => return self.reject(engine, why, host),
+            Err(why) => return self.refuse_or_admit(engine, why, host),
         };
+        let key_id = config
+            .keys
+            .get(proof.key_index)
+            .map(|k| k.id.clone())
+            .unwrap_or_default();
+        self.about.secret_id = Some(key_id.clone());
         // The nonce's record stays in the cache until exactly the moment this check starts
         // refusing its timestamp, so a replay is always caught by one of the two.
         if let Err(why) = signature::check_window(request.timestamp, now, config.window_seconds) {
-            return self.reject(engine, why, host);
+            return self.refuse_or_admit(engine, why, host);
         }
         let expires_at = request.timestamp.saturating_add(config.window_seconds);
         match engine
@@ -1144,13 +1371,8 @@ impl Exchange {
                 Metric::ReplayEntries,
                 1 - i64::try_from(recorded.purged).unwrap_or(0),
             ),
-            Err(why) => return self.reject(engine, why, host),
+            Err(why) => return self.refuse_or_admit(engine, why, host),
         }
-        let key_id = config
-            .keys
-            .get(proof.key_index)
-            .map(|k| k.id.clone())
-            .unwrap_or_default();
         if config.remote.is_some() {
             // Claimed here first, so a replay to this Envoy never needs the call; now the fleet.
             let ttl = expires_at.saturating_sub(now).clamp(1, u64::from(u32::MAX));
@@ -1261,7 +1483,7 @@ impl Exchange {
     fn pass_as(&mut self, engine: &Engine, key_id: Option<String>, host: &mut dyn Host) -> Action {
         match key_id {
             Some(key_id) => self.pass_signed(engine, key_id, host),
-            None => self.pass(host),
+            None => self.pass(engine, host),
         }
     }
 
@@ -1270,7 +1492,7 @@ impl Exchange {
         self.edits
             .list
             .push((engine.config.key_id_header.clone(), Some(key_id)));
-        self.pass(host)
+        self.pass(engine, host)
     }
 
     /// The lockout part of a call to the state service, when the fleet shares lockouts.
@@ -1363,15 +1585,19 @@ impl Exchange {
                 let mode = engine.config.remote.as_ref().map(|r| r.failure_mode);
                 if mode != Some(FailureMode::FailOpen) {
                     self.unavailable(engine, failure, "refusing the request (fail_closed)", host);
-                    return self.reject(engine, Reject::StateUnavailable, host);
+                    if let Some(action) = self.refuse(engine, Reject::StateUnavailable, host) {
+                        return action;
+                    }
+                } else {
+                    host.count(Metric::StateFailedOpen, 1);
+                    self.unavailable(
+                        engine,
+                        failure,
+                        "letting the request through on local checks only (fail_open)",
+                        host,
+                    );
                 }
-                host.count(Metric::StateFailedOpen, 1);
-                self.unavailable(
-                    engine,
-                    failure,
-                    "letting the request through on local checks only (fail_open)",
-                    host,
-                );
+                // (Report mode goes on as fail_open would.)
                 AdmitResponse {
                     locked_for_seconds: 0,
                     claimed: true,
@@ -1380,11 +1606,14 @@ impl Exchange {
         };
         if answer.locked_for_seconds > 0 {
             let retry_after = answer.locked_for_seconds;
-            return self.reject(engine, Reject::TooManyAuthFailures { retry_after }, host);
+            let why = Reject::TooManyAuthFailures { retry_after };
+            if let Some(action) = self.refuse(engine, why, host) {
+                return action;
+            }
         }
         match pending {
             Pending::Claim { .. } if !answer.claimed => {
-                self.reject(engine, Reject::NonceReplayed, host)
+                self.refuse_or_admit(engine, Reject::NonceReplayed, host)
             }
             Pending::Claim { key_id } => self.admitted(engine, Some(key_id), host),
             _ => self.admitted(engine, None, host),
@@ -1505,17 +1734,15 @@ impl Exchange {
     }
 
     fn reject(&mut self, engine: &Engine, why: Reject, host: &mut dyn Host) -> Action {
-        // One security event per rejection: the code and where, never a credential.
-        log::info!(
-            "edge-warden rejected request: code={} status={} policy={} request_id={}",
-            why.code(),
-            why.status(),
-            self.policy_label(engine),
-            self.request_id.as_deref().unwrap_or("-"),
-        );
+        // One security event per rejection: the code and where, never a credential (flood
+        // control in `events`).
+        let at = self.event_time(host);
+        let event = self.event(engine, "request_rejected", Some((&why, true)), at, host);
+        engine.events.rejected(&event);
         host.count(Metric::Rejected, 1);
         // A wrong credential counts toward the lockout of the address that sent it: here,
-        // then (when the fleet shares state) everywhere, before the reply goes.
+        // then (when the fleet shares state) everywhere, before the reply goes. Report mode
+        // never gets here with one: it writes no lockout counters.
         if let (true, Some(prefix)) = (why.is_auth_failure(), engine.state.lockout_prefix()) {
             if let Some(ip) = self.client_ip(host) {
                 // A fresh clock: a failure found after a slow upload belongs to now, not to

@@ -11,6 +11,7 @@ pub mod checks;
 pub mod config;
 pub mod config_locate;
 pub mod engine;
+pub mod events;
 pub mod headers;
 pub mod idempotency;
 pub mod reject;

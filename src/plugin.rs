@@ -94,6 +94,7 @@ impl Context for Root {
     fn on_done(&mut self) -> bool {
         if let Some(shared) = &self.shared {
             shared.metrics.close();
+            shared.engine.events.close();
         }
         true
     }
@@ -142,6 +143,12 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
             shared.metrics.flush();
+            // Summaries of suppressed security events are due even when no request comes.
+            let now = hostcalls::get_current_time()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            shared.engine.events.tick(now);
         }
     }
 

@@ -438,3 +438,41 @@ fn the_streamed_and_the_buffered_limit_combine_to_the_smaller_on_signed_routes()
     let limits: Vec<Option<u64>> = c.policies.iter().map(Policy::body_limit).collect();
     assert_eq!(limits, [Some(10_737_418_240), None, Some(10), Some(1000)]);
 }
+
+#[test]
+fn a_policy_enforces_unless_its_mode_is_report_and_other_modes_are_refused_naming_the_field() {
+    let c = load(DEFAULT).unwrap();
+    assert!(c.policies.iter().all(|p| p.mode == Mode::Enforce));
+    let c = load(&DEFAULT.replacen(
+        r#""signature": true"#,
+        r#""signature": true, "mode": "report""#,
+        1,
+    ))
+    .unwrap();
+    assert_eq!(c.policies[1].mode, Mode::Report);
+    let e = load(&DEFAULT.replacen(
+        r#""signature": true"#,
+        r#""signature": true, "mode": "audit""#,
+        1,
+    ))
+    .unwrap_err();
+    assert_eq!(e.field, "policies[1].mode", "{e}");
+    assert!(e.reason.contains("`enforce`"), "{e}");
+}
+
+#[test]
+fn the_event_suppression_interval_is_checked_naming_the_field() {
+    assert_eq!(load(DEFAULT).unwrap().event_suppress_seconds, 10);
+    let with = |n: u64| {
+        DEFAULT.replacen(
+            '{',
+            &format!(r#"{{"events": {{"suppress_seconds": {n}}},"#),
+            1,
+        )
+    };
+    assert_eq!(load(&with(60)).unwrap().event_suppress_seconds, 60);
+    for bad in [0, 3601] {
+        let e = load(&with(bad)).unwrap_err();
+        assert_eq!(e.field, "events.suppress_seconds", "{e}");
+    }
+}

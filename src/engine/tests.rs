@@ -67,6 +67,7 @@ struct TestHost {
     rejected: i64,
     state_calls: i64,
     replays: i64,
+    reported: i64,
 }
 
 impl TestHost {
@@ -80,6 +81,7 @@ impl TestHost {
             rejected: 0,
             state_calls: 0,
             replays: 0,
+            reported: 0,
         }
     }
 }
@@ -107,6 +109,7 @@ impl Host for TestHost {
             Metric::StateCalls => self.state_calls += delta,
             Metric::StateUnavailable | Metric::StateFailedOpen => {}
             Metric::IdempotentReplays => self.replays += delta,
+            Metric::ReportedRejections => self.reported += delta,
         }
     }
 }
@@ -1273,4 +1276,156 @@ fn a_size_limit_alone_needs_only_lengths_and_a_signature_needs_bytes() {
         code(&x.on_request_body_length(&engine, 3, true, &mut host)),
         "internal_error"
     );
+}
+
+/// The test configuration with a policy in report mode in front of the others.
+fn report_engine() -> (Engine, Arc<LocalState<MemoryStore>>) {
+    let trial = r#"{"name": "trial", "mode": "report", "match": {"path_prefix": "/trial"},
+          "trusted_hosts": ["api.example.com"], "api_key": {},
+          "cors": {"allow_origins": ["https://app.example.com"]}},
+        {"name": "health""#;
+    engine_of(&config_json().replacen(r#"{"name": "health""#, trial, 1))
+}
+
+fn would_reject(list: &[(String, Option<String>)]) -> Option<String> {
+    list.iter()
+        .filter(|(n, _)| n == crate::events::WOULD_REJECT_HEADER)
+        .find_map(|(_, v)| v.clone())
+}
+
+#[test]
+fn report_mode_runs_every_check_and_lets_the_request_go_on_naming_the_codes() {
+    let (engine, _) = report_engine();
+    let mut host = TestHost::new();
+    let mut sig = signed(b"body", NOW, "nonce-report-aaaaaaaaaa");
+    sig[0].1 = "0".repeat(64);
+    let mut h = request(
+        "POST",
+        "/trial/x",
+        &[
+            ("origin", "https://evil.example"),
+            ("x-api-key", "ew_wrong"),
+        ],
+    );
+    h[2].1 = b"evil.example.com".to_vec();
+    let mut x = Exchange::new();
+    let a = x.on_request_headers(&engine, with(h, &sig), false, &mut host);
+    assert!(matches!(a, Action::Pause), "{a:?}");
+    let list = edits(x.on_request_body(&engine, b"body", true, &mut host));
+    assert_eq!(
+        would_reject(&list).as_deref(),
+        Some("host_not_allowed,origin_not_allowed,invalid_api_key,invalid_signature")
+    );
+    // Unverified: no signing key named, no identity of a key that did not match.
+    assert!(!list
+        .iter()
+        .any(|(n, v)| n == "x-edge-warden-key-id" && v.is_some()));
+    assert!(!list
+        .iter()
+        .any(|(n, v)| n == "x-edge-warden-api-key-id" && v.is_some()));
+    assert_eq!((host.allowed, host.rejected, host.reported), (1, 0, 4));
+}
+
+#[test]
+fn report_mode_writes_no_lockout_counters() {
+    let (engine, _) = report_engine();
+    let mut host = TestHost::new();
+    // max_failures is 2: three wrong keys in report mode would lock the address out.
+    for i in 0..3 {
+        let mut x = Exchange::new();
+        let h = request("GET", "/trial", &[("x-api-key", "ew_wrong")]);
+        let sig = signed(b"", NOW, &format!("nonce-lockout-{i:010}"));
+        let list = edits(x.on_request_headers(&engine, with(h, &sig), true, &mut host));
+        assert_eq!(would_reject(&list).as_deref(), Some("invalid_api_key"));
+    }
+    // The enforced policy next to it still takes the address's valid key.
+    let mut x = Exchange::new();
+    let list = edits(x.on_request_headers(
+        &engine,
+        request("GET", "/keyed", &[("x-api-key", KEY)]),
+        true,
+        &mut host,
+    ));
+    assert!(list.contains(&("x-edge-warden-api-key-id".into(), Some("bot".into()))));
+}
+
+#[test]
+fn report_mode_claims_a_verified_nonce_and_reports_its_replay() {
+    let (engine, state) = report_engine();
+    let mut host = TestHost::new();
+    let sig = signed(b"", NOW, "nonce-report-bbbbbbbbbb");
+    let h = || with(request("GET", "/trial", &[("x-api-key", KEY)]), &sig);
+    let mut x = Exchange::new();
+    let list = edits(x.on_request_headers(&engine, h(), true, &mut host));
+    assert_eq!(would_reject(&list), None);
+    assert!(list.contains(&("x-edge-warden-key-id".into(), Some("primary".into()))));
+    let mut x = Exchange::new();
+    let list = edits(x.on_request_headers(&engine, h(), true, &mut host));
+    assert_eq!(would_reject(&list).as_deref(), Some("nonce_replayed"));
+    assert!(!list
+        .iter()
+        .any(|(n, v)| n == "x-edge-warden-key-id" && v.is_some()));
+    assert!(nonce_recorded(&state, "nonce-report-bbbbbbbbbb"));
+}
+
+#[test]
+fn under_report_mode_a_preflight_is_refused_as_in_enforce_mode_and_a_forged_list_goes() {
+    let (engine, _) = report_engine();
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    let h = request(
+        "OPTIONS",
+        "/trial",
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "GET"),
+        ],
+    );
+    assert_eq!(
+        code(&x.on_request_headers(&engine, h, true, &mut host)),
+        "origin_not_allowed"
+    );
+    assert_eq!(host.rejected, 1);
+    // A client's own copy of the list never reaches the upstream, in any spelling.
+    let sig = signed(b"", NOW, "nonce-report-cccccccccc");
+    let h = request(
+        "GET",
+        "/trial",
+        &[
+            ("x-api-key", KEY),
+            ("x-edge-warden-would-reject", "forged"),
+            ("x_edge_warden_would_reject", "forged"),
+        ],
+    );
+    let mut x = Exchange::new();
+    let list = edits(x.on_request_headers(&engine, with(h, &sig), true, &mut host));
+    assert!(list.contains(&("x-edge-warden-would-reject".into(), None)));
+    assert!(list.contains(&("x_edge_warden_would_reject".into(), None)));
+    assert_eq!(would_reject(&list), None);
+}
+
+#[test]
+fn under_report_mode_a_streamed_body_over_its_limit_is_counted_and_goes_on() {
+    let stream = r#"{"name": "stream", "mode": "report", "match": {"path_prefix": "/stream"},
+          "signature": false, "request": {"max_body_bytes": 4}},
+        {"name": "health""#;
+    let (engine, _) = engine_of(&config_json().replacen(r#"{"name": "health""#, stream, 1));
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    let list =
+        edits(x.on_request_headers(&engine, request("POST", "/stream", &[]), false, &mut host));
+    assert_eq!(would_reject(&list), None);
+    assert_eq!(x.body_mode(), BodyMode::Streamed);
+    assert!(matches!(
+        x.on_request_body_length(&engine, 3, false, &mut host),
+        Action::Continue(_)
+    ));
+    // Past the limit: counted and logged, never answered; the body rules stop.
+    assert!(matches!(
+        x.on_request_body_length(&engine, 3, false, &mut host),
+        Action::Continue(_)
+    ));
+    assert_eq!((host.reported, host.rejected), (1, 0));
+    assert_eq!(x.body_mode(), BodyMode::Ignore);
+    assert!(!x.answered());
 }

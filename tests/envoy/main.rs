@@ -4,6 +4,7 @@ mod harness;
 
 mod browser;
 mod config;
+mod events;
 mod failure;
 mod fleet;
 mod hardening;

@@ -425,7 +425,7 @@ fn the_secret_never_appears_in_logs_or_responses() {
     std::thread::sleep(Duration::from_millis(200));
     let log = envoy.log();
     assert!(
-        log.contains("edge-warden rejected request: code=invalid_signature"),
+        log.contains(r#""event":"request_rejected","code":"invalid_signature""#),
         "no security event logged"
     );
     assert!(!log.contains(SECRET), "the secret is in Envoy's debug log");
