@@ -149,6 +149,9 @@ impl StateService {
         let child = Command::new(state_binary())
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--redis", &format!("redis://127.0.0.1:{}", self.redis_port)])
+            // These tests assert what is decided, not how fast: under a loaded machine the
+            // default 40 ms Redis deadline turned a claim into `state_unavailable`.
+            .args(["--redis-timeout-ms", "1000"])
             .env_clear()
             .stdout(Stdio::null())
             .stderr(Stdio::null())
