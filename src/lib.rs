@@ -13,6 +13,7 @@ pub mod config_locate;
 pub mod engine;
 pub mod headers;
 pub mod idempotency;
+pub mod metrics;
 pub mod reject;
 pub mod remote;
 pub mod secret;
