@@ -14,7 +14,7 @@ NATIVE := target/native/libedge_warden.so
 RUNTIME ?= wasm
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: help run run-fleet run-tls certs validate bench bench-deps test wasm native native-faults wasm-faults cli state deps envoy wasm-target node-deps browser-deps redis-deps lint unit integration clean
+.PHONY: help run run-fleet run-tls certs validate bench bench-deps test wasm native native-faults wasm-faults cli state deps envoy wasm-target node-deps browser-deps redis-deps promtool-deps lint unit integration clean
 
 help:
 	@echo "make run    build edge-warden and start Envoy on 127.0.0.1:10000 (admin :9901) before the demo upstream"
@@ -59,7 +59,12 @@ browser-deps: node-deps
 redis-deps:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null)
 
-deps: wasm-target envoy $(PYYAML) node-deps browser-deps redis-deps
+# promtool from Debian's prometheus package: a test checks and unit-tests the shipped alert
+# rules (envoy/prometheus/) with it.
+promtool-deps:
+	@command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
+
+deps: wasm-target envoy $(PYYAML) node-deps browser-deps redis-deps promtool-deps
 
 wasm: wasm-target
 	cargo build --release --target wasm32-wasip1 --lib

@@ -153,6 +153,7 @@ const host = {
     return OK;
   },
   proxy_increment_metric: () => OK,
+  proxy_record_metric: () => OK,
   proxy_send_local_response: (status, dp, dl, bp, bl, hp, hl) => {
     read(dp, dl); read(bp, bl); read(hp, hl);
     localStatus = status;

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 pub mod body;
 
+pub use crate::metrics::Metric;
 pub use body::{BodyInspector, BodyWatch};
 
 /// What the engine needs from the runtime around it. Each method may cost a host call, so the
@@ -59,8 +60,9 @@ pub trait State {
         client: &mut dyn FnMut() -> Option<String>,
         now: u64,
     ) -> Result<(), Reject>;
-    /// Counts one failed authentication for `client`.
-    fn record_failure(&self, client: &str, now: u64);
+    /// Counts one failed authentication for `client`; whether it started a lockout (brought
+    /// the address to `max_failures`).
+    fn record_failure(&self, client: &str, now: u64) -> bool;
     /// Whether a lockout is configured (the engine skips address reads otherwise).
     fn lockout_prefix(&self) -> Option<u8>;
     /// Begins an attempt with an idempotency key (see [`idempotency::Table::begin`]).
@@ -164,7 +166,7 @@ impl<T: State + ?Sized> State for std::sync::Arc<T> {
         (**self).check_lockout(client, now)
     }
 
-    fn record_failure(&self, client: &str, now: u64) {
+    fn record_failure(&self, client: &str, now: u64) -> bool {
         (**self).record_failure(client, now)
     }
 
@@ -214,10 +216,10 @@ impl<S: SharedStore> State for LocalState<S> {
         }
     }
 
-    fn record_failure(&self, client: &str, now: u64) {
-        if let Some(lockout) = &self.lockout {
-            lockout.record_failure(&self.store, client, now);
-        }
+    fn record_failure(&self, client: &str, now: u64) -> bool {
+        self.lockout.as_ref().is_some_and(|lockout| {
+            lockout.record_failure(&self.store, client, now) == Some(lockout.max_failures)
+        })
     }
 
     fn lockout_prefix(&self) -> Option<u8> {
@@ -262,58 +264,6 @@ impl<S: SharedStore> State for LocalState<S> {
             .as_ref()
             .is_some_and(|table| table.release(&self.store, &attempt.key, &attempt.token, now))
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Metric {
-    Allowed = 0,
-    Rejected = 1,
-    ReplayEntries = 2,
-    /// Calls made to the state service.
-    StateCalls = 3,
-    /// Calls that brought no usable answer in time.
-    StateUnavailable = 4,
-    /// Requests let through without an answer (`failure_mode: fail_open`).
-    StateFailedOpen = 5,
-    /// Stored responses replayed for a duplicate idempotency key.
-    IdempotentReplays = 6,
-    /// Failed checks a policy in report mode let through (one per code per request).
-    ReportedRejections = 7,
-}
-
-impl Metric {
-    pub const COUNT: usize = 8;
-    /// Every metric, in index order, with its name and whether it is a gauge.
-    pub const ALL: [(Metric, &'static str, bool); Self::COUNT] = [
-        (Metric::Allowed, "edge_warden_requests_allowed", false),
-        (Metric::Rejected, "edge_warden_requests_rejected", false),
-        (
-            Metric::ReplayEntries,
-            "edge_warden_replay_cache_entries",
-            true,
-        ),
-        (Metric::StateCalls, "edge_warden_state_calls", false),
-        (
-            Metric::StateUnavailable,
-            "edge_warden_state_unavailable",
-            false,
-        ),
-        (
-            Metric::StateFailedOpen,
-            "edge_warden_state_failed_open",
-            false,
-        ),
-        (
-            Metric::IdempotentReplays,
-            "edge_warden_idempotent_replays",
-            false,
-        ),
-        (
-            Metric::ReportedRejections,
-            "edge_warden_rejections_reported",
-            false,
-        ),
-    ];
 }
 
 /// One configuration, compiled, with its signing secrets as ready HMAC states and the state
@@ -651,7 +601,7 @@ impl Exchange {
                 }
             }
             Err(Answer::Reject(why)) => self.reject(engine, why, host),
-            Err(Answer::Preflight(answer)) => self.preflight_reply(engine, answer),
+            Err(Answer::Preflight(answer)) => self.preflight_reply(engine, answer, host),
         }
     }
 
@@ -1179,7 +1129,12 @@ impl Exchange {
     /// Lets the request go upstream with the header edits. Every path that passes a request
     /// goes through here, so client copies of identity headers can never slip through.
     fn pass(&mut self, engine: &Engine, host: &mut dyn Host) -> Action {
-        host.count(Metric::Allowed, 1);
+        host.count(
+            Metric::Allowed {
+                policy: self.policy,
+            },
+            1,
+        );
         if let Some(codes) = self.log_reported(engine, host) {
             self.edits
                 .list
@@ -1290,7 +1245,13 @@ impl Exchange {
             .cloned()
             .collect();
         for why in unlogged {
-            host.count(Metric::ReportedRejections, 1);
+            host.count(
+                Metric::Reported {
+                    code: why.code(),
+                    policy: self.policy,
+                },
+                1,
+            );
             let event = self.event(engine, "request_rejected", Some((&why, false)), now, host);
             engine.events.rejected(&event);
         }
@@ -1367,10 +1328,18 @@ impl Exchange {
             .state
             .claim_nonce(&proof, &request.nonce, expires_at, now)
         {
-            Ok(recorded) => host.count(
-                Metric::ReplayEntries,
-                1 - i64::try_from(recorded.purged).unwrap_or(0),
-            ),
+            Ok(recorded) => {
+                host.count(
+                    Metric::NonceClaimed {
+                        policy: self.policy,
+                    },
+                    1,
+                );
+                host.count(
+                    Metric::ReplayEntries,
+                    1 - i64::try_from(recorded.purged).unwrap_or(0),
+                );
+            }
             Err(why) => return self.refuse_or_admit(engine, why, host),
         }
         if config.remote.is_some() {
@@ -1454,7 +1423,12 @@ impl Exchange {
 
     /// Replays a stored response (its status, content type and body) without the upstream.
     fn replay(&mut self, engine: &Engine, response: StoredResponse, host: &mut dyn Host) -> Action {
-        host.count(Metric::IdempotentReplays, 1);
+        host.count(
+            Metric::IdempotentReplay {
+                policy: self.policy,
+            },
+            1,
+        );
         log::info!(
             "edge-warden: replayed the stored response of an idempotency key: status={} \
              policy={} request_id={}",
@@ -1727,7 +1701,18 @@ impl Exchange {
 
     /// Answers a CORS preflight itself: browsers cannot sign a preflight or attach an API key,
     /// so it never goes upstream.
-    fn preflight_reply(&mut self, engine: &Engine, answer: Vec<(&'static str, String)>) -> Action {
+    fn preflight_reply(
+        &mut self,
+        engine: &Engine,
+        answer: Vec<(&'static str, String)>,
+        host: &mut dyn Host,
+    ) -> Action {
+        host.count(
+            Metric::PreflightAnswered {
+                policy: self.policy,
+            },
+            1,
+        );
         let reply = self.local_reply(engine, 204, answer, Vec::new());
         self.phase = Phase::Answered;
         Action::Reply(reply)
@@ -1739,7 +1724,13 @@ impl Exchange {
         let at = self.event_time(host);
         let event = self.event(engine, "request_rejected", Some((&why, true)), at, host);
         engine.events.rejected(&event);
-        host.count(Metric::Rejected, 1);
+        host.count(
+            Metric::Rejected {
+                code: why.code(),
+                policy: self.policy,
+            },
+            1,
+        );
         // A wrong credential counts toward the lockout of the address that sent it: here,
         // then (when the fleet shares state) everywhere, before the reply goes. Report mode
         // never gets here with one: it writes no lockout counters.
@@ -1749,7 +1740,9 @@ impl Exchange {
                 // when its headers arrived.
                 let now = host.now();
                 let client = ip::lockout_key(ip, prefix);
-                engine.state.record_failure(&client, now);
+                if engine.state.record_failure(&client, now) {
+                    host.count(Metric::LockoutStarted, 1);
+                }
                 if let (Some(_), Some(lockout)) = (&engine.config.remote, &engine.config.lockout) {
                     let call = Call::record_failure(&remote::RecordFailureRequest {
                         client,

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod events;
 pub mod headers;
 pub mod idempotency;
+pub mod metrics;
 pub mod reject;
 pub mod remote;
 pub mod secret;

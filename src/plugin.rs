@@ -12,6 +12,7 @@ use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType, Status};
 
 use crate::config::Config;
 use crate::engine::{Engine, LocalState, Metric};
+use crate::metrics::{Catalog, Series};
 use crate::store::{SetError, SharedStore};
 use crate::stream::Stream;
 
@@ -24,54 +25,102 @@ pub fn start() {
 /// How often each VM hands its metric deltas to Envoy.
 const METRICS_FLUSH: Duration = Duration::from_secs(1);
 
-/// Counters and gauges, summed by Envoy across VMs; `/stats/prometheus` shows them by name.
-/// Requests add to plain in-VM numbers, and the root context hands the deltas to Envoy once
-/// per [`METRICS_FLUSH`]: a host call per metric per request would cost more than the rest of
-/// the bookkeeping.
-#[derive(Debug, Default)]
+/// Counters and gauges, summed by Envoy across VMs; `/stats/prometheus` shows them by family
+/// with their labels (see `metrics.rs` for how the labels travel in the names). Requests add to
+/// plain in-VM numbers, and the root context hands the deltas to Envoy once per
+/// [`METRICS_FLUSH`]: a host call per metric per request would cost more than the rest of the
+/// bookkeeping.
 pub(crate) struct Metrics {
-    ids: [Option<u32>; Metric::COUNT],
-    pending: [Cell<i64>; Metric::COUNT],
+    catalog: Catalog,
+    /// Each series' Envoy id, defined at configure time (again at a flush that has something
+    /// for it, should Envoy have refused it then; never on a request).
+    ids: Vec<Cell<Option<u32>>>,
+    pending: Vec<Cell<i64>>,
     /// The root context is gone (no more ticks): streams still in flight hand over at once.
     closed: Cell<bool>,
 }
 
+/// The shared-data key holding the hash of the configuration loaded last, so that a plugin
+/// going away clears its `edge_warden_config_info` only when another configuration took over.
+const CONFIG_HASH_KEY: &str = "edge-warden/config-hash";
+
+fn define(series: &Series) -> Option<u32> {
+    let kind = if series.family.gauge {
+        MetricType::Gauge
+    } else {
+        MetricType::Counter
+    };
+    hostcalls::define_metric(kind, &series.dotted_name()).ok()
+}
+
 impl Metrics {
-    fn define() -> Self {
+    fn define(catalog: Catalog) -> Self {
+        let ids = catalog
+            .series()
+            .iter()
+            .map(|s| Cell::new(define(s)))
+            .collect();
+        let pending = catalog.series().iter().map(|_| Cell::new(0)).collect();
         Self {
-            ids: Metric::ALL.map(|(_, name, gauge)| {
-                let kind = if gauge {
-                    MetricType::Gauge
-                } else {
-                    MetricType::Counter
-                };
-                hostcalls::define_metric(kind, name).ok()
-            }),
-            pending: Default::default(),
+            catalog,
+            ids,
+            pending,
             closed: Cell::new(false),
         }
     }
 
     pub fn add(&self, metric: Metric, delta: i64) {
-        let pending = &self.pending[metric as usize];
-        pending.set(pending.get().saturating_add(delta));
+        if let Some(pending) = self.pending.get(self.catalog.index(metric)) {
+            pending.set(pending.get().saturating_add(delta));
+        }
         if self.closed.get() {
             self.flush();
         }
     }
 
-    /// The last flush from the root context: later additions are flushed as they come.
+    /// Sets `edge_warden_config_info{hash}` to 1 (every VM sets the same value: it is not
+    /// summed) and records this configuration as the one loaded last.
+    fn announce(&self) {
+        if let Some(Some(id)) = self.ids.get(self.catalog.config_info()).map(Cell::get) {
+            let _ = hostcalls::record_metric(id, 1);
+        }
+        let hash = self.catalog.hash().as_bytes();
+        if let Ok((_, cas)) = HostStore.get(CONFIG_HASH_KEY) {
+            let _ = HostStore.set(CONFIG_HASH_KEY, hash, cas);
+        }
+    }
+
+    /// The last flush from the root context: later additions are flushed as they come. The
+    /// configuration's gauge goes to 0 unless the configuration loaded since has the same hash.
     fn close(&self) {
         self.closed.set(true);
         self.flush();
+        let current = HostStore.get(CONFIG_HASH_KEY).ok().and_then(|(v, _)| v);
+        if current.as_deref() != Some(self.catalog.hash().as_bytes()) {
+            if let Some(Some(id)) = self.ids.get(self.catalog.config_info()).map(Cell::get) {
+                let _ = hostcalls::record_metric(id, 0);
+            }
+        }
     }
 
     /// Metrics are observability, never a reason to fail a request: errors are ignored.
     fn flush(&self) {
-        for (id, pending) in self.ids.iter().zip(&self.pending) {
+        let series = self.catalog.series();
+        for ((pending, id), series) in self.pending.iter().zip(&self.ids).zip(series) {
             let delta = pending.replace(0);
-            if let (Some(id), true) = (id, delta != 0) {
-                let _ = hostcalls::increment_metric(*id, delta);
+            if delta == 0 {
+                continue;
+            }
+            let known = match id.get() {
+                Some(known) => Some(known),
+                None => {
+                    let defined = define(series);
+                    id.set(defined);
+                    defined
+                }
+            };
+            if let Some(known) = known {
+                let _ = hostcalls::increment_metric(known, delta);
             }
         }
     }
@@ -131,10 +180,17 @@ impl RootContext for Root {
             log::error!("edge-warden: {why} in shared data");
             return false;
         }
-        log::info!("edge-warden configured: {}", state.describe(&config));
+        let catalog = Catalog::new(&config, &json);
+        log::info!(
+            "edge-warden configured: {}, config hash {}",
+            state.describe(&config),
+            catalog.hash()
+        );
+        let metrics = Metrics::define(catalog);
+        metrics.announce();
         self.shared = Some(Rc::new(Shared {
             engine: Engine::new(config, Box::new(state)),
-            metrics: Metrics::define(),
+            metrics,
         }));
         self.set_tick_period(METRICS_FLUSH);
         true

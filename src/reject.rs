@@ -157,6 +157,51 @@ impl Reject {
         }
     }
 
+    /// Every code [`Reject::code`] gives, once each: the metrics define a series per code up
+    /// front (a unit test keeps this list and `code` in step).
+    pub const CODES: [&'static str; 40] = [
+        "missing_signature",
+        "malformed_header",
+        "timestamp_out_of_window",
+        "invalid_signature",
+        "nonce_replayed",
+        "body_too_large",
+        "replay_cache_full",
+        "replay_check_unavailable",
+        "no_matching_policy",
+        "origin_not_allowed",
+        "cors_method_not_allowed",
+        "host_not_allowed",
+        "missing_api_key",
+        "invalid_api_key",
+        "expired_api_key",
+        "api_key_not_yet_valid",
+        "insufficient_role",
+        "ip_not_allowed",
+        "too_many_auth_failures",
+        "rate_limited",
+        "internal_error",
+        "state_unavailable",
+        "idempotency_key_missing",
+        "idempotency_key_invalid",
+        "idempotency_request_in_progress",
+        "idempotency_key_reused",
+        "idempotency_response_not_stored",
+        "idempotency_unavailable",
+        "invalid_file_name",
+        "file_type_not_allowed",
+        "content_mismatch",
+        "malformed_multipart",
+        "file_too_large",
+        "too_many_parts",
+        "method_not_allowed",
+        "unsupported_media_type",
+        "missing_header",
+        "invalid_header",
+        "invalid_path",
+        "invalid_characters",
+    ];
+
     /// The stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -541,6 +586,12 @@ mod tests {
             Reject::ReplayCacheFull { retry_after: 7 },
             Reject::ReplayCheckUnavailable,
             Reject::StateUnavailable,
+            Reject::IdempotencyKeyMissing,
+            Reject::IdempotencyKeyInvalid,
+            Reject::IdempotencyRequestInProgress,
+            Reject::IdempotencyKeyReused,
+            Reject::IdempotencyResponseNotStored,
+            Reject::IdempotencyUnavailable,
             Reject::NoMatchingPolicy,
             Reject::OriginNotAllowed,
             Reject::CorsMethodNotAllowed {
@@ -588,6 +639,18 @@ mod tests {
             Reject::InvalidPath,
             Reject::InvalidCharacters { part: "query" },
         ]
+    }
+
+    #[test]
+    fn the_code_list_holds_every_code_once() {
+        let mut listed = Reject::CODES.to_vec();
+        listed.sort_unstable();
+        listed.dedup();
+        assert_eq!(listed.len(), Reject::CODES.len(), "a code is listed twice");
+        let mut given: Vec<&str> = all().iter().map(Reject::code).collect();
+        given.sort_unstable();
+        given.dedup();
+        assert_eq!(given, listed);
     }
 
     #[test]

@@ -68,6 +68,8 @@ struct TestHost {
     state_calls: i64,
     replays: i64,
     reported: i64,
+    /// Every count, as the engine made it.
+    counted: Vec<(Metric, i64)>,
 }
 
 impl TestHost {
@@ -82,6 +84,7 @@ impl TestHost {
             state_calls: 0,
             replays: 0,
             reported: 0,
+            counted: Vec::new(),
         }
     }
 }
@@ -102,14 +105,14 @@ impl Host for TestHost {
         b"via_upstream".to_vec()
     }
     fn count(&mut self, metric: Metric, delta: i64) {
+        self.counted.push((metric, delta));
         match metric {
-            Metric::Allowed => self.allowed += delta,
-            Metric::Rejected => self.rejected += delta,
-            Metric::ReplayEntries => {}
+            Metric::Allowed { .. } => self.allowed += delta,
+            Metric::Rejected { .. } => self.rejected += delta,
             Metric::StateCalls => self.state_calls += delta,
-            Metric::StateUnavailable | Metric::StateFailedOpen => {}
-            Metric::IdempotentReplays => self.replays += delta,
-            Metric::ReportedRejections => self.reported += delta,
+            Metric::IdempotentReplay { .. } => self.replays += delta,
+            Metric::Reported { .. } => self.reported += delta,
+            _ => {}
         }
     }
 }
@@ -696,11 +699,81 @@ fn a_wrong_credential_is_counted_fleet_wide_before_it_is_answered() {
 }
 
 #[test]
-fn metrics_are_listed_in_the_order_of_their_index() {
-    // Adapters index their metric ids by `metric as usize`.
-    for (i, (metric, _, _)) in Metric::ALL.iter().enumerate() {
-        assert_eq!(*metric as usize, i);
+fn decisions_are_counted_with_their_code_and_policy() {
+    let (engine, _) = engine();
+    let policy = |name: &str| engine.config.policies.iter().position(|p| p.name == name);
+    let mut host = TestHost::new();
+    // Refused before any policy is chosen: no policy label.
+    let mut x = Exchange::new();
+    x.on_request_headers(&engine, request("GET", "/a/%2e%2e/b", &[]), true, &mut host);
+    // A signed request on `signed` claims its nonce.
+    let sig = signed(b"", NOW, "nonce-metrics-0123456789");
+    Exchange::new().on_request_headers(
+        &engine,
+        with(request("GET", "/x", &[]), &sig),
+        true,
+        &mut host,
+    );
+    // A wrong key on `keyed`, then its second failure starts the lockout (max_failures 2).
+    let wrong = request("GET", "/keyed", &[("x-api-key", "ew_wrong")]);
+    for _ in 0..2 {
+        Exchange::new().on_request_headers(&engine, wrong.clone(), true, &mut host);
     }
+    // A preflight answered on `browser`, a pass on `health`.
+    let preflight = request(
+        "OPTIONS",
+        "/browser",
+        &[
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "POST"),
+        ],
+    );
+    Exchange::new().on_request_headers(&engine, preflight, true, &mut host);
+    Exchange::new().on_request_headers(&engine, request("GET", "/health", &[]), true, &mut host);
+    let counted: Vec<Metric> = host
+        .counted
+        .iter()
+        .filter(|(m, _)| *m != Metric::ReplayEntries)
+        .map(|(m, _)| *m)
+        .collect();
+    let code = |m: &Metric| match m {
+        Metric::Rejected { code, .. } => *code,
+        _ => "",
+    };
+    assert_eq!(
+        counted,
+        vec![
+            Metric::Rejected {
+                code: code(&counted[0]),
+                policy: None
+            },
+            Metric::NonceClaimed {
+                policy: policy("signed")
+            },
+            Metric::Allowed {
+                policy: policy("signed")
+            },
+            Metric::Rejected {
+                code: "invalid_api_key",
+                policy: policy("keyed")
+            },
+            Metric::Rejected {
+                code: "invalid_api_key",
+                policy: policy("keyed")
+            },
+            Metric::LockoutStarted,
+            Metric::PreflightAnswered {
+                policy: policy("browser")
+            },
+            Metric::Allowed {
+                policy: policy("health")
+            },
+        ]
+    );
+    assert!(
+        ["invalid_path", "invalid_characters"].contains(&code(&counted[0])),
+        "{counted:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -233,6 +233,13 @@ extern "C" {
         label_count: usize,
         id: *mut usize,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: FilterConfigEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_count: usize,
+        value: u64,
+    ) -> u32;
     fn envoy_dynamic_module_callback_http_filter_increment_counter(
         filter: FilterEnvoyPtr,
         id: usize,
@@ -322,13 +329,14 @@ pub struct ConfigHandle {
 }
 
 impl ConfigHandle {
-    /// Defines a counter (or a gauge) of this filter configuration; its id, or `None` when
-    /// Envoy refuses.
-    pub fn define(&self, name: &str, gauge: bool) -> Option<usize> {
+    /// Defines a counter (or a gauge) of this filter configuration with these label names; its
+    /// id, or `None` when Envoy refuses.
+    pub fn define(&self, name: &str, labels: &[&str], gauge: bool) -> Option<usize> {
+        let labels = Labels::new(labels)?;
         let mut id = usize::MAX;
         // SAFETY: `ptr` is the configuration pointer Envoy passed to the running
-        // `config_new`; the name is read during the call only; no labels (null, 0); `id` is a
-        // valid out-pointer.
+        // `config_new`; the name and the label names (null when there are none) are read
+        // during the call only; `id` is a valid out-pointer.
         let result = unsafe {
             let define = if gauge {
                 envoy_dynamic_module_callback_http_filter_config_define_gauge
@@ -338,12 +346,70 @@ impl ConfigHandle {
             define(
                 self.ptr,
                 ModuleBuffer::of(name.as_bytes()),
-                std::ptr::null(),
-                0,
+                labels.ptr(),
+                labels.len(),
                 &mut id,
             )
         };
         (result == METRICS_SUCCESS && id != usize::MAX).then_some(id)
+    }
+
+    /// Sets the gauge `id` with these label values.
+    pub fn set_gauge(&self, id: usize, labels: &[&str], value: u64) {
+        let Some(labels) = Labels::new(labels) else {
+            return;
+        };
+        // SAFETY: `ptr` is the configuration pointer of the running `config_new`, `id` came
+        // from `define` on it; the label values are read during the call only. The declaration
+        // (configuration pointer, id, label values, their count, value) is the one Envoy 1.40's
+        // `envoy_dynamic_module_callback_http_filter_set_gauge` has with a filter pointer; a
+        // test reads the gauge back at 1.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                self.ptr,
+                id,
+                labels.ptr(),
+                labels.len(),
+                value,
+            );
+        }
+    }
+}
+
+/// At most two label values (a metric's labels), as the ABI takes them: an array of buffers,
+/// null when empty. No allocation: it is built on every count.
+struct Labels<'a> {
+    buffers: [ModuleBuffer; 2],
+    len: usize,
+    _values: std::marker::PhantomData<&'a str>,
+}
+
+impl<'a> Labels<'a> {
+    fn new(values: &[&'a str]) -> Option<Self> {
+        let mut buffers = [ModuleBuffer::NULL; 2];
+        if values.len() > buffers.len() {
+            return None;
+        }
+        for (buffer, value) in buffers.iter_mut().zip(values) {
+            *buffer = ModuleBuffer::of(value.as_bytes());
+        }
+        Some(Self {
+            buffers,
+            len: values.len(),
+            _values: std::marker::PhantomData,
+        })
+    }
+
+    fn ptr(&self) -> *const ModuleBuffer {
+        if self.len == 0 {
+            std::ptr::null()
+        } else {
+            self.buffers.as_ptr()
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
@@ -524,18 +590,22 @@ impl Stream {
         ok.then(|| copy(out.ptr, out.length))
     }
 
-    /// Adds `delta` to a metric defined by this stream's configuration (a gauge may go down).
-    pub fn add_to_metric(&self, id: usize, gauge: bool, delta: i64) {
+    /// Adds `delta` to a metric defined by this stream's configuration, with these label values
+    /// (a gauge may go down).
+    pub fn add_to_metric(&self, id: usize, gauge: bool, labels: &[&str], delta: i64) {
+        let Some(labels) = Labels::new(labels) else {
+            return;
+        };
         let value = delta.unsigned_abs();
-        // SAFETY: `id` came from `ConfigHandle::define` on the configuration of this stream; no
-        // labels (null, 0).
+        // SAFETY: `id` came from `ConfigHandle::define` on the configuration of this stream; the
+        // label values are read during the call only.
         unsafe {
             let call = match (gauge, delta < 0) {
                 (false, _) => envoy_dynamic_module_callback_http_filter_increment_counter,
                 (true, false) => envoy_dynamic_module_callback_http_filter_increment_gauge,
                 (true, true) => envoy_dynamic_module_callback_http_filter_decrement_gauge,
             };
-            call(self.ptr, id, std::ptr::null(), 0, value);
+            call(self.ptr, id, labels.ptr(), labels.len(), value);
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::engine::{
     Action, BodyMode, Engine, Exchange, Host, LocalReply, LocalState, Metric, ResponseAction,
 };
+use crate::metrics::Catalog;
 use crate::reject::{self, Reject};
 use crate::remote::{self, Call, Unavailable};
 use crate::store::MemoryStore;
@@ -38,7 +39,40 @@ fn store() -> &'static MemoryStore {
 /// One plugin configuration, shared by every worker.
 pub struct FilterConfig {
     engine: Engine,
-    metrics: [Option<usize>; Metric::COUNT],
+    metrics: Metrics,
+}
+
+/// The series of a configuration and Envoy's id of each. The ABI has labels, but Envoy 1.40
+/// prints labelled native metrics under another name than wasm ones (`metrics.rs`), so each
+/// series is defined by its dotted name, as in wasm, and counted at once, without a flush.
+struct Metrics {
+    catalog: Catalog,
+    ids: Vec<Option<usize>>,
+}
+
+impl Metrics {
+    /// Defines every series (at 0; the configuration's gauge at 1): Envoy allows no definitions
+    /// after the configuration is created.
+    fn define(catalog: Catalog, handle: &ConfigHandle) -> Self {
+        let ids: Vec<Option<usize>> = catalog
+            .series()
+            .iter()
+            .map(|s| handle.define(&s.dotted_name(), &[], s.family.gauge))
+            .collect();
+        if let Some(Some(id)) = ids.get(catalog.config_info()) {
+            handle.set_gauge(*id, &[], 1);
+        }
+        Self { catalog, ids }
+    }
+
+    fn add(&self, stream: &Stream, metric: Metric, delta: i64) {
+        let index = self.catalog.index(metric);
+        if let (Some(series), Some(Some(id))) =
+            (self.catalog.series().get(index), self.ids.get(index))
+        {
+            stream.add_to_metric(*id, series.family.gauge, &[], delta);
+        }
+    }
 }
 
 // The engine is shared across worker threads: checked at compile time.
@@ -68,13 +102,15 @@ impl FilterConfig {
             log::error!("edge-warden: {why} in process memory");
             return None;
         }
+        let catalog = Catalog::new(&config, json);
         log::info!(
-            "edge-warden configured (native): {}",
-            state.describe(&config)
+            "edge-warden configured (native): {}, config hash {}",
+            state.describe(&config),
+            catalog.hash()
         );
         Some(Self {
             engine: Engine::new(config, Box::new(state)),
-            metrics: Metric::ALL.map(|(_, name, gauge)| handle.define(name, gauge)),
+            metrics: Metrics::define(catalog, handle),
         })
     }
 
@@ -148,10 +184,7 @@ impl Host for NativeHost<'_> {
     }
 
     fn count(&mut self, metric: Metric, delta: i64) {
-        if let Some(id) = self.config.metrics[metric as usize] {
-            self.stream
-                .add_to_metric(id, Metric::ALL[metric as usize].2, delta);
-        }
+        self.config.metrics.add(self.stream, metric, delta);
     }
 }
 

@@ -77,8 +77,8 @@ fn preflight_is_answered_by_edge_warden_and_never_reaches_the_upstream() {
         b"",
     );
     assert_eq!(r.status, 200);
-    assert_eq!(envoy.settled_stat("edge_warden_requests_allowed"), Some(1));
-    assert_eq!(envoy.stat("edge_warden_requests_rejected"), Some(0));
+    assert_eq!(envoy.settled_total("edge_warden_allowed_total"), Some(1));
+    assert_eq!(envoy.total("edge_warden_rejected_total"), Some(0));
 
     // A signed route's preflight needs no signature either: browsers cannot sign preflights.
     let r = envoy.request(

@@ -649,6 +649,38 @@ impl Envoy {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// Every series of one of edge-warden's metric families (`edge_warden_rejected_total`) in
+    /// `/stats/prometheus`, where Envoy prints it as `envoy_<family>`: its labels as Envoy
+    /// prints them (`code="invalid_signature",policy="signed",runtime="wasm"`) and its value.
+    pub fn series(&self, family: &str) -> Vec<(String, i64)> {
+        let (_, text) = self.admin("/stats/prometheus");
+        parse_series(&text, &format!("envoy_{family}"))
+    }
+
+    /// One series' value, by its labels in any order, `runtime` aside (`None`: Envoy shows no
+    /// such series).
+    pub fn series_value(&self, family: &str, labels: &[(&str, &str)]) -> Option<i64> {
+        let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        wanted.sort();
+        self.series(family)
+            .into_iter()
+            .find(|(l, _)| label_set(l) == wanted)
+            .map(|(_, v)| v)
+    }
+
+    /// The sum of a family's series (`None`: Envoy shows none), once what the filter counted has
+    /// been handed over (waits out one flush period, as [`Envoy::settled_stat`]).
+    pub fn settled_total(&self, family: &str) -> Option<i64> {
+        std::thread::sleep(Duration::from_millis(1500));
+        self.total(family)
+    }
+
+    /// The sum of a family's series now (`None`: Envoy shows none).
+    pub fn total(&self, family: &str) -> Option<i64> {
+        let series = self.series(family);
+        (!series.is_empty()).then(|| series.iter().map(|(_, v)| v).sum())
+    }
+
     /// Connections each worker thread accepted, from `/stats` (`worker_N.downstream_cx_total`
     /// of every listener): proof that a test's requests really spread over the workers.
     pub fn connections_per_worker(&self) -> Vec<u64> {
@@ -910,4 +942,32 @@ fn send(
         headers,
         body,
     })
+}
+
+/// The series of `family` in a Prometheus text exposition: (labels, value).
+pub fn parse_series(text: &str, family: &str) -> Vec<(String, i64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(family)?;
+            let (labels, value) = if let Some(rest) = rest.strip_prefix('{') {
+                let (labels, value) = rest.split_once("} ")?;
+                (labels.to_string(), value)
+            } else {
+                (String::new(), rest.strip_prefix(' ')?)
+            };
+            Some((labels, value.trim().parse::<f64>().ok()? as i64))
+        })
+        .collect()
+}
+
+/// A series' labels, sorted, without `runtime` (which names the runtime that counted it).
+pub fn label_set(labels: &str) -> Vec<String> {
+    let mut set: Vec<String> = labels
+        .split(',')
+        .filter(|l| !l.is_empty() && !l.starts_with("runtime="))
+        .map(str::to_string)
+        .collect();
+    set.sort();
+    set
 }

@@ -85,7 +85,7 @@ fn a_sequential_duplicate_is_replayed_and_the_upstream_sees_one() {
         "no replay reached the upstream"
     );
     assert_eq!(
-        envoy.settled_stat("edge_warden_idempotent_replays"),
+        envoy.settled_total("edge_warden_idempotent_replays_total"),
         Some(3)
     );
 }

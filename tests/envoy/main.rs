@@ -11,6 +11,7 @@ mod hardening;
 mod hostcalls;
 mod idempotency;
 mod identity;
+mod metrics;
 mod packaging;
 mod ratelimit;
 mod reload;

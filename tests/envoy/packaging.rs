@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::harness::{certs, native_module_dir, plugin_config_of, repo, to_native, SECRET};
 
 /// YAML (all documents) as JSON, through PyYAML in the project venv.
-fn yaml_docs(path: &Path) -> Vec<serde_json::Value> {
+pub fn yaml_docs(path: &Path) -> Vec<serde_json::Value> {
     let out = Command::new(repo().join(".venv/bin/python"))
         .args([
             "-c",

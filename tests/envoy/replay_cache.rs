@@ -100,5 +100,5 @@ fn a_whole_window_of_unique_nonces_at_full_speed_is_never_refused_for_room() {
         .expect("gauge");
     let accepted = ok as i64 + 2;
     assert!((1..=accepted).contains(&entries), "{entries} of {accepted}");
-    assert_eq!(envoy.stat("edge_warden_requests_allowed"), Some(accepted));
+    assert_eq!(envoy.total("edge_warden_allowed_total"), Some(accepted));
 }

@@ -392,11 +392,8 @@ fn a_flood_of_unique_nonces_stays_within_the_cache_bound() {
         .settled_stat("edge_warden_replay_cache_entries")
         .expect("gauge");
     assert_eq!(entries, ok as i64);
-    assert_eq!(envoy.stat("edge_warden_requests_allowed"), Some(ok as i64));
-    assert_eq!(
-        envoy.stat("edge_warden_requests_rejected"),
-        Some(full as i64)
-    );
+    assert_eq!(envoy.total("edge_warden_allowed_total"), Some(ok as i64));
+    assert_eq!(envoy.total("edge_warden_rejected_total"), Some(full as i64));
 }
 
 #[test]

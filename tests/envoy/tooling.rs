@@ -8,7 +8,7 @@ use crate::harness::{
 };
 
 /// The code block that follows `<!-- snippet: NAME -->` in README.md.
-fn readme_snippet(name: &str) -> String {
+pub fn readme_snippet(name: &str) -> String {
     let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
     let marker = format!("<!-- snippet: {name} -->");
     let after = readme
