@@ -807,7 +807,11 @@ impl Exchange {
         let attempt = idem.attempt?;
         let now = host.now();
         let status = idem.response.status;
-        let call = if matches!(status, 0..=99 | 408 | 429 | 500..) {
+        // Envoy answered (a timeout, the overload manager) while the fleet's claim was still
+        // out: the request never went upstream, and the fleet may hold the key by now. Release
+        // it there too; the late answer finds no call pending and changes nothing.
+        let begin_out = matches!(self.phase, Phase::Calling(Pending::Begin { .. }));
+        let call = if begin_out || matches!(status, 0..=99 | 408 | 429 | 500..) {
             engine.state.release_idempotent(&attempt, now);
             Call::release_idempotent(&remote::ReleaseIdempotentRequest {
                 key: attempt.key.to_vec(),
@@ -836,7 +840,7 @@ impl Exchange {
                 response: wire,
             })
         };
-        if !idem.remote {
+        if !idem.remote && !begin_out {
             return None;
         }
         host.count(Metric::StateCalls, 1);
@@ -1631,7 +1635,11 @@ impl Exchange {
             Ok(remote::Outcome::InProgress) => Begun::InProgress,
             Ok(remote::Outcome::Completed) => match answer.response {
                 Some(r) => match u16::try_from(r.status) {
-                    Ok(status) if (100..=599).contains(&status) => {
+                    Ok(status)
+                        if (100..=599).contains(&status)
+                            && r.content_type.len() <= idempotency::MAX_CONTENT_TYPE
+                            && r.content_type.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+                    {
                         Begun::Completed(StoredResponse {
                             status,
                             content_type: r.content_type,

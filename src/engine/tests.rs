@@ -1502,3 +1502,28 @@ fn under_report_mode_a_streamed_body_over_its_limit_is_counted_and_goes_on() {
     assert_eq!(x.body_mode(), BodyMode::Ignore);
     assert!(!x.answered());
 }
+
+#[test]
+fn envoys_own_reply_while_the_fleet_claim_is_out_releases_the_key_here_and_there() {
+    let json = idem_json().replacen(
+        "\"policies\"",
+        r#""remote_state": {"cluster": "state"}, "policies""#,
+        1,
+    );
+    let (engine, _) = engine_of(&json);
+    let mut host = TestHost::new();
+    let mut x = Exchange::new();
+    assert!(matches!(
+        order(&mut x, &engine, &mut host, "k-8", b"x"),
+        Action::Call(_)
+    ));
+    // Envoy times the request out while the Begin call is out, and answers itself.
+    x.on_response_headers(&engine, headers(&[(":status", "504")]), &mut host);
+    let call = x.on_response_end(&engine, &mut host).expect("a release");
+    assert_eq!(call.method, remote::Method::ReleaseIdempotent);
+    // Here the key is free again: a retry claims it (and asks the fleet).
+    assert!(matches!(
+        order(&mut Exchange::new(), &engine, &mut host, "k-8", b"x"),
+        Action::Call(_)
+    ));
+}
