@@ -416,9 +416,8 @@ impl Captured {
             .and_then(|s| u16::try_from(s).ok())
             .unwrap_or(0);
         let content_type = value("content-type").unwrap_or_default();
-        let printable = content_type.iter().all(|b| (0x20..0x7f).contains(b));
         match std::str::from_utf8(content_type) {
-            Ok(ct) if printable && ct.len() <= idempotency::MAX_CONTENT_TYPE => {
+            Ok(ct) if idempotency::replayable_content_type(content_type) => {
                 self.content_type = ct.to_string();
             }
             // A content type that cannot be replayed as it was: the response is not kept.
@@ -1637,8 +1636,7 @@ impl Exchange {
                 Some(r) => match u16::try_from(r.status) {
                     Ok(status)
                         if (100..=599).contains(&status)
-                            && r.content_type.len() <= idempotency::MAX_CONTENT_TYPE
-                            && r.content_type.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+                            && idempotency::replayable_content_type(r.content_type.as_bytes()) =>
                     {
                         Begun::Completed(StoredResponse {
                             status,

@@ -298,6 +298,12 @@ pub fn attempt_token(record: &Fingerprint, request_id: Option<&str>, now: u64) -
     ])
 }
 
+/// Whether a content type can be stored and replayed as it was: printable ASCII, at most
+/// [`MAX_CONTENT_TYPE`] bytes (a header value edge-warden can write back unchanged).
+pub fn replayable_content_type(value: &[u8]) -> bool {
+    value.len() <= MAX_CONTENT_TYPE && value.iter().all(|b| (0x20..0x7f).contains(b))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Records.
 
