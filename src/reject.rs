@@ -110,6 +110,24 @@ pub enum Reject {
     InvalidPath,
     /// A control character (raw or percent-encoded) in the path, the query or a header value.
     InvalidCharacters { part: &'static str },
+    /// A standard or webhook signature scheme's header is absent (`scheme`: what it is, for the
+    /// detail, e.g. "an RFC 9421 signature"). Code `missing_signature`, like the reference
+    /// scheme's.
+    NoSignature {
+        header: &'static str,
+        scheme: &'static str,
+    },
+    /// A standard or webhook signature does not verify (`scheme`: how it is computed, for the
+    /// detail). Code `invalid_signature`, like the reference scheme's.
+    WrongSignature { scheme: &'static str },
+    /// An RFC 9421 signature verifies but does not cover what the policy requires: `missing`
+    /// lists the component identifiers, space-separated, as the policy names them.
+    MissingSignedComponents { missing: String },
+    /// An RFC 9421 signature's parameters are not acceptable (expired, no nonce where one is
+    /// required, another algorithm, the wrong tag): `reason` says which.
+    SignatureNotAccepted { reason: &'static str },
+    /// The body does not match its `Content-Digest` (RFC 9530).
+    ContentDigestMismatch,
 }
 
 /// The headers a signed request carries; the names appear in details, so they are spelled as
@@ -124,7 +142,12 @@ impl Reject {
             Reject::MissingSignature { .. }
             | Reject::TimestampOutOfWindow { .. }
             | Reject::InvalidSignature
-            | Reject::NonceReplayed => 401,
+            | Reject::NonceReplayed
+            | Reject::NoSignature { .. }
+            | Reject::WrongSignature { .. }
+            | Reject::MissingSignedComponents { .. }
+            | Reject::SignatureNotAccepted { .. } => 401,
+            Reject::ContentDigestMismatch => 400,
             Reject::MalformedHeader { .. } | Reject::DuplicatedHeader { .. } => 400,
             Reject::BodyTooLarge { .. } => 413,
             Reject::ReplayCacheFull { .. } | Reject::ReplayCheckUnavailable => 429,
@@ -159,7 +182,7 @@ impl Reject {
 
     /// Every code [`Reject::code`] gives, once each: the metrics define a series per code up
     /// front (a unit test keeps this list and `code` in step).
-    pub const CODES: [&'static str; 40] = [
+    pub const CODES: [&'static str; 43] = [
         "missing_signature",
         "malformed_header",
         "timestamp_out_of_window",
@@ -200,6 +223,9 @@ impl Reject {
         "invalid_header",
         "invalid_path",
         "invalid_characters",
+        "missing_signed_components",
+        "signature_not_accepted",
+        "content_digest_mismatch",
     ];
 
     /// The stable machine-readable code.
@@ -245,6 +271,11 @@ impl Reject {
             Reject::InvalidHeader { .. } => "invalid_header",
             Reject::InvalidPath => "invalid_path",
             Reject::InvalidCharacters { .. } => "invalid_characters",
+            Reject::NoSignature { .. } => "missing_signature",
+            Reject::WrongSignature { .. } => "invalid_signature",
+            Reject::MissingSignedComponents { .. } => "missing_signed_components",
+            Reject::SignatureNotAccepted { .. } => "signature_not_accepted",
+            Reject::ContentDigestMismatch => "content_digest_mismatch",
         }
     }
 
@@ -290,6 +321,11 @@ impl Reject {
             Reject::InvalidHeader { .. } => "Invalid header",
             Reject::InvalidPath => "Invalid path",
             Reject::InvalidCharacters { .. } => "Invalid characters",
+            Reject::NoSignature { .. } => "Request signature missing",
+            Reject::WrongSignature { .. } => "Invalid request signature",
+            Reject::MissingSignedComponents { .. } => "Signature does not cover enough",
+            Reject::SignatureNotAccepted { .. } => "Signature not accepted",
+            Reject::ContentDigestMismatch => "Content-Digest does not match the body",
         }
     }
 
@@ -444,13 +480,33 @@ impl Reject {
                 "The {part} holds a control character (raw or percent-encoded), which this \
                  service does not accept."
             ),
+            Reject::NoSignature { header, scheme } => {
+                format!("This route requires {scheme}: the {header} header is missing.")
+            }
+            Reject::WrongSignature { scheme } => {
+                format!("The signature does not match. This route expects {scheme}.")
+            }
+            Reject::MissingSignedComponents { missing } => format!(
+                "The signature verifies but does not cover what this route requires; add to \
+                 its covered components: {missing}."
+            ),
+            Reject::SignatureNotAccepted { reason } => {
+                format!("The signature is not accepted: {reason}.")
+            }
+            Reject::ContentDigestMismatch => "The Content-Digest header does not match the \
+                                              request body; compute it over the body bytes \
+                                              exactly as sent (RFC 9530)."
+                .to_string(),
         }
     }
 
     /// Whether this rejection is a failed attempt at authenticating (a wrong credential), which
     /// counts toward the brute-force lockout. Missing credentials do not count.
     pub fn is_auth_failure(&self) -> bool {
-        matches!(self, Reject::InvalidSignature | Reject::InvalidApiKey)
+        matches!(
+            self,
+            Reject::InvalidSignature | Reject::WrongSignature { .. } | Reject::InvalidApiKey
+        )
     }
 
     /// Headers that belong to this rejection beyond the content type.
@@ -638,6 +694,20 @@ mod tests {
             },
             Reject::InvalidPath,
             Reject::InvalidCharacters { part: "query" },
+            Reject::NoSignature {
+                header: "Signature-Input",
+                scheme: "an RFC 9421 HTTP message signature",
+            },
+            Reject::WrongSignature {
+                scheme: "an RFC 9421 hmac-sha256 signature",
+            },
+            Reject::MissingSignedComponents {
+                missing: "@authority content-digest".into(),
+            },
+            Reject::SignatureNotAccepted {
+                reason: "it has expired",
+            },
+            Reject::ContentDigestMismatch,
         ]
     }
 

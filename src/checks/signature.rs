@@ -48,6 +48,17 @@ pub struct SignatureVerified {
     _private: (),
 }
 
+impl SignatureVerified {
+    /// For the other schemes' verifiers (RFC 9421, webhook presets), once their MAC matched
+    /// the key at `key_index` of the keys they were given.
+    pub(in crate::checks) fn by(key_index: usize) -> Self {
+        Self {
+            key_index,
+            _private: (),
+        }
+    }
+}
+
 /// Reads the three signature headers. Absent, duplicated or malformed headers are refused here,
 /// before any body is read.
 pub fn parse_headers(headers: &RequestHeaders) -> Result<SignedRequest, Reject> {
@@ -193,6 +204,16 @@ impl Verifier {
         }
     }
 
+    /// A verifier whose MACs start with `prefix` (a webhook preset's `"{t}."`, say), which
+    /// does not count as body.
+    pub fn with_prefix(keyring: &Keyring, prefix: &[u8]) -> Self {
+        let mut verifier = Self::new(keyring);
+        for mac in &mut verifier.macs {
+            mac.update(prefix);
+        }
+        verifier
+    }
+
     /// Feeds the next body bytes.
     pub fn update(&mut self, chunk: &[u8]) {
         self.body_len += chunk.len() as u64;
@@ -223,6 +244,33 @@ impl Verifier {
                 _private: (),
             })
             .ok_or(Reject::InvalidSignature)
+    }
+}
+
+impl Verifier {
+    /// Finishes with `suffix` and compares, in constant time, every key's MAC with every
+    /// candidate the request sent (a provider may send several, one per active secret). `wrong`
+    /// is the rejection when none matches.
+    pub fn finish_any(
+        self,
+        suffix: &[u8],
+        candidates: &[Vec<u8>],
+        wrong: Reject,
+    ) -> Result<SignatureVerified, Reject> {
+        let mut matched = None;
+        for (index, mut mac) in self.macs.into_iter().enumerate() {
+            mac.update(suffix);
+            let expected = mac.finalize().into_bytes();
+            for candidate in candidates {
+                // Every pair is compared, so timing does not tell which matched.
+                let same: bool =
+                    subtle::ConstantTimeEq::ct_eq(&expected[..], &candidate[..]).into();
+                if same && matched.is_none() {
+                    matched = Some(index);
+                }
+            }
+        }
+        matched.map(SignatureVerified::by).ok_or(wrong)
     }
 }
 
