@@ -334,7 +334,12 @@ impl Config {
         check_body_limit("max_body_bytes", raw.max_body_bytes)?;
         let capacity = store::compile_replay(&raw.replay, "replay")?;
 
-        let keys = signature::compile_secrets(&sig.secrets, "signature.secrets", env)?;
+        let keys = signature::compile_secrets(
+            &sig.secrets,
+            "signature.secrets",
+            env,
+            signature::MIN_SECRET_LEN,
+        )?;
         let api_keys = api_key::compile_api_keys(&raw.api_keys, "api_keys")?;
         check_identity(&raw.identity, "identity")?;
         let event_suppress_seconds = events::compile_events(&raw.events, "events")?;

@@ -9,3 +9,4 @@ pub mod response_headers;
 pub mod shape;
 pub mod signature;
 pub mod upload;
+pub mod webhook;

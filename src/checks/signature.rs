@@ -250,13 +250,14 @@ impl Verifier {
 impl Verifier {
     /// Finishes with `suffix` and compares, in constant time, every key's MAC with every
     /// candidate the request sent (a provider may send several, one per active secret). `wrong`
-    /// is the rejection when none matches.
+    /// is the rejection when none matches. With the proof comes the MAC that matched (what a
+    /// preset without a delivery id deduplicates on).
     pub fn finish_any(
         self,
         suffix: &[u8],
         candidates: &[Vec<u8>],
         wrong: Reject,
-    ) -> Result<SignatureVerified, Reject> {
+    ) -> Result<(SignatureVerified, Vec<u8>), Reject> {
         let mut matched = None;
         for (index, mut mac) in self.macs.into_iter().enumerate() {
             mac.update(suffix);
@@ -266,11 +267,13 @@ impl Verifier {
                 let same: bool =
                     subtle::ConstantTimeEq::ct_eq(&expected[..], &candidate[..]).into();
                 if same && matched.is_none() {
-                    matched = Some(index);
+                    matched = Some((index, expected.to_vec()));
                 }
             }
         }
-        matched.map(SignatureVerified::by).ok_or(wrong)
+        matched
+            .map(|(index, mac)| (SignatureVerified::by(index), mac))
+            .ok_or(wrong)
     }
 }
 
@@ -328,6 +331,42 @@ pub struct RawSecret {
     /// Environment variable holding the secret. It must be listed in Envoy's
     /// `vm_config.environment_variables.host_env_keys`.
     pub env: String,
+    /// How the variable holds the secret: `raw` (default: its bytes are the key), `base64`
+    /// (standard alphabet, padded or not) or `hex`, for secrets that are random bytes.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+/// How an environment variable holds a secret.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Raw,
+    Base64,
+    Hex,
+}
+
+impl Encoding {
+    fn name(self) -> &'static str {
+        match self {
+            Encoding::Raw => "raw",
+            Encoding::Base64 => "base64",
+            Encoding::Hex => "hex",
+        }
+    }
+
+    /// The key bytes; `None` when the value is not in this encoding.
+    pub(crate) fn decode(self, value: &str) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        match self {
+            Encoding::Raw => Some(value.as_bytes().to_vec()),
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(value.trim().trim_end_matches('='))
+                .ok(),
+            Encoding::Hex => hex::decode(value.trim()).ok(),
+        }
+    }
 }
 
 fn default_window() -> u64 {
@@ -352,11 +391,13 @@ pub(crate) fn check_settings(raw: &RawSignature, field: &str) -> Result<(), Conf
     validate_header_name(&format!("{field}.key_id_header"), &raw.key_id_header)
 }
 
-/// Reads the secrets listed at `field` (`signature.secrets`) from the environment.
+/// Reads the secrets listed at `field` (`signature.secrets`) from the environment; each must
+/// be at least `min_len` bytes once decoded.
 pub(crate) fn compile_secrets(
     raw: &[RawSecret],
     field: &str,
     env: &dyn Fn(&str) -> Option<String>,
+    min_len: usize,
 ) -> Result<Vec<SigningKey>, ConfigError> {
     if raw.len() > MAX_SECRETS {
         return Err(err(
@@ -391,11 +432,17 @@ pub(crate) fn compile_secrets(
                 ),
             )
         })?;
-        if value.len() < MIN_SECRET_LEN {
+        let value = s.encoding.decode(&value).ok_or_else(|| {
+            err(
+                at("encoding"),
+                format!("the value of {} is not {}", s.env, s.encoding.name()),
+            )
+        })?;
+        if value.len() < min_len {
             return Err(err(
                 at("env"),
                 format!(
-                    "the secret in {} is {} bytes; at least {MIN_SECRET_LEN} are required",
+                    "the secret in {} is {} bytes; at least {min_len} are required",
                     s.env,
                     value.len()
                 ),
@@ -403,7 +450,7 @@ pub(crate) fn compile_secrets(
         }
         keys.push(SigningKey {
             id: s.id.clone(),
-            secret: Secret::new(value.into_bytes()),
+            secret: Secret::new(value),
         });
     }
     Ok(keys)
