@@ -22,7 +22,7 @@ use crate::checks::host::{self, HostPattern};
 use crate::checks::ip::{self, IpRules, RawIp};
 use crate::checks::response_headers::{self, Plan, RawSecurityHeaders};
 use crate::checks::shape::{self, RawRequest, RequestShape};
-use crate::checks::signature::{self, RawSignature, SigningKey};
+use crate::checks::signature::{self, RawPolicySignature, RawSignature, Scheme, SigningKey};
 use crate::checks::upload::{self, RawUpload, UploadPolicy};
 use crate::events::{self, RawEvents};
 use crate::idempotency::{self, PolicyIdempotency, RawIdempotencyStore, RawPolicyIdempotency};
@@ -115,9 +115,16 @@ pub struct RawPolicy {
     /// Which requests this policy covers; an empty match covers every request.
     #[serde(rename = "match", default)]
     pub matcher: RawMatch,
-    /// Whether requests must carry a valid signature (default true: fail closed).
-    #[serde(default = "default_true")]
-    pub signature: bool,
+    /// Whether requests must carry a valid signature, and in which scheme: `true` (default:
+    /// fail closed) is the reference scheme, `false` none, an object names a scheme
+    /// (`checks::signature::RawScheme`).
+    #[serde(default)]
+    pub signature: RawPolicySignature,
+    /// Whether requests must carry a `Content-Digest` (RFC 9530, sha-256 or sha-512) that
+    /// matches their body. Under an RFC 9421 scheme a Content-Digest that is sent is always
+    /// checked.
+    #[serde(default)]
+    pub content_digest: bool,
     /// Body limit for this policy, in bytes; defaults to the top-level `max_body_bytes`.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
@@ -268,7 +275,10 @@ pub struct Config {
 pub struct Policy {
     pub name: String,
     matcher: Matcher,
-    pub signature: bool,
+    /// The scheme requests must be signed with; `None`: no signature.
+    pub signature: Option<Scheme>,
+    /// A matching `Content-Digest` is required.
+    pub content_digest: bool,
     pub max_body_bytes: u64,
     pub cors: Option<Cors>,
     pub trusted_hosts: Vec<HostPattern>,
@@ -283,14 +293,14 @@ pub struct Policy {
 impl Policy {
     /// Whether the policy asks for a credential (and so is subject to the lockout).
     pub fn requires_credential(&self) -> bool {
-        self.signature || self.api_key.as_ref().is_some_and(|k| k.required)
+        self.signature.is_some() || self.api_key.as_ref().is_some_and(|k| k.required)
     }
 
     /// The body limit that applies: the streamed `request.max_body_bytes`, and on a signed
     /// route also the buffered `max_body_bytes`; the smaller wins. `None`: no limit of ours.
     pub fn body_limit(&self) -> Option<u64> {
         let streamed = self.request.max_body_bytes;
-        if self.signature {
+        if self.signature.is_some() {
             Some(streamed.map_or(self.max_body_bytes, |s| s.min(self.max_body_bytes)))
         } else {
             streamed
@@ -371,7 +381,14 @@ impl Config {
             }
             let max_body_bytes = p.max_body_bytes.unwrap_or(raw.max_body_bytes);
             check_body_limit(&at("max_body_bytes"), max_body_bytes)?;
-            if p.signature && keys.is_empty() {
+            let scheme = signature::compile_policy(
+                &p.signature,
+                &at("signature"),
+                sig.window_seconds,
+                env,
+                &mut warnings,
+            )?;
+            if scheme.as_ref().is_some_and(Scheme::uses_shared_secrets) && keys.is_empty() {
                 return Err(err(
                     "signature.secrets",
                     format!(
@@ -421,7 +438,8 @@ impl Config {
             policies.push(Policy {
                 name: p.name,
                 matcher: compile_match(&p.matcher, &at("match"))?,
-                signature: p.signature,
+                signature: scheme,
+                content_digest: p.content_digest,
                 max_body_bytes,
                 cors,
                 trusted_hosts,

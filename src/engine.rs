@@ -9,8 +9,13 @@
 
 use std::net::IpAddr;
 
-use crate::checks::signature::{self, Keyring, SignatureVerified, SignedRequest, Verifier};
+use crate::checks::digest;
+use crate::checks::rfc9421::{self, Message};
+use crate::checks::signature::{
+    self, Keyring, Scheme, SignatureVerified, SignedRequest, SigningKey, Verifier,
+};
 use crate::checks::upload::{self, UploadInspector};
+use crate::checks::webhook;
 use crate::checks::{api_key, cors, host, ip, path, shape};
 use crate::config::{Config, Mode};
 use crate::events::{self, Event, Events};
@@ -345,10 +350,11 @@ pub enum ResponseAction {
 enum Phase {
     /// Nothing (more) to check on this request.
     Pass,
-    /// Waiting for the body.
+    /// Waiting for the body of a signed request: its MAC (`verifier`) covers the body, or
+    /// (RFC 9421, verified from its headers) its Content-Digest does.
     Verifying {
-        request: SignedRequest,
-        verifier: Verifier,
+        signed: Signed,
+        verifier: Option<Verifier>,
     },
     /// Waiting for the body of an unsigned request with an idempotency key (its fingerprint
     /// covers the body), `read` bytes of at most `limit` so far.
@@ -591,9 +597,8 @@ impl Exchange {
             Ok(proceed) => {
                 self.edits.headers = headers.into_pairs();
                 match proceed {
-                    Proceed::Verify(request, now) => {
-                        let verifier = Verifier::new(&engine.keyring);
-                        self.finish(engine, request, verifier, now, host)
+                    Proceed::Verify(signed, verifier, now) => {
+                        self.finish(engine, signed, verifier, now, host)
                     }
                     Proceed::Wait => Action::Pause,
                     Proceed::Unsigned => self.unsigned_admit(engine, host),
@@ -682,7 +687,9 @@ impl Exchange {
             Phase::Answered | Phase::Calling(_) => Action::Pause,
             Phase::Verifying { verifier, .. } => {
                 let bytes = bytes.unwrap_or_default();
-                verifier.update(bytes);
+                if let Some(verifier) = verifier {
+                    verifier.update(bytes);
+                }
                 if let Some(digest) = self.body_digest.as_mut() {
                     digest.update(bytes);
                 }
@@ -865,14 +872,12 @@ impl Exchange {
 
     fn end_of_body(&mut self, engine: &Engine, host: &mut dyn Host) -> Action {
         match std::mem::replace(&mut self.phase, Phase::Pass) {
-            Phase::Verifying {
-                request, verifier, ..
-            } => {
+            Phase::Verifying { signed, verifier } => {
                 // A fresh clock: a body can be held open until the timestamp has left the
                 // window and the first use of its nonce has been purged from the cache.
                 let now = host.now();
                 self.clock = Some(now);
-                self.finish(engine, request, verifier, now, host)
+                self.finish(engine, signed, verifier, now, host)
             }
             Phase::Reading { .. } => self.unsigned_admit(engine, host),
             other => {
@@ -1096,7 +1101,7 @@ impl Exchange {
                 .push((config.client_header.clone(), Some(client)));
         }
 
-        if !policy.signature {
+        let Some(scheme) = &policy.signature else {
             // The fleet may have locked this address out where this Envoy has not seen it;
             // a signed request asks in the same call that claims its nonce.
             self.lockout_due = checks_credential;
@@ -1111,21 +1116,52 @@ impl Exchange {
                 return Ok(Proceed::Wait);
             }
             return Ok(Proceed::Unsigned);
-        }
-        // Every header-only check runs before any body is read.
-        let Some(request) = self.noted(engine, signature::parse_headers(headers))? else {
-            // Report mode, no usable signature headers: nothing to verify.
-            return Ok(Proceed::Unsigned);
         };
-        let window = signature::check_window(request.timestamp, now, config.window_seconds);
-        self.noted(engine, window)?;
+        // Every header-only check runs before any body is read. In report mode a signature
+        // that cannot be read or verified is noted, and there is nothing more to verify.
+        let (signed, verifier) = match scheme {
+            Scheme::Reference => {
+                let Some(request) = self.noted(engine, signature::parse_headers(headers))? else {
+                    return Ok(Proceed::Unsigned);
+                };
+                let window = signature::check_window(request.timestamp, now, config.window_seconds);
+                self.noted(engine, window)?;
+                let verifier = Verifier::new(&engine.keyring);
+                (Signed::Reference(request), Some(verifier))
+            }
+            Scheme::Webhook(settings) => {
+                let Some(delivery) = self.noted(engine, webhook::parse(settings, headers))? else {
+                    return Ok(Proceed::Unsigned);
+                };
+                if let Some(timestamp) = delivery.timestamp {
+                    let window = signature::check_window(timestamp, now, settings.tolerance);
+                    self.noted(engine, window)?;
+                }
+                let verifier = Verifier::with_prefix(&settings.keyring, &delivery.prefix);
+                (Signed::Webhook(delivery), Some(verifier))
+            }
+            Scheme::Rfc9421(settings) => {
+                // The signature covers headers and derived components only: verified now. A
+                // body is held until its Content-Digest (checked by the body watch) is known
+                // to match, and the nonce is claimed then.
+                let message = Message {
+                    method,
+                    scheme: headers.first_str(":scheme").unwrap_or("http"),
+                    authority: headers.first_str(":authority").unwrap_or(""),
+                    path,
+                    headers,
+                };
+                let verified = rfc9421::verify(settings, &config.keys, &message, now);
+                let Some(verified) = self.noted(engine, verified)? else {
+                    return Ok(Proceed::Unsigned);
+                };
+                (Signed::Rfc9421(verified), None)
+            }
+        };
         if end_of_stream {
-            return Ok(Proceed::Verify(request, now));
+            return Ok(Proceed::Verify(signed, verifier, now));
         }
-        self.phase = Phase::Verifying {
-            request,
-            verifier: Verifier::new(&engine.keyring),
-        };
+        self.phase = Phase::Verifying { signed, verifier };
         Ok(Proceed::Wait)
     }
 
@@ -1303,33 +1339,37 @@ impl Exchange {
     fn finish(
         &mut self,
         engine: &Engine,
-        request: SignedRequest,
-        verifier: Verifier,
+        signed: Signed,
+        verifier: Option<Verifier>,
         now: u64,
         host: &mut dyn Host,
     ) -> Action {
         let config = &engine.config;
+        let policy = self.policy.and_then(|i| config.policies.get(i));
         // In report mode a failure here is noted and the request goes on without its signing
         // key named upstream; only a verified signature in its window claims its nonce.
-        let proof = match verifier.finish(&request) {
-            Ok(proof) => proof,
+        let verdict = match verdict(config, policy, signed, verifier, now) {
+            Ok(verdict) => verdict,
             Err(why) => return self.refuse_or_admit(engine, why, host),
         };
-        let key_id = config
-            .keys
-            .get(proof.key_index)
-            .map(|k| k.id.clone())
-            .unwrap_or_default();
+        let Verdict {
+            proof,
+            key_id,
+            timestamp,
+            replay_id,
+            expires_at,
+        } = verdict;
         self.about.secret_id = Some(key_id.clone());
         // The nonce's record stays in the cache until exactly the moment this check starts
         // refusing its timestamp, so a replay is always caught by one of the two.
-        if let Err(why) = signature::check_window(request.timestamp, now, config.window_seconds) {
-            return self.refuse_or_admit(engine, why, host);
+        if let Some((timestamp, window)) = timestamp {
+            if let Err(why) = signature::check_window(timestamp, now, window) {
+                return self.refuse_or_admit(engine, why, host);
+            }
         }
-        let expires_at = request.timestamp.saturating_add(config.window_seconds);
         match engine
             .state
-            .claim_nonce(&proof, &request.nonce, expires_at, now)
+            .claim_nonce(&proof, &replay_id, expires_at, now)
         {
             Ok(recorded) => {
                 host.count(
@@ -1351,7 +1391,7 @@ impl Exchange {
             let call = Call::admit(&AdmitRequest {
                 lockout: self.remote_lockout(engine, host),
                 claim: Some(remote::Claim {
-                    fingerprint: remote::fingerprint(&request.nonce),
+                    fingerprint: remote::fingerprint(&replay_id),
                     ttl_seconds: u32::try_from(ttl).unwrap_or(u32::MAX),
                 }),
             });
@@ -1810,7 +1850,106 @@ fn body_watch(
             watch = watch.with(Box::new(inspector));
         }
     }
+    // RFC 9530: required by the policy (or by the components an RFC 9421 policy requires);
+    // under RFC 9421 one that is sent is checked whether or not it is required, so a
+    // signature that covers it is always held to it.
+    let rfc9421 = match &policy.signature {
+        Some(Scheme::Rfc9421(settings)) => Some(settings.covers_content_digest()),
+        _ => None,
+    };
+    let required = policy.content_digest || rfc9421 == Some(true);
+    if required || rfc9421.is_some() {
+        match digest::parse(headers)? {
+            Some(check) => watch = watch.with(Box::new(check)),
+            None if required => {
+                return Err(Reject::MissingHeader {
+                    header: "Content-Digest".to_string(),
+                })
+            }
+            None => {}
+        }
+    }
     Ok(watch)
+}
+
+/// A signed request between its headers and the end of its body.
+enum Signed {
+    /// The reference scheme: its MAC still needs the body, timestamp and nonce.
+    Reference(SignedRequest),
+    /// A webhook delivery: its MAC still needs the body.
+    Webhook(webhook::Signed),
+    /// Verified from its headers; its nonce is claimed once the body (and its digest) passed.
+    Rfc9421(rfc9421::Verified),
+}
+
+/// A verified signature: what the replay store claims for it, and what is checked last.
+struct Verdict {
+    proof: SignatureVerified,
+    /// The id of the secret that matched (named upstream).
+    key_id: String,
+    /// The signed timestamp and its window, checked again with the clock at the end.
+    timestamp: Option<(u64, u64)>,
+    /// The replay store's claim, and the unix second until which it is kept.
+    replay_id: String,
+    expires_at: u64,
+}
+
+/// Finishes the verification of `signed` with what the body added.
+fn verdict(
+    config: &Config,
+    policy: Option<&crate::config::Policy>,
+    signed: Signed,
+    verifier: Option<Verifier>,
+    now: u64,
+) -> Result<Verdict, Reject> {
+    let key_id = |keys: &[SigningKey], index: usize| {
+        keys.get(index).map(|k| k.id.clone()).unwrap_or_default()
+    };
+    let scheme = policy.and_then(|p| p.signature.as_ref());
+    match (signed, verifier, scheme) {
+        (Signed::Reference(request), Some(verifier), _) => {
+            let proof = verifier.finish(&request)?;
+            Ok(Verdict {
+                key_id: key_id(&config.keys, proof.key_index),
+                timestamp: Some((request.timestamp, config.window_seconds)),
+                expires_at: request.timestamp.saturating_add(config.window_seconds),
+                replay_id: request.nonce,
+                proof,
+            })
+        }
+        (Signed::Webhook(delivery), Some(verifier), Some(Scheme::Webhook(settings))) => {
+            let wrong = Reject::WrongSignature {
+                scheme: settings.preset.describes(),
+            };
+            let (proof, mac) = verifier.finish_any(b"", &delivery.candidates, wrong)?;
+            let name = policy.map_or("", |p| p.name.as_str());
+            let (replay_id, expires_at) = settings.replay_claim(name, &delivery, &mac, now);
+            Ok(Verdict {
+                key_id: key_id(&settings.keys, proof.key_index),
+                timestamp: delivery.timestamp.map(|t| (t, settings.tolerance)),
+                replay_id,
+                expires_at,
+                proof,
+            })
+        }
+        (Signed::Rfc9421(verified), None, Some(Scheme::Rfc9421(settings))) => {
+            if verified.expires.is_some_and(|expires| now > expires) {
+                return Err(Reject::SignatureNotAccepted {
+                    reason: "it has expired",
+                });
+            }
+            let window = settings.window_seconds();
+            Ok(Verdict {
+                key_id: key_id(&config.keys, verified.proof.key_index),
+                timestamp: Some((verified.created, window)),
+                expires_at: verified.created.saturating_add(window),
+                replay_id: verified.replay_id,
+                proof: verified.proof,
+            })
+        }
+        // The phase was set from this policy's scheme: anything else is a bug here.
+        _ => Err(Reject::Internal),
+    }
 }
 
 /// The upload inspector reads a body as the watch hands it over: every chunk once, in order,
@@ -1844,7 +1983,7 @@ impl Chunk<'_> {
 /// How a request that passed its header checks goes on.
 enum Proceed {
     /// Signed, no body: verify now (with the clock read for the headers).
-    Verify(SignedRequest, u64),
+    Verify(Signed, Option<Verifier>, u64),
     /// A body follows that a check needs: hold the headers.
     Wait,
     /// Unsigned, every header check passed: the fleet lockout and the idempotency key next.

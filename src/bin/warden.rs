@@ -11,8 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 
 use edge_warden::checks::api_key::hash_key;
-use edge_warden::checks::signature::{sign, MIN_SECRET_LEN};
-use edge_warden::config::{parse_raw, Config, ConfigError};
+use edge_warden::checks::signature::{
+    sign, Encoding, RawPolicySignature, RawScheme, RawSecret, MIN_SECRET_LEN,
+};
+use edge_warden::config::{parse_raw, Config, ConfigError, RawConfig};
 use edge_warden::config_locate::{
     locate_field, parse_error_position, plugin_configs, without_json_position, Position,
 };
@@ -425,6 +427,37 @@ fn is_envoy_config(file: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
 }
 
+/// Every secret's variable with a placeholder value of the minimum length in the form its
+/// setting expects (raw, base64, hex, a Standard Webhooks `whsec_`), for `--skip-secrets`.
+fn secret_placeholders(raw: &RawConfig) -> Vec<(String, String)> {
+    use base64::Engine as _;
+    let bytes = "x".repeat(MIN_SECRET_LEN);
+    let base64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let value = |s: &RawSecret, standard: bool| match (standard, s.encoding) {
+        (true, _) => format!("whsec_{base64}"),
+        (false, Encoding::Raw) => bytes.clone(),
+        (false, Encoding::Base64) => base64.clone(),
+        (false, Encoding::Hex) => hex::encode(&bytes),
+    };
+    let mut out: Vec<(String, String)> = raw
+        .signature
+        .secrets
+        .iter()
+        .map(|s| (s.env.clone(), value(s, false)))
+        .collect();
+    for policy in &raw.policies {
+        let (secrets, standard) = match &policy.signature {
+            RawPolicySignature::Scheme(
+                RawScheme::Stripe(w) | RawScheme::Github(w) | RawScheme::Slack(w),
+            ) => (&w.secrets, false),
+            RawPolicySignature::Scheme(RawScheme::StandardWebhooks(w)) => (&w.secrets, true),
+            _ => continue,
+        };
+        out.extend(secrets.iter().map(|s| (s.env.clone(), value(s, standard))));
+    }
+    out
+}
+
 /// Validates one plugin configuration exactly as the filter does at load time (`parse_raw`, then
 /// `Config::compile`) and prints the outcome. `place` turns a position in `json` into what
 /// precedes each message: `file:line` and, when it is exact, the column. `block` names the
@@ -466,17 +499,12 @@ fn check_plugin_config(
     };
     // With --skip-secrets the secrets' variables read as placeholders of the minimum length, so
     // only the structure is checked; other variables (e.g. an allowed origin) are read as usual.
-    let secret_vars: Vec<String> = raw
-        .signature
-        .secrets
-        .iter()
-        .map(|s| s.env.clone())
-        .collect();
-    let placeholder = "x".repeat(MIN_SECRET_LEN);
+    let placeholders = secret_placeholders(&raw);
     let lookup = |name: &str| match std::env::var(name) {
-        Err(_) if skip_secrets && secret_vars.iter().any(|v| v == name) => {
-            Some(placeholder.clone())
-        }
+        Err(_) if skip_secrets => placeholders
+            .iter()
+            .find(|(var, _)| var == name)
+            .map(|(_, value)| value.clone()),
         value => value.ok(),
     };
     match Config::compile(raw, &lookup) {

@@ -369,6 +369,113 @@ impl Encoding {
     }
 }
 
+/// A policy's `signature`: `true` (the reference scheme), `false` (none), or an object naming
+/// a scheme and its settings: `{"scheme": "rfc9421", ...}`, `{"scheme": "stripe", ...}`.
+#[derive(Debug)]
+pub enum RawPolicySignature {
+    Flag(bool),
+    Scheme(RawScheme),
+}
+
+impl Default for RawPolicySignature {
+    /// Fail closed: a policy that says nothing requires the reference scheme.
+    fn default() -> Self {
+        RawPolicySignature::Flag(true)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawPolicySignature {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawPolicySignature;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "true, false, or an object with a `scheme` (reference, rfc9421, stripe, \
+                     github, slack, standard_webhooks)",
+                )
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(RawPolicySignature::Flag(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                RawScheme::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawPolicySignature::Scheme)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// The signature schemes a policy can require.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "scheme", rename_all = "snake_case")]
+pub enum RawScheme {
+    /// `X-Request-Signature` over body ‖ timestamp ‖ nonce (the same as `true`).
+    Reference(RawReference),
+    /// RFC 9421 HTTP Message Signatures, hmac-sha256, keys from `signature.secrets` by `keyid`.
+    Rfc9421(crate::checks::rfc9421::RawRfc9421),
+    Stripe(crate::checks::webhook::RawWebhook),
+    Github(crate::checks::webhook::RawWebhook),
+    Slack(crate::checks::webhook::RawWebhook),
+    StandardWebhooks(crate::checks::webhook::RawWebhook),
+}
+
+/// `{"scheme": "reference"}` takes no settings: they are the top-level `signature` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReference {}
+
+/// The scheme a policy's requests are verified with.
+#[derive(Debug, Clone)]
+pub enum Scheme {
+    /// `X-Request-*`, with the top-level secrets and window.
+    Reference,
+    /// RFC 9421, with the top-level secrets (selected by `keyid`).
+    Rfc9421(crate::checks::rfc9421::Rfc9421Settings),
+    /// A webhook preset, with its own secrets.
+    Webhook(Box<crate::checks::webhook::WebhookSettings>),
+}
+
+impl Scheme {
+    /// Whether the scheme verifies with the top-level `signature.secrets`.
+    pub fn uses_shared_secrets(&self) -> bool {
+        matches!(self, Scheme::Reference | Scheme::Rfc9421(_))
+    }
+}
+
+/// Compiles a policy's `signature` at `field`: `None` when the policy requires none.
+pub(crate) fn compile_policy(
+    raw: &RawPolicySignature,
+    field: &str,
+    window: u64,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Scheme>, ConfigError> {
+    use crate::checks::webhook::{self, Preset};
+    let webhook = |preset, raw| {
+        webhook::compile(preset, raw, field, env).map(|w| Some(Scheme::Webhook(Box::new(w))))
+    };
+    match raw {
+        RawPolicySignature::Flag(false) => Ok(None),
+        RawPolicySignature::Flag(true) | RawPolicySignature::Scheme(RawScheme::Reference(_)) => {
+            Ok(Some(Scheme::Reference))
+        }
+        RawPolicySignature::Scheme(RawScheme::Rfc9421(r)) => Ok(Some(Scheme::Rfc9421(
+            crate::checks::rfc9421::compile(r, field, window, warnings)?,
+        ))),
+        RawPolicySignature::Scheme(RawScheme::Stripe(w)) => webhook(Preset::Stripe, w),
+        RawPolicySignature::Scheme(RawScheme::Github(w)) => webhook(Preset::Github, w),
+        RawPolicySignature::Scheme(RawScheme::Slack(w)) => webhook(Preset::Slack, w),
+        RawPolicySignature::Scheme(RawScheme::StandardWebhooks(w)) => {
+            webhook(Preset::StandardWebhooks, w)
+        }
+    }
+}
+
 fn default_window() -> u64 {
     300
 }

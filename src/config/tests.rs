@@ -476,3 +476,83 @@ fn the_event_suppression_interval_is_checked_naming_the_field() {
         assert_eq!(e.field, "events.suppress_seconds", "{e}");
     }
 }
+
+#[test]
+fn a_policy_names_its_signature_scheme() {
+    let json = r#"{
+      "signature": {"secrets": [{"id": "primary", "env": "HMAC_SHARED_SECRET"}]},
+      "policies": [
+        {"name": "ref", "match": {"path": "/a"}, "signature": {"scheme": "reference"}},
+        {"name": "rfc", "match": {"path": "/b"}, "signature": {"scheme": "rfc9421"}},
+        {"name": "hook", "match": {"path": "/c"}, "signature": {"scheme": "github", "secrets": [{"id": "gh", "env": "OLD_SECRET"}]}},
+        {"name": "digest", "match": {"path": "/d"}, "signature": false, "content_digest": true},
+        {"name": "default"}
+      ]
+    }"#;
+    let c = load(json).unwrap();
+    let scheme = |i: usize| c.policies[i].signature.as_ref();
+    assert!(matches!(scheme(0), Some(Scheme::Reference)));
+    assert!(matches!(scheme(1), Some(Scheme::Rfc9421(_))));
+    assert!(matches!(scheme(2), Some(Scheme::Webhook(w)) if w.keys[0].id == "gh"));
+    assert!(scheme(3).is_none() && c.policies[3].content_digest);
+    assert!(matches!(scheme(4), Some(Scheme::Reference)));
+}
+
+#[test]
+fn signature_scheme_mistakes_name_the_field() {
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{"policies": [{"name": "a", "signature": {"scheme": "hmac"}}]}"#,
+            "policies[0].signature.scheme",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": {"secrets": []}}]}"#,
+            "policies[0].signature",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": {"scheme": "stripe", "secrets": [{"id": "s", "env": "OLD_SECRET"}], "tolerance": 5}}]}"#,
+            "policies[0].signature",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": {"scheme": "stripe", "secrets": [{"id": "s", "env": "OLD_SECRET"}], "tolerance_seconds": 0}}]}"#,
+            "policies[0].signature.tolerance_seconds",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": {"scheme": "slack", "secrets": [{"id": "s", "env": "NOT_SET"}]}}]}"#,
+            "policies[0].signature.secrets[0].env",
+        ),
+        (
+            r#"{"policies": [{"name": "a", "signature": {"scheme": "rfc9421"}}]}"#,
+            "signature.secrets",
+        ),
+        (
+            r#"{"signature": {"secrets": [{"id": "k", "env": "HMAC_SHARED_SECRET", "encoding": "base64"}]}, "policies": [{"name": "a"}]}"#,
+            "signature.secrets[0].env",
+        ),
+        (
+            r#"{"signature": {"secrets": [{"id": "k", "env": "SHORT_SECRET", "encoding": "hex"}]}, "policies": [{"name": "a"}]}"#,
+            "signature.secrets[0].encoding",
+        ),
+    ];
+    for (json, field) in cases {
+        let e = load(json).expect_err(json);
+        assert_eq!(&e.field, field, "{json}: {e}");
+        assert!(e.to_string().contains(field), "{e}");
+    }
+}
+
+#[test]
+fn a_secret_can_be_given_in_base64_or_hex() {
+    let env = |name: &str| match name {
+        "B64" => Some("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_string()),
+        "HEX" => Some("3031323334353637383961626364656630313233343536373839616263646566".into()),
+        _ => None,
+    };
+    for (var, encoding) in [("B64", "base64"), ("HEX", "hex")] {
+        let json = format!(
+            r#"{{"signature": {{"secrets": [{{"id": "k", "env": "{var}", "encoding": "{encoding}"}}]}}, "policies": [{{"name": "a"}}]}}"#
+        );
+        let c = Config::from_json(json.as_bytes(), &env).unwrap();
+        assert_eq!(c.keys[0].secret.expose(), SECRET.as_bytes());
+    }
+}
