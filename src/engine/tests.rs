@@ -1527,3 +1527,97 @@ fn envoys_own_reply_while_the_fleet_claim_is_out_releases_the_key_here_and_there
         Action::Call(_)
     ));
 }
+
+// Webhook presets: each secret from its own variable, the body held and hashed after the
+// sender's prefix, the dedupe claim made once the MAC verified.
+
+const STRIPE_SECRET: &str = "whsec_engine_test_0123456789abcdefghij";
+const HOOK_SECRET: &str = "github-engine-test-secret-0123456789";
+
+fn hooks_engine(remote: bool) -> (Engine, Arc<LocalState<MemoryStore>>) {
+    let remote = if remote {
+        r#""remote_state": {"cluster": "state", "failure_mode": "fail_closed"},"#
+    } else {
+        ""
+    };
+    let json = format!(
+        r#"{{{remote}
+      "policies": [
+        {{"name": "stripe", "match": {{"path": "/hooks/stripe"}},
+          "signature": {{"scheme": "stripe", "secrets": [{{"id": "st", "env": "STRIPE"}}]}}}},
+        {{"name": "github", "match": {{"path": "/hooks/github"}},
+          "signature": {{"scheme": "github", "secrets": [{{"id": "gh", "env": "GITHUB"}}], "dedupe_seconds": 600}}}}
+      ]
+    }}"#
+    );
+    let env = |name: &str| match name {
+        "STRIPE" => Some(STRIPE_SECRET.to_string()),
+        "GITHUB" => Some(HOOK_SECRET.to_string()),
+        _ => None,
+    };
+    let config = Config::from_json(json.as_bytes(), &env).expect("config");
+    let state = Arc::new(LocalState::new(&config, MemoryStore::default()));
+    state.prepare().expect("prepare");
+    (Engine::new(config, Box::new(state.clone())), state)
+}
+
+fn delivery(
+    engine: &Engine,
+    host: &mut TestHost,
+    path: &str,
+    sent: &[(String, String)],
+    body: &[u8],
+) -> Action {
+    let mut x = Exchange::new();
+    let a = x.on_request_headers(engine, with(request("POST", path, &[]), sent), false, host);
+    if !matches!(a, Action::Pause) {
+        return a;
+    }
+    assert_eq!(x.body_mode(), BodyMode::Held);
+    let (first, rest) = body.split_at(body.len() / 2);
+    assert!(matches!(
+        x.on_request_body(engine, first, false, host),
+        Action::Pause
+    ));
+    x.on_request_body(engine, rest, true, host)
+}
+
+#[test]
+fn a_stripe_delivery_is_verified_over_its_body_and_its_replay_refused() {
+    use crate::checks::webhook::{sign, Preset};
+    let (engine, _) = hooks_engine(false);
+    let mut host = TestHost::new();
+    let body = br#"{"id":"evt_1"}"#;
+    let sent = sign(Preset::Stripe, STRIPE_SECRET.as_bytes(), body, NOW, "");
+    let list = edits(delivery(&engine, &mut host, "/hooks/stripe", &sent, body));
+    assert!(list.contains(&("x-edge-warden-key-id".into(), Some("st".into()))));
+    // The same delivery again: the MAC was claimed.
+    let a = delivery(&engine, &mut host, "/hooks/stripe", &sent, body);
+    assert_eq!(code(&a), "nonce_replayed");
+    // Another body under the captured header.
+    let a = delivery(&engine, &mut host, "/hooks/stripe", &sent, br#"{"id":"evt_2"}"#);
+    assert_eq!(code(&a), "invalid_signature");
+    // Signed six minutes ago: out of Stripe's tolerance, refused at the headers.
+    let old = sign(Preset::Stripe, STRIPE_SECRET.as_bytes(), body, NOW - 360, "");
+    let a = delivery(&engine, &mut host, "/hooks/stripe", &old, body);
+    assert_eq!(code(&a), "timestamp_out_of_window");
+    let a = delivery(&engine, &mut host, "/hooks/stripe", &[], body);
+    assert_eq!(code(&a), "missing_signature");
+}
+
+#[test]
+fn a_github_delivery_is_deduplicated_on_its_delivery_id_fleet_wide() {
+    use crate::checks::webhook::{sign, Preset};
+    let (engine, _) = hooks_engine(true);
+    let mut host = TestHost::new();
+    let body = br#"{"zen":"Keep it logically awesome."}"#;
+    let sent = sign(Preset::Github, HOOK_SECRET.as_bytes(), body, 0, "delivery-1");
+    let call = expect_call(delivery(&engine, &mut host, "/hooks/github", &sent, body));
+    let asked: AdmitRequest = prost::Message::decode(call.message.as_slice()).unwrap();
+    let claim = asked.claim.expect("a claim");
+    assert_eq!(claim.fingerprint, remote::fingerprint("github:github:delivery-1"));
+    assert_eq!(claim.ttl_seconds, 600);
+    // The same delivery id again is refused here, without a call.
+    let a = delivery(&engine, &mut host, "/hooks/github", &sent, body);
+    assert_eq!(code(&a), "nonce_replayed");
+}
