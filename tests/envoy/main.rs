@@ -1,6 +1,7 @@
 //! Integration tests: a real Envoy loads the built .wasm (run `make test`, which builds it).
 
 mod harness;
+mod schemes;
 
 mod browser;
 mod config;
@@ -21,3 +22,4 @@ mod signature;
 mod tls;
 mod tooling;
 mod uploads;
+mod webhooks;
