@@ -17,6 +17,7 @@ mod packaging;
 mod ratelimit;
 mod reload;
 mod replay_cache;
+mod rfc9421;
 mod shape;
 mod signature;
 mod tls;
