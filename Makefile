@@ -14,7 +14,7 @@ NATIVE := target/native/libedge_warden.so
 RUNTIME ?= wasm
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: help run run-fleet run-tls certs validate bench bench-deps test wasm native native-faults wasm-faults cli state deps envoy wasm-target node-deps browser-deps redis-deps promtool-deps lint unit integration clean
+.PHONY: help run run-fleet run-tls certs validate bench bench-deps test wasm native native-faults wasm-faults cli state deps envoy wasm-target signer-deps node-deps browser-deps redis-deps promtool-deps lint unit integration clean
 
 help:
 	@echo "make run    build edge-warden and start Envoy on 127.0.0.1:10000 (admin :9901) before the demo upstream"
@@ -46,6 +46,19 @@ $(PYYAML): $(ENVOY)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'pyyaml>=6,<7'
 	@touch $@
 
+# The providers' own signing packages, in the same venv: the signature-scheme tests sign with
+# them (tests/signers/sign.py: Stripe, Slack, Standard Webhooks, RFC 9421 HTTP Message
+# Signatures on a requests PreparedRequest). GitHub's (@octokit/webhooks-methods) is in
+# tests/node/package.json, installed by node-deps.
+SIGNER_PINS := 'stripe>=16,<17' 'slack-sdk>=3.48,<4' 'standardwebhooks>=1.1,<2' \
+	'http-message-signatures>=3,<4' 'requests>=2.32,<3'
+SIGNERS := $(VENV)/.signers-installed
+$(SIGNERS): $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(SIGNER_PINS)
+	@touch $@
+
+signer-deps: $(SIGNERS)
+
 $(NODE_DEPS): tests/node/package.json tests/node/package-lock.json
 	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
@@ -64,7 +77,7 @@ redis-deps:
 promtool-deps:
 	@command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
 
-deps: wasm-target envoy $(PYYAML) node-deps browser-deps redis-deps promtool-deps
+deps: wasm-target envoy $(PYYAML) signer-deps node-deps browser-deps redis-deps promtool-deps
 
 wasm: wasm-target
 	cargo build --release --target wasm32-wasip1 --lib

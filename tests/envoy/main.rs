@@ -1,6 +1,7 @@
 //! Integration tests: a real Envoy loads the built .wasm (run `make test`, which builds it).
 
 mod harness;
+mod schemes;
 
 mod browser;
 mod config;
@@ -16,8 +17,10 @@ mod packaging;
 mod ratelimit;
 mod reload;
 mod replay_cache;
+mod rfc9421;
 mod shape;
 mod signature;
 mod tls;
 mod tooling;
 mod uploads;
+mod webhooks;
