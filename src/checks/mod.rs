@@ -2,6 +2,7 @@
 
 pub mod api_key;
 pub mod cors;
+pub mod digest;
 pub mod host;
 pub mod ip;
 pub mod path;
