@@ -7,6 +7,7 @@ pub mod host;
 pub mod ip;
 pub mod path;
 pub mod response_headers;
+pub mod rfc9421;
 pub mod shape;
 pub mod signature;
 pub mod upload;
