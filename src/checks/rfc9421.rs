@@ -881,7 +881,14 @@ pub fn sign(
     let mut items = Vec::with_capacity(components.len());
     for written in components {
         let item = parse_identifier(written)?;
-        classify(&item).map_err(|reason| format!("`{written}` {reason}"))?;
+        let kind = classify(&item).map_err(|reason| format!("`{written}` {reason}"))?;
+        // Resolved here too, so that an error names the component.
+        values(&kind, message).map_err(|reason| {
+            format!(
+                "cannot cover `{written}` in this request: {}",
+                reason.replacen("it covers", "the signature would cover", 1)
+            )
+        })?;
         items.push(item);
     }
     let mut params = Parameters::new();
@@ -908,12 +915,8 @@ pub fn sign(
         params.insert(key("tag")?, text("tag", tag)?);
     }
     let entry = ListEntry::InnerList(sfv::InnerList::with_params(items, params));
-    let base = signature_base(&entry, message).map_err(|reason| {
-        format!(
-            "cannot sign this request: {}",
-            reason.replacen("it covers", "the signature would cover", 1)
-        )
-    })?;
+    let base = signature_base(&entry, message)
+        .map_err(|reason| format!("cannot sign this request: {reason}"))?;
     let signature = mac(secret, &base)
         .ok_or("HMAC refused the key")?
         .finalize()
