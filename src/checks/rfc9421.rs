@@ -882,6 +882,9 @@ pub fn sign(
     for written in components {
         let item = parse_identifier(written)?;
         let kind = classify(&item).map_err(|reason| format!("`{written}` {reason}"))?;
+        if items.iter().any(|other| same_component(other, &item)) {
+            return Err(format!("`{written}` is listed twice"));
+        }
         // Resolved here too, so that an error names the component.
         values(&kind, message).map_err(|reason| {
             format!(

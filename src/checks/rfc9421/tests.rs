@@ -552,6 +552,26 @@ fn a_covered_header_that_is_absent_refuses_the_signature() {
 }
 
 #[test]
+fn sign_refuses_a_component_listed_twice() {
+    let err = plain_request()
+        .with(|m| {
+            sign(
+                SECRET,
+                "k1",
+                "s",
+                &["@path", "\"@path\""],
+                m,
+                NOW,
+                None,
+                None,
+                None,
+            )
+        })
+        .unwrap_err();
+    assert!(err.contains("listed twice"), "{err}");
+}
+
+#[test]
 fn a_covered_value_with_a_line_break_refuses_the_signature() {
     let request = plain_request().header("x-note", "a\nb");
     let err = request
