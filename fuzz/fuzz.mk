@@ -11,7 +11,7 @@
 # fuzz/seeds/TARGET and the reproducers in fuzz/regressions/TARGET are read as extra corpora and
 # never written. A crash stops the run, fails make, and leaves the input in fuzz/artifacts/TARGET.
 
-FUZZ_TARGETS := signature_headers api_key cors host ip config_json request_id_and_reject engine_request state_answer upload_inspector path
+FUZZ_TARGETS := signature_headers api_key cors host ip config_json request_id_and_reject engine_request state_answer upload_inspector path rfc9421
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_RUNS ?= 100000
 # `none` by default: edge-warden is safe Rust (no `unsafe`), so what we hunt is a panic, which

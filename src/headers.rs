@@ -24,6 +24,19 @@ pub fn same_name(sent: &str, ours: &str) -> bool {
         })
 }
 
+/// `value` without leading and trailing optional whitespace (spaces and tabs, RFC 9110 §5.6.3).
+pub fn trim_ows(value: &[u8]) -> &[u8] {
+    let start = value
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| *b != b' ' && *b != b'\t')
+        .map_or(start, |i| i + 1);
+    value.get(start..end).unwrap_or_default()
+}
+
 /// A header that was sent more than once where exactly one copy is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Duplicated;
@@ -82,6 +95,28 @@ impl RequestHeaders {
         }
     }
 
+    /// Every field line of `name`, each trimmed of spaces and tabs, joined with ", ": the one
+    /// value RFC 9110 §5.3 says several lines of a list-valued field stand for (RFC 9421 §2.1
+    /// builds a covered field's value the same way). `None` when the field is absent.
+    pub fn combined(&self, name: &str) -> Option<Vec<u8>> {
+        let mut out: Option<Vec<u8>> = None;
+        for (_, value) in self
+            .pairs
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            let buf = match &mut out {
+                Some(buf) => {
+                    buf.extend_from_slice(b", ");
+                    buf
+                }
+                None => out.insert(Vec::new()),
+            };
+            buf.extend_from_slice(trim_ows(value));
+        }
+        out
+    }
+
     /// `first`, as text; `None` when absent or not UTF-8.
     pub fn first_str(&self, name: &str) -> Option<&str> {
         self.first(name).and_then(|v| std::str::from_utf8(v).ok())
@@ -99,6 +134,20 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_vec()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn combined_joins_every_line_trimmed_in_order() {
+        let h = headers(&[
+            ("x-list", b" a, b "),
+            ("x-other", b"z"),
+            ("X-List", b"\tc"),
+            ("x-empty", b"  "),
+        ]);
+        assert_eq!(h.combined("x-list"), Some(b"a, b, c".to_vec()));
+        assert_eq!(h.combined("x-empty"), Some(Vec::new()));
+        assert_eq!(h.combined("x-none"), None);
+        assert_eq!(trim_ows(b" \t "), b"");
     }
 
     #[test]

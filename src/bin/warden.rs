@@ -1,6 +1,7 @@
 //! `warden`: the command-line companion of the edge-warden filter.
 //!
-//! - `warden sign`: the three signature headers for a body, or the signed request itself.
+//! - `warden sign`: the signature headers for a body (the reference scheme's three, or RFC 9421's
+//!   Signature-Input and Signature with a Content-Digest), or the signed request itself.
 //! - `warden check-config FILE`: the filter's own configuration validation, offline.
 
 use std::io::Read;
@@ -11,6 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 
 use edge_warden::checks::api_key::hash_key;
+use edge_warden::checks::digest::{self, Algorithm};
+use edge_warden::checks::rfc9421::{self, Message};
 use edge_warden::checks::signature::{
     sign, Encoding, RawPolicySignature, RawScheme, RawSecret, MIN_SECRET_LEN,
 };
@@ -18,6 +21,7 @@ use edge_warden::config::{parse_raw, Config, ConfigError, RawConfig};
 use edge_warden::config_locate::{
     locate_field, parse_error_position, plugin_configs, without_json_position, Position,
 };
+use edge_warden::headers::RequestHeaders;
 
 #[derive(Parser)]
 #[command(
@@ -32,8 +36,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Sign a request: print the X-Request-* headers, or send the request with --url.
-    Sign(SignArgs),
+    /// Sign a request: print the signature headers, or send the request with --url.
+    Sign(Box<SignArgs>),
     /// Generate new API keys and the config entries (hashes only) to paste into `api_keys.keys`.
     Keygen(KeygenArgs),
     /// Hash an existing API key (read from standard input) for `api_keys.keys`.
@@ -58,8 +62,20 @@ enum Command {
     },
 }
 
+/// The signature schemes `warden sign` produces.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scheme {
+    /// X-Request-Signature, -Timestamp and -Nonce: HMAC-SHA256 of body ‖ timestamp ‖ nonce.
+    Reference,
+    /// RFC 9421 Signature-Input and Signature (hmac-sha256), with an RFC 9530 Content-Digest.
+    Rfc9421,
+}
+
 #[derive(clap::Args)]
 struct SignArgs {
+    /// Which signature to make.
+    #[arg(long, value_enum, default_value_t = Scheme::Reference)]
+    scheme: Scheme,
     /// Environment variable that holds the shared secret (the secret itself is never an argument,
     /// so it stays out of shell history and process lists).
     #[arg(long, default_value = "HMAC_SHARED_SECRET")]
@@ -70,19 +86,49 @@ struct SignArgs {
     /// Read the body from a file (`-` for standard input).
     #[arg(long)]
     data_file: Option<PathBuf>,
-    /// Unix timestamp in seconds (default: now).
+    /// Unix timestamp in seconds (default: now). Reference scheme; RFC 9421 uses --created.
     #[arg(long)]
     timestamp: Option<u64>,
     /// Nonce (default: 32 random hex characters). Use a fresh one for every transmission.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_nonce")]
     nonce: Option<String>,
-    /// Send the signed request to this URL and print the response body.
+    /// RFC 9421: sign without a nonce parameter.
     #[arg(long)]
+    no_nonce: bool,
+    /// Send the signed request to this URL and print the response body.
+    #[arg(long, conflicts_with = "sign_for")]
     url: Option<String>,
-    /// HTTP method with --url (default: POST with a body, GET without).
+    /// RFC 9421: the URL the signature is for, when the request is not sent from here (its
+    /// scheme, authority, path and query are what @scheme, @authority, @path... cover). With
+    /// --scheme rfc9421, one of --url and --for is required.
+    #[arg(long = "for", value_name = "URL")]
+    sign_for: Option<String>,
+    /// RFC 9421: the key id (`keyid`) that names the secret in the filter's configuration.
+    #[arg(long)]
+    key_id: Option<String>,
+    /// RFC 9421: the signature's label in Signature-Input and Signature.
+    #[arg(long, default_value = "sig1")]
+    label: String,
+    /// RFC 9421: the covered components, space-separated, as in the filter's configuration
+    /// (e.g. `@method @path @query-param;name="id" content-type`). Header fields other than
+    /// Content-Digest must be given with -H.
+    #[arg(long, default_value = "@method @authority @path content-digest")]
+    components: String,
+    /// RFC 9421: the `created` parameter, unix seconds (default: now).
+    #[arg(long)]
+    created: Option<u64>,
+    /// RFC 9421: an `expires` parameter, unix seconds.
+    #[arg(long)]
+    expires: Option<u64>,
+    /// RFC 9421: a `tag` parameter (the application the signature is meant for).
+    #[arg(long)]
+    tag: Option<String>,
+    /// HTTP method of the request --url sends or --for signs (default: POST with a body, GET
+    /// without).
     #[arg(short = 'X', long)]
     method: Option<String>,
-    /// Extra header for --url, as `Name: value` (repeatable).
+    /// Extra header, as `Name: value` (repeatable): sent with --url, and covered by an RFC 9421
+    /// signature when --components lists it.
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
     /// Trust the CA certificates in this PEM file, instead of the public roots, for an https
@@ -113,7 +159,7 @@ struct KeygenArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sign(args) => run_sign(args),
+        Command::Sign(args) => run_sign(*args),
         Command::Keygen(args) => run_keygen(args),
         Command::HashKey { id, role } => run_hash_key(id, &role),
         Command::CheckConfig { file, skip_secrets } => run_check_config(&file, skip_secrets),
@@ -153,28 +199,14 @@ fn run_sign(args: SignArgs) -> Result<ExitCode, String> {
         (None, Some(p)) => std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?,
         (None, None) => Vec::new(),
     };
-    let timestamp = match args.timestamp {
-        Some(t) => t,
-        None => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| "the system clock is before 1970".to_string())?
-            .as_secs(),
-    }
-    .to_string();
-    let nonce = match args.nonce {
-        Some(n) => n,
-        None => {
-            let mut bytes = [0u8; 16];
-            getrandom::fill(&mut bytes).map_err(|e| format!("no randomness available: {e}"))?;
-            hex::encode(bytes)
-        }
+    let method = args
+        .method
+        .clone()
+        .unwrap_or_else(|| if body.is_empty() { "GET" } else { "POST" }.to_string());
+    let signed = match args.scheme {
+        Scheme::Reference => sign_reference(&args, secret.as_bytes(), &body)?,
+        Scheme::Rfc9421 => sign_rfc9421(&args, secret.as_bytes(), &body, &method)?,
     };
-    let signature = sign(secret.as_bytes(), &body, &timestamp, &nonce);
-    let signed = [
-        ("X-Request-Signature", signature),
-        ("X-Request-Timestamp", timestamp),
-        ("X-Request-Nonce", nonce),
-    ];
 
     let Some(url) = args.url else {
         for (name, value) in &signed {
@@ -183,20 +215,14 @@ fn run_sign(args: SignArgs) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     };
 
-    let method = args
-        .method
-        .unwrap_or_else(|| if body.is_empty() { "GET" } else { "POST" }.to_string());
     let mut request = ureq::http::Request::builder()
         .method(method.as_str())
         .uri(&url);
     for (name, value) in &signed {
         request = request.header(*name, value.as_str());
     }
-    for h in &args.headers {
-        let (name, value) = h
-            .split_once(':')
-            .ok_or_else(|| format!("header `{h}` must look like `Name: value`"))?;
-        request = request.header(name.trim(), value.trim());
+    for (name, value) in extra_headers(&args.headers)? {
+        request = request.header(name, value);
     }
     let request = request
         .body(body)
@@ -255,6 +281,134 @@ fn run_sign(args: SignArgs) -> Result<ExitCode, String> {
     })
 }
 
+/// The -H arguments as (name, value) pairs.
+fn extra_headers(headers: &[String]) -> Result<Vec<(&str, &str)>, String> {
+    headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(name, value)| (name.trim(), value.trim()))
+                .ok_or_else(|| format!("header `{h}` must look like `Name: value`"))
+        })
+        .collect()
+}
+
+/// The system clock in unix seconds.
+fn now() -> Result<u64, String> {
+    Ok(SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| "the system clock is before 1970".to_string())?
+        .as_secs())
+}
+
+/// 32 random hex characters, the default nonce of both schemes.
+fn fresh_nonce() -> Result<String, String> {
+    random_bytes::<16>().map(hex::encode)
+}
+
+/// X-Request-Signature, -Timestamp and -Nonce.
+fn sign_reference(
+    args: &SignArgs,
+    secret: &[u8],
+    body: &[u8],
+) -> Result<Vec<(&'static str, String)>, String> {
+    let rfc9421_only = [
+        ("--for", args.sign_for.is_some()),
+        ("--key-id", args.key_id.is_some()),
+        ("--created", args.created.is_some()),
+        ("--expires", args.expires.is_some()),
+        ("--tag", args.tag.is_some()),
+        ("--no-nonce", args.no_nonce),
+    ];
+    if let Some((flag, _)) = rfc9421_only.iter().find(|(_, given)| *given) {
+        return Err(format!("{flag} applies to --scheme rfc9421 only"));
+    }
+    let timestamp = match args.timestamp {
+        Some(t) => t,
+        None => now()?,
+    }
+    .to_string();
+    let nonce = match &args.nonce {
+        Some(n) => n.clone(),
+        None => fresh_nonce()?,
+    };
+    let signature = sign(secret, body, &timestamp, &nonce);
+    Ok(vec![
+        ("X-Request-Signature", signature),
+        ("X-Request-Timestamp", timestamp),
+        ("X-Request-Nonce", nonce),
+    ])
+}
+
+/// RFC 9421 Signature-Input and Signature over the request --url or --for describes, with a
+/// Content-Digest (sha-256) whenever it is covered or there is a body.
+fn sign_rfc9421(
+    args: &SignArgs,
+    secret: &[u8],
+    body: &[u8],
+    method: &str,
+) -> Result<Vec<(&'static str, String)>, String> {
+    if args.timestamp.is_some() {
+        return Err("--timestamp is for the reference scheme; RFC 9421 uses --created".into());
+    }
+    let key_id = args.key_id.as_deref().ok_or(
+        "--scheme rfc9421 needs --key-id, the id of the secret in the filter's configuration",
+    )?;
+    let url = args.url.as_deref().or(args.sign_for.as_deref()).ok_or(
+        "--scheme rfc9421 needs the URL it signs: --url to send the request, or --for URL",
+    )?;
+    let uri: ureq::http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(format!(
+            "{url}: an absolute URL is needed (scheme and host)"
+        ));
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let components: Vec<&str> = args.components.split_whitespace().collect();
+    let mut signed = Vec::new();
+    let mut headers: Vec<(String, Vec<u8>)> = extra_headers(&args.headers)?
+        .into_iter()
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.as_bytes().to_vec()))
+        .collect();
+    let covers_digest = components.iter().any(|c| c.starts_with("content-digest"));
+    if covers_digest || !body.is_empty() {
+        let value = digest::header_value(body, Algorithm::Sha256);
+        headers.push(("content-digest".into(), value.clone().into_bytes()));
+        signed.push(("Content-Digest", value));
+    }
+    let nonce = match (&args.nonce, args.no_nonce) {
+        (_, true) => None,
+        (Some(n), false) => Some(n.clone()),
+        (None, false) => Some(fresh_nonce()?),
+    };
+    let created = match args.created {
+        Some(t) => t,
+        None => now()?,
+    };
+    let headers = RequestHeaders::new(headers);
+    let message = Message {
+        method,
+        scheme,
+        authority: authority.as_str(),
+        path,
+        headers: &headers,
+    };
+    let (input, signature) = rfc9421::sign(
+        secret,
+        key_id,
+        &args.label,
+        &components,
+        &message,
+        created,
+        args.expires,
+        nonce.as_deref(),
+        args.tag.as_deref(),
+    )?;
+    signed.push(("Signature-Input", input));
+    signed.push(("Signature", signature));
+    Ok(signed)
+}
+
 /// Every certificate in a PEM file, as the only roots to trust (like curl's --cacert).
 fn root_certs(file: &Path) -> Result<ureq::tls::RootCerts, String> {
     let pem =
@@ -299,10 +453,7 @@ fn run_keygen(args: KeygenArgs) -> Result<ExitCode, String> {
         return Err("--prefix may only hold letters, digits, '_' and '-'".to_string());
     }
     let role = if args.admin { "admin" } else { "client" };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| "the system clock is before 1970".to_string())?
-        .as_secs();
+    let now = now()?;
     // The raw keys go to standard error, once; standard output is only the paste-ready block,
     // so `warden keygen > entries.json` never writes a key to a file.
     let mut entries = Vec::new();

@@ -1595,10 +1595,22 @@ fn a_stripe_delivery_is_verified_over_its_body_and_its_replay_refused() {
     let a = delivery(&engine, &mut host, "/hooks/stripe", &sent, body);
     assert_eq!(code(&a), "nonce_replayed");
     // Another body under the captured header.
-    let a = delivery(&engine, &mut host, "/hooks/stripe", &sent, br#"{"id":"evt_2"}"#);
+    let a = delivery(
+        &engine,
+        &mut host,
+        "/hooks/stripe",
+        &sent,
+        br#"{"id":"evt_2"}"#,
+    );
     assert_eq!(code(&a), "invalid_signature");
     // Signed six minutes ago: out of Stripe's tolerance, refused at the headers.
-    let old = sign(Preset::Stripe, STRIPE_SECRET.as_bytes(), body, NOW - 360, "");
+    let old = sign(
+        Preset::Stripe,
+        STRIPE_SECRET.as_bytes(),
+        body,
+        NOW - 360,
+        "",
+    );
     let a = delivery(&engine, &mut host, "/hooks/stripe", &old, body);
     assert_eq!(code(&a), "timestamp_out_of_window");
     let a = delivery(&engine, &mut host, "/hooks/stripe", &[], body);
@@ -1611,11 +1623,20 @@ fn a_github_delivery_is_deduplicated_on_its_delivery_id_fleet_wide() {
     let (engine, _) = hooks_engine(true);
     let mut host = TestHost::new();
     let body = br#"{"zen":"Keep it logically awesome."}"#;
-    let sent = sign(Preset::Github, HOOK_SECRET.as_bytes(), body, 0, "delivery-1");
+    let sent = sign(
+        Preset::Github,
+        HOOK_SECRET.as_bytes(),
+        body,
+        0,
+        "delivery-1",
+    );
     let call = expect_call(delivery(&engine, &mut host, "/hooks/github", &sent, body));
     let asked: AdmitRequest = prost::Message::decode(call.message.as_slice()).unwrap();
     let claim = asked.claim.expect("a claim");
-    assert_eq!(claim.fingerprint, remote::fingerprint("github:github:delivery-1"));
+    assert_eq!(
+        claim.fingerprint,
+        remote::fingerprint("github:github:delivery-1")
+    );
     assert_eq!(claim.ttl_seconds, 600);
     // The same delivery id again is refused here, without a call.
     let a = delivery(&engine, &mut host, "/hooks/github", &sent, body);

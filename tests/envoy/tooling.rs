@@ -3,6 +3,13 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use edge_warden::checks::digest;
+use edge_warden::checks::rfc9421::{self, Message, RawRfc9421, Rfc9421Settings};
+use edge_warden::checks::signature::SigningKey;
+use edge_warden::engine::body::BodyInspector;
+use edge_warden::headers::RequestHeaders;
+use edge_warden::secret::Secret;
+
 use crate::harness::{
     certs, default_plugin_config, repo, runtime, Envoy, Options, Runtime, Signed, SECRET,
 };
@@ -201,6 +208,80 @@ fn warden_sign_refuses_a_missing_or_short_secret() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("short\n"));
+}
+
+#[test]
+fn warden_sign_rfc9421_headers_pass_the_filters_own_verification() {
+    let body = br#"{"clip_ids": ["clip123"]}"#;
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["sign", "--scheme", "rfc9421", "--key-id", "primary"])
+        .args(["--for", "https://API.example.com/process-clips?id=7"])
+        .args(["-d", std::str::from_utf8(body).unwrap()])
+        .args([
+            "--created",
+            "1700000000",
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args([
+            "--components",
+            "@method @authority @path @query content-digest content-type",
+        ])
+        .env("HMAC_SHARED_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut pairs: Vec<(String, Vec<u8>)> = stdout
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec()))
+        .collect();
+    let names: Vec<&str> = pairs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["content-digest", "signature-input", "signature"],
+        "{stdout}"
+    );
+    pairs.push(("content-type".into(), b"application/json".to_vec()));
+    let headers = RequestHeaders::new(pairs);
+
+    let settings = Rfc9421Settings::from_raw(
+        &RawRfc9421 {
+            components: vec!["@method".into(), "@path".into(), "content-digest".into()],
+            ..RawRfc9421::default()
+        },
+        300,
+    )
+    .unwrap();
+    let keys = [SigningKey {
+        id: "primary".into(),
+        secret: Secret::new(SECRET.as_bytes().to_vec()),
+    }];
+    let message = Message {
+        method: "POST",
+        scheme: "https",
+        authority: "api.example.com",
+        path: "/process-clips?id=7",
+        headers: &headers,
+    };
+    let verified = rfc9421::verify(&settings, &keys, &message, 1_700_000_010).unwrap();
+    assert!(verified.covers_content_digest);
+    assert!(verified.replay_id.starts_with("rfc9421:n:primary:"));
+    let mut digest = digest::parse(&headers).unwrap().expect("a Content-Digest");
+    digest.feed(body).unwrap();
+    digest.finish().unwrap();
+
+    // Without a key id or a URL there is nothing to sign.
+    for missing in [["--for", "https://a.example/"], ["--key-id", "primary"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["sign", "--scheme", "rfc9421"])
+            .args(missing)
+            .env("HMAC_SHARED_SECRET", SECRET)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    }
 }
 
 #[test]
