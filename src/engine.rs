@@ -1134,7 +1134,12 @@ impl Exchange {
                     return Ok(Proceed::Unsigned);
                 };
                 if let Some(timestamp) = delivery.timestamp {
-                    let window = signature::check_window(timestamp, now, settings.tolerance);
+                    let window = signature::check_window_of(
+                        timestamp,
+                        now,
+                        settings.tolerance,
+                        settings.preset.timestamp_name(),
+                    );
                     self.noted(engine, window)?;
                 }
                 let verifier = Verifier::with_prefix(&settings.keyring, &delivery.prefix);
@@ -1362,8 +1367,8 @@ impl Exchange {
         self.about.secret_id = Some(key_id.clone());
         // The nonce's record stays in the cache until exactly the moment this check starts
         // refusing its timestamp, so a replay is always caught by one of the two.
-        if let Some((timestamp, window)) = timestamp {
-            if let Err(why) = signature::check_window(timestamp, now, window) {
+        if let Some((timestamp, window, what)) = timestamp {
+            if let Err(why) = signature::check_window_of(timestamp, now, window, what) {
                 return self.refuse_or_admit(engine, why, host);
             }
         }
@@ -1887,8 +1892,8 @@ struct Verdict {
     proof: SignatureVerified,
     /// The id of the secret that matched (named upstream).
     key_id: String,
-    /// The signed timestamp and its window, checked again with the clock at the end.
-    timestamp: Option<(u64, u64)>,
+    /// The signed timestamp, its window and its name, checked again with the clock at the end.
+    timestamp: Option<(u64, u64, &'static str)>,
     /// The replay store's claim, and the unix second until which it is kept.
     replay_id: String,
     expires_at: u64,
@@ -1911,7 +1916,11 @@ fn verdict(
             let proof = verifier.finish(&request)?;
             Ok(Verdict {
                 key_id: key_id(&config.keys, proof.key_index),
-                timestamp: Some((request.timestamp, config.window_seconds)),
+                timestamp: Some((
+                    request.timestamp,
+                    config.window_seconds,
+                    crate::reject::TIMESTAMP_HEADER,
+                )),
                 expires_at: request.timestamp.saturating_add(config.window_seconds),
                 replay_id: request.nonce,
                 proof,
@@ -1926,7 +1935,9 @@ fn verdict(
             let (replay_id, expires_at) = settings.replay_claim(name, &delivery, &mac, now);
             Ok(Verdict {
                 key_id: key_id(&settings.keys, proof.key_index),
-                timestamp: delivery.timestamp.map(|t| (t, settings.tolerance)),
+                timestamp: delivery
+                    .timestamp
+                    .map(|t| (t, settings.tolerance, settings.preset.timestamp_name())),
                 replay_id,
                 expires_at,
                 proof,
@@ -1941,7 +1952,7 @@ fn verdict(
             let window = settings.window_seconds();
             Ok(Verdict {
                 key_id: key_id(&config.keys, verified.proof.key_index),
-                timestamp: Some((verified.created, window)),
+                timestamp: Some((verified.created, window, rfc9421::CREATED)),
                 expires_at: verified.created.saturating_add(window),
                 replay_id: verified.replay_id,
                 proof: verified.proof,

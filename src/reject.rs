@@ -22,7 +22,12 @@ pub enum Reject {
     DuplicatedHeader { header: &'static str },
     /// `X-Request-Timestamp` is further from Envoy's clock than the window allows.
     /// `skew` is request time minus Envoy time, in seconds.
-    TimestampOutOfWindow { skew: i64, window: u64 },
+    /// `what` names the timestamp as the client sent it (a header, or a scheme's parameter).
+    TimestampOutOfWindow {
+        skew: i64,
+        window: u64,
+        what: &'static str,
+    },
     /// The signature does not match the body, timestamp and nonce under any active secret.
     InvalidSignature,
     /// The nonce was already accepted within the timestamp window.
@@ -340,17 +345,17 @@ impl Reject {
             Reject::DuplicatedHeader { header } => {
                 format!("The {header} header must be sent exactly once.")
             }
-            Reject::TimestampOutOfWindow { skew, window } => {
+            Reject::TimestampOutOfWindow { skew, window, what } => {
                 if *skew < 0 {
                     format!(
-                        "The {TIMESTAMP_HEADER} is {} s old; it must be within {window} s of the \
+                        "The {what} is {} s old; it must be within {window} s of the \
                          server's clock. Use the current unix time in seconds and check the \
                          client's clock.",
                         skew.unsigned_abs()
                     )
                 } else {
                     format!(
-                        "The {TIMESTAMP_HEADER} is {skew} s in the future; it must be within \
+                        "The {what} is {skew} s in the future; it must be within \
                          {window} s of the server's clock. Check the client's clock."
                     )
                 }
@@ -487,8 +492,8 @@ impl Reject {
                 format!("The signature does not match. This route expects {scheme}.")
             }
             Reject::MissingSignedComponents { missing } => format!(
-                "The signature verifies but does not cover what this route requires; add to \
-                 its covered components: {missing}."
+                "The signature does not cover what this route requires; add to its covered \
+                 components: {missing}."
             ),
             Reject::SignatureNotAccepted { reason } => {
                 format!("The signature is not accepted: {reason}.")
@@ -523,6 +528,14 @@ impl Reject {
                     TIMESTAMP_HEADER.to_ascii_lowercase(),
                     NONCE_HEADER.to_ascii_lowercase()
                 ),
+            )],
+            // A 401 carries a challenge (RFC 9110); the other schemes name no headers in it.
+            Reject::NoSignature { .. }
+            | Reject::WrongSignature { .. }
+            | Reject::MissingSignedComponents { .. }
+            | Reject::SignatureNotAccepted { .. } => vec![(
+                "www-authenticate",
+                "Signature realm=\"edge-warden\"".to_string(),
             )],
             Reject::ReplayCacheFull { retry_after } => {
                 vec![("retry-after", retry_after.to_string())]
@@ -635,6 +648,7 @@ mod tests {
             Reject::TimestampOutOfWindow {
                 skew: -412,
                 window: 300,
+                what: TIMESTAMP_HEADER,
             },
             Reject::InvalidSignature,
             Reject::NonceReplayed,
@@ -740,7 +754,7 @@ mod tests {
 
     #[test]
     fn authentication_failures_are_401_with_a_challenge() {
-        for r in [Reject::InvalidSignature, Reject::NonceReplayed] {
+        for r in all().into_iter().filter(|r| r.status() == 401) {
             let resp = respond(&r, None);
             assert_eq!(resp.status, 401);
             assert!(resp.headers.iter().any(|(n, _)| *n == "www-authenticate"));
@@ -752,13 +766,17 @@ mod tests {
         let r = Reject::TimestampOutOfWindow {
             skew: -412,
             window: 300,
+            what: TIMESTAMP_HEADER,
         };
         assert!(r.detail().contains("412 s old"));
         let r = Reject::TimestampOutOfWindow {
             skew: 301,
             window: 300,
+            what: "webhook-timestamp",
         };
-        assert!(r.detail().contains("301 s in the future"));
+        assert!(r
+            .detail()
+            .contains("webhook-timestamp is 301 s in the future"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use sfv::{BareItem, FieldType, Item, KeyRef, ListEntry, Parameters, Parser, StringRef};
 use sha2::{Digest, Sha256};
 
-use crate::checks::signature::{check_window, SignatureVerified, SigningKey};
+use crate::checks::signature::{check_window_of, SignatureVerified, SigningKey};
 use crate::config::{err, ConfigError};
 use crate::headers::{trim_ows, RequestHeaders};
 use crate::reject::Reject;
@@ -29,6 +29,8 @@ type HmacSha256 = Hmac<Sha256>;
 pub const SCHEME: &str = "an RFC 9421 HTTP message signature (hmac-sha256)";
 /// The only `alg` accepted (RFC 9421 §3.3.3).
 pub const ALGORITHM: &str = "hmac-sha256";
+/// What a stale `created` is called in the detail.
+pub const CREATED: &str = "signature's created parameter";
 /// At most this many labels in `Signature-Input` or `Signature`: each candidate may cost an HMAC,
 /// and a client has no reason to send more than a few (one per signer on the path).
 pub const MAX_LABELS: usize = 8;
@@ -805,7 +807,7 @@ fn check(
         Ok(Some(created)) => created,
         _ => return Err(not_accepted("it has no created parameter")),
     };
-    check_window(created, now, settings.window_seconds)?;
+    check_window_of(created, now, settings.window_seconds, CREATED)?;
     let expires = integer(params, "expires")
         .map_err(|_| not_accepted("its expires parameter is not a unix time"))?;
     if expires.is_some_and(|e| e < now) {

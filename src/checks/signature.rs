@@ -148,10 +148,20 @@ fn parse_nonce(value: &[u8]) -> Result<String, Reject> {
 
 /// Refuses a timestamp further than `window` seconds from `now`, in either direction.
 pub fn check_window(timestamp: u64, now: u64, window: u64) -> Result<(), Reject> {
+    check_window_of(timestamp, now, window, TIMESTAMP_HEADER)
+}
+
+/// [`check_window`] for another scheme's timestamp, named `what` in the detail.
+pub fn check_window_of(
+    timestamp: u64,
+    now: u64,
+    window: u64,
+    what: &'static str,
+) -> Result<(), Reject> {
     let skew = i128::from(timestamp) - i128::from(now);
     if skew.unsigned_abs() > u128::from(window) {
         let skew = i64::try_from(skew).unwrap_or(if skew < 0 { i64::MIN } else { i64::MAX });
-        return Err(Reject::TimestampOutOfWindow { skew, window });
+        return Err(Reject::TimestampOutOfWindow { skew, window, what });
     }
     Ok(())
 }
@@ -775,14 +785,16 @@ mod tests {
             check_window(now - 301, now, 300),
             Err(Reject::TimestampOutOfWindow {
                 skew: -301,
-                window: 300
+                window: 300,
+                what: TIMESTAMP_HEADER
             })
         );
         assert_eq!(
             check_window(now + 301, now, 300),
             Err(Reject::TimestampOutOfWindow {
                 skew: 301,
-                window: 300
+                window: 300,
+                what: TIMESTAMP_HEADER
             })
         );
         assert!(check_window(0, now, 300).is_err());

@@ -64,6 +64,16 @@ impl Preset {
         }
     }
 
+    /// The signed timestamp, as the detail of a stale one names it.
+    pub fn timestamp_name(self) -> &'static str {
+        match self {
+            Preset::Stripe => "Stripe-Signature timestamp (t=)",
+            Preset::Github => "delivery",
+            Preset::Slack => "X-Slack-Request-Timestamp",
+            Preset::StandardWebhooks => "webhook-timestamp",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Preset::Stripe => "stripe",

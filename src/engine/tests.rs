@@ -1642,3 +1642,83 @@ fn a_github_delivery_is_deduplicated_on_its_delivery_id_fleet_wide() {
     let a = delivery(&engine, &mut host, "/hooks/github", &sent, body);
     assert_eq!(code(&a), "nonce_replayed");
 }
+
+// RFC 9421: verified from the headers, the body held until its Content-Digest matched, the
+// nonce claimed only then.
+
+fn rfc_request(body: &[u8], nonce: &str) -> Vec<(String, Vec<u8>)> {
+    use crate::checks::digest::{header_value, Algorithm};
+    use crate::checks::rfc9421::{sign, Message};
+    let digest = header_value(body, Algorithm::Sha256);
+    let base = request("POST", "/rfc/orders", &[(":scheme", "https"), ("content-digest", &digest)]);
+    let headers = RequestHeaders::new(base.clone());
+    let message = Message {
+        method: "POST",
+        scheme: "https",
+        authority: "api.example.com",
+        path: "/rfc/orders",
+        headers: &headers,
+    };
+    let components = ["@method", "@authority", "@path", "content-digest"];
+    let (input, signature) = sign(
+        SECRET.as_bytes(),
+        "primary",
+        "sig1",
+        &components,
+        &message,
+        NOW,
+        None,
+        Some(nonce),
+        None,
+    )
+    .unwrap();
+    with(
+        base,
+        &[
+            ("signature-input".to_string(), input),
+            ("signature".to_string(), signature),
+        ],
+    )
+}
+
+fn rfc_engine() -> (Engine, Arc<LocalState<MemoryStore>>) {
+    engine_of(
+        r#"{
+      "signature": {"secrets": [{"id": "primary", "env": "S"}]},
+      "policies": [{"name": "rfc", "signature": {"scheme": "rfc9421",
+        "components": ["@method", "@authority", "@path", "content-digest"]}}]
+    }"#,
+    )
+}
+
+#[test]
+fn an_rfc9421_body_is_held_until_its_digest_matches_and_only_then_is_the_nonce_claimed() {
+    let (engine, state) = rfc_engine();
+    let mut host = TestHost::new();
+    let body = br#"{"item": 42}"#;
+    let nonce = "rfc-nonce-0123456789abcdef";
+
+    // A different body under the same headers: refused at its end, the nonce not spent.
+    let mut x = Exchange::new();
+    let a = x.on_request_headers(&engine, rfc_request(body, nonce), false, &mut host);
+    assert!(matches!(a, Action::Pause), "{a:?}");
+    assert_eq!(x.body_mode(), BodyMode::Held);
+    let a = x.on_request_body(&engine, br#"{"item": 43}"#, true, &mut host);
+    assert_eq!(code(&a), "content_digest_mismatch");
+
+    let mut x = Exchange::new();
+    x.on_request_headers(&engine, rfc_request(body, nonce), false, &mut host);
+    assert!(matches!(
+        x.on_request_body(&engine, &body[..4], false, &mut host),
+        Action::Pause
+    ));
+    let list = edits(x.on_request_body(&engine, &body[4..], true, &mut host));
+    assert!(list.contains(&("x-edge-warden-key-id".into(), Some("primary".into()))));
+    assert!(nonce_recorded(&state, &format!("rfc9421:n:primary:{nonce}")));
+
+    // Replayed: refused at the end of its body, from the replay store.
+    let mut x = Exchange::new();
+    x.on_request_headers(&engine, rfc_request(body, nonce), false, &mut host);
+    let a = x.on_request_body(&engine, body, true, &mut host);
+    assert_eq!(code(&a), "nonce_replayed");
+}

@@ -782,7 +782,13 @@ fn signature_parameters_are_checked_one_by_one() {
     };
     let not_accepted = |reason| Err(Reject::SignatureNotAccepted { reason });
     let wrong_tag = not_accepted("its tag is not the one this route expects");
-    let window = |skew| Err(Reject::TimestampOutOfWindow { skew, window: 60 });
+    let window = |skew| {
+        Err(Reject::TimestampOutOfWindow {
+            skew,
+            window: 60,
+            what: CREATED,
+        })
+    };
     // What the signer changes, when the filter checks, and the verdict.
     let cases: Vec<(&str, Signer, u64, Result<(), Reject>)> = vec![
         ("as required", Signer { ..tagged }, NOW, Ok(())),
