@@ -69,6 +69,18 @@ fn engine() -> &'static Engine {
                           "max_body_bytes": 512,
                           "required_headers": [{{"name": "x-device-id", "pattern": "^[A-Za-z0-9_-]{{1,64}}$"}}]}}}},
             {{"name": "shaped-signed", "match": {{"path_prefix": "/shaped"}}, "request": {{"max_body_bytes": 100}}}},
+            {{"name": "rfc9421", "match": {{"path_prefix": "/rfc"}}, "max_body_bytes": 4096,
+              "signature": {{"scheme": "rfc9421", "components": ["@method", "@path", "content-digest"],
+                             "require_nonce": false}}}},
+            {{"name": "stripe", "match": {{"path": "/hooks/stripe"}},
+              "signature": {{"scheme": "stripe", "secrets": [{{"id": "st", "env": "S"}}]}}}},
+            {{"name": "github", "match": {{"path": "/hooks/github"}},
+              "signature": {{"scheme": "github", "secrets": [{{"id": "gh", "env": "S"}}]}}}},
+            {{"name": "slack", "match": {{"path": "/hooks/slack"}},
+              "signature": {{"scheme": "slack", "secrets": [{{"id": "sl", "env": "S"}}]}}}},
+            {{"name": "standard", "match": {{"path": "/hooks/standard"}},
+              "signature": {{"scheme": "standard_webhooks", "secrets": [{{"id": "sw", "env": "SW"}}]}}}},
+            {{"name": "digest", "match": {{"path_prefix": "/digest"}}, "signature": false, "content_digest": true}},
             {{"name": "signed", "max_body_bytes": 65536}}
           ],
           "security_headers": {{"preset": "owasp", "headers": {{"X-Extra": {{"set": "1"}}}}}}
@@ -79,6 +91,7 @@ fn engine() -> &'static Engine {
         let env = |name: &str| match name {
             "S" => Some(SECRET.to_string()),
             "S2" => Some(format!("old-{SECRET}")),
+            "SW" => Some("whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_string()),
             _ => None,
         };
         let config = Config::from_json(json.as_bytes(), &env).expect("the fuzz config loads");
@@ -130,7 +143,10 @@ fn check(action: &Action) -> bool {
                 reply.status
             );
             assert!(reply.headers.iter().all(|(n, _)| !n.starts_with(':')));
-            let replayed = reply.headers.iter().any(|(n, _)| n == "idempotent-replayed");
+            let replayed = reply
+                .headers
+                .iter()
+                .any(|(n, _)| n == "idempotent-replayed");
             if reply.status >= 400 && !replayed {
                 let v: serde_json::Value =
                     serde_json::from_slice(&reply.body).expect("a problem+json body");

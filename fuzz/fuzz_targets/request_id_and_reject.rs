@@ -38,10 +38,12 @@ fuzz_target!(|data: &[u8]| {
         Reject::TimestampOutOfWindow {
             skew: n as i64,
             window: n.rotate_left(32),
+            what: TIMESTAMP_HEADER,
         },
         Reject::TimestampOutOfWindow {
             skew: i64::MIN,
             window: u64::MAX,
+            what: "webhook-timestamp",
         },
         Reject::InvalidSignature,
         Reject::NonceReplayed,
@@ -63,6 +65,13 @@ fuzz_target!(|data: &[u8]| {
         Reject::IpNotAllowed,
         Reject::TooManyAuthFailures { retry_after: n },
         Reject::RateLimited,
+        Reject::MissingSignedComponents {
+            missing: text.clone().into_owned(),
+        },
+        Reject::SignatureNotAccepted {
+            reason: "it has expired",
+        },
+        Reject::ContentDigestMismatch,
     ];
     // One kind of rejection per input (the last byte picks it, so that the id stays the whole
     // input), replied to with the id as Envoy would pass it (the lossy text of whatever the

@@ -84,7 +84,9 @@ fuzz_target!(|data: &[u8]| {
     let engine = engine();
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let mut host = FuzzHost(IpAddr::from(0x0a00_0000u32.wrapping_add(n as u32).to_be_bytes()));
+    let mut host = FuzzHost(IpAddr::from(
+        0x0a00_0000u32.wrapping_add(n as u32).to_be_bytes(),
+    ));
     let mut base = vec![
         (":method", "GET".to_string()),
         (":authority", "api.example.com".to_string()),
@@ -95,7 +97,10 @@ fuzz_target!(|data: &[u8]| {
             let nonce = format!("fuzz-nonce-{n:016x}");
             let ts = NOW.to_string();
             base.push((":path", "/orders".into()));
-            base.push(("x-request-signature", sign(SECRET.as_bytes(), b"", &ts, &nonce)));
+            base.push((
+                "x-request-signature",
+                sign(SECRET.as_bytes(), b"", &ts, &nonce),
+            ));
             base.push(("x-request-timestamp", ts));
             base.push(("x-request-nonce", nonce));
         }
@@ -127,7 +132,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(edits.list.iter().all(|(n, _)| !n.starts_with(':')));
         }
         Action::Reply(reply) => {
-            assert!((400..600).contains(&reply.status), "status {}", reply.status);
+            assert!(
+                (400..600).contains(&reply.status),
+                "status {}",
+                reply.status
+            );
             let v: serde_json::Value =
                 serde_json::from_slice(&reply.body).expect("a problem+json body");
             assert!(v["code"].is_string());

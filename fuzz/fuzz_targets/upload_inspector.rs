@@ -51,9 +51,17 @@ fn verdict(headers: &RequestHeaders, body: &[u8], sizes: Option<u8>) -> Option<R
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
         let fed = inspector.feed(chunk);
-        assert!(inspector.held_bytes() <= HELD, "holds {}", inspector.held_bytes());
+        assert!(
+            inspector.held_bytes() <= HELD,
+            "holds {}",
+            inspector.held_bytes()
+        );
         if let Err(why) = fed {
-            assert_eq!(inspector.finish(), Err(why.clone()), "a refusal does not stick");
+            assert_eq!(
+                inspector.finish(),
+                Err(why.clone()),
+                "a refusal does not stick"
+            );
             return Some(Err(why));
         }
     }

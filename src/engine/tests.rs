@@ -1650,7 +1650,11 @@ fn rfc_request(body: &[u8], nonce: &str) -> Vec<(String, Vec<u8>)> {
     use crate::checks::digest::{header_value, Algorithm};
     use crate::checks::rfc9421::{sign, Message};
     let digest = header_value(body, Algorithm::Sha256);
-    let base = request("POST", "/rfc/orders", &[(":scheme", "https"), ("content-digest", &digest)]);
+    let base = request(
+        "POST",
+        "/rfc/orders",
+        &[(":scheme", "https"), ("content-digest", &digest)],
+    );
     let headers = RequestHeaders::new(base.clone());
     let message = Message {
         method: "POST",
@@ -1714,7 +1718,10 @@ fn an_rfc9421_body_is_held_until_its_digest_matches_and_only_then_is_the_nonce_c
     ));
     let list = edits(x.on_request_body(&engine, &body[4..], true, &mut host));
     assert!(list.contains(&("x-edge-warden-key-id".into(), Some("primary".into()))));
-    assert!(nonce_recorded(&state, &format!("rfc9421:n:primary:{nonce}")));
+    assert!(nonce_recorded(
+        &state,
+        &format!("rfc9421:n:primary:{nonce}")
+    ));
 
     // Replayed: refused at the end of its body, from the replay store.
     let mut x = Exchange::new();
