@@ -1855,15 +1855,12 @@ fn body_watch(
             watch = watch.with(Box::new(inspector));
         }
     }
-    // RFC 9530: required by the policy (or by the components an RFC 9421 policy requires);
-    // under RFC 9421 one that is sent is checked whether or not it is required, so a
-    // signature that covers it is always held to it.
-    let rfc9421 = match &policy.signature {
-        Some(Scheme::Rfc9421(settings)) => Some(settings.covers_content_digest()),
-        _ => None,
-    };
-    let required = policy.content_digest || rfc9421 == Some(true);
-    if required || rfc9421.is_some() {
+    // RFC 9530: required by the policy; under RFC 9421 one that is sent is checked whether or
+    // not it is required, so a signature that covers it is always held to it (and one that
+    // must cover it but has no header to cover is refused by the signature check).
+    let rfc9421 = matches!(policy.signature, Some(Scheme::Rfc9421(_)));
+    let required = policy.content_digest;
+    if required || rfc9421 {
         match digest::parse(headers)? {
             Some(check) => watch = watch.with(Box::new(check)),
             None if required => {

@@ -381,7 +381,7 @@ fn the_istio_wasmplugin_carries_a_configuration_the_filter_accepts() {
     let lookup = |name: &str| (name == "HMAC_SHARED_SECRET").then(|| SECRET.to_string());
     let config = edge_warden::config::Config::from_json(&json, &lookup)
         .unwrap_or_else(|e| panic!("Istio pluginConfig: {e}"));
-    assert_eq!(config.policies.len(), 2);
+    assert_eq!(config.policies.len(), 3);
     assert!(docs.iter().any(|d| d["kind"] == "Secret"));
     let dockerfile = std::fs::read_to_string(repo().join("envoy/istio/Dockerfile")).unwrap();
     assert!(dockerfile.contains("FROM scratch") && dockerfile.contains("edge_warden.wasm"));

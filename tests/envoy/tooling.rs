@@ -70,6 +70,70 @@ fn the_readme_python_snippet_signs_requests_that_pass() {
     assert_reached_upstream(&out);
 }
 
+/// The README's RFC 9421 client (PyPI http-message-signatures, as `make signer-deps` installs
+/// it) against the shipped configuration's `partners` policy, which requires method, host, path
+/// and the body's digest to be covered.
+#[test]
+fn the_readme_rfc9421_python_snippet_signs_requests_the_shipped_config_accepts() {
+    let envoy = Envoy::start(Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sign.py");
+    std::fs::write(&file, readme_snippet("sign-rfc9421-python")).unwrap();
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .arg(&file)
+        .env("HMAC_SHARED_SECRET", SECRET)
+        .env(
+            "EDGE_WARDEN_URL",
+            format!("http://127.0.0.1:{}", envoy.port),
+        )
+        .output()
+        .expect(".venv/bin/python (make signer-deps)");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("200 "), "{all}");
+    assert!(
+        stdout.contains(r#""x-edge-warden-key-id": "primary""#),
+        "{all}"
+    );
+    assert!(stdout.contains(r#""path": "/partner/orders""#), "{all}");
+    let unsigned = envoy.request("POST", "/partner/orders", &[], br#"{"item": 42}"#);
+    assert_eq!(unsigned.status, 401);
+    assert_eq!(unsigned.code(), "missing_signature");
+
+    // The README's CLI line, and the same signature without the body's digest covered.
+    let url = format!("http://127.0.0.1:{}/partner/orders", envoy.port);
+    let cli = |components: &str| {
+        Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["sign", "--scheme", "rfc9421", "--key-id", "primary", "-i"])
+            .args(["--url", &url, "-d", r#"{"item": 42}"#])
+            .args(["--components", components])
+            .env("HMAC_SHARED_SECRET", SECRET)
+            .output()
+            .unwrap()
+    };
+    let out = cli("@method @authority @path content-digest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("HTTP/1.1 200"), "{}", text(&out));
+    assert!(
+        stdout.contains(r#""x-edge-warden-key-id": "primary""#),
+        "{}",
+        text(&out)
+    );
+    let out = cli("@method @authority @path");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("HTTP/1.1 401"), "{}", text(&out));
+    assert!(
+        stdout.contains("missing_signed_components"),
+        "{}",
+        text(&out)
+    );
+    assert!(stdout.contains("content-digest"), "{}", text(&out));
+}
+
 #[test]
 fn the_readme_typescript_snippet_signs_requests_that_pass() {
     let envoy = Envoy::start(Options::default());
@@ -298,7 +362,7 @@ fn warden_check_config_accepts_the_shipped_config_and_names_bad_fields() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 2 policies (health, signed)"));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 3 policies (health, partners, signed)"));
     assert!(String::from_utf8_lossy(&out.stderr).contains(
         "warning: policy `signed`: CORS origin wildcard `*.workers.dev` covers a public suffix"
     ));
@@ -412,7 +476,7 @@ fn warden_check_config_reads_the_shipped_envoy_yaml_files() {
                 .lines()
                 .collect::<Vec<_>>(),
             [format!(
-                "{file}:{block}: ok: 2 policies (health, signed), 1 signing secrets, replay cache \
+                "{file}:{block}: ok: 3 policies (health, partners, signed), 1 signing secrets, replay cache \
                  of 7000000 nonces"
             )],
             "{}",
@@ -445,7 +509,7 @@ fn warden_check_config_reports_errors_at_the_envoy_yaml_line() {
             r#""signature": true,"#,
             r#""sigature": true,"#,
             r#""sigature""#,
-            "field `policies[1].sigature`: unknown field `sigature`, expected one of `name`, `match`",
+            "field `policies[2].sigature`: unknown field `sigature`, expected one of `name`, `match`",
         ),
         // Compile errors, which only name the field: the line of that key or list entry.
         (
@@ -458,7 +522,7 @@ fn warden_check_config_reports_errors_at_the_envoy_yaml_line() {
             r#""allow_origins": ["https://*.workers.dev"],"#,
             "\"allow_origins\": [\n  \"https://app.example.com\",\n  \"*\"\n],",
             r#"  "*""#,
-            "field `policies[1].cors.allow_origins[1]`: `*` is not supported as an origin: list \
+            "field `policies[2].cors.allow_origins[1]`: `*` is not supported as an origin: list \
              the allowed origins, or use a subdomain wildcard such as https://*.example.com",
         ),
     ];
@@ -499,7 +563,7 @@ fn validate_script_checks_the_plugin_config_and_envoy_with_the_development_secre
         stdout.contains("HMAC_SHARED_SECRET is not set: using the development secret"),
         "{all}"
     );
-    assert!(stdout.contains("ok: 2 policies (health, signed)"), "{all}");
+    assert!(stdout.contains("ok: 3 policies (health, partners, signed)"), "{all}");
     assert!(
         stdout.contains("configuration 'envoy/envoy.yaml' OK"),
         "{all}"
