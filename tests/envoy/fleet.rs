@@ -499,3 +499,62 @@ fn clients_that_leave_while_their_state_call_is_out_do_not_harm_envoy() {
     let r = signed_get(&a, &Signed::new(SECRET, b""));
     assert_eq!(r.status, 200, "Envoy still serves: {}", a.log());
 }
+
+/// The webhook presets' dedupe claims are the fleet's too: a delivery replayed to another Envoy
+/// is refused there (Standard Webhooks on its `webhook-id`, Stripe on the MAC that matched),
+/// signed by the senders' own packages.
+#[test]
+fn a_webhook_delivery_replayed_to_another_envoy_is_refused() {
+    use crate::schemes::{self, assert_passed, assert_refused};
+    use serde_json::json;
+    let redis = Redis::start();
+    let service = StateService::start(redis.port);
+    let config = r#"{
+      "remote_state": {"cluster": "edge_warden_state", "timeout_ms": 1000, "failure_mode": "fail_closed"},
+      "policies": [
+        {"name": "stripe", "match": {"path": "/hooks/stripe"}, "signature": {"scheme": "stripe",
+          "secrets": [{"id": "stripe-new", "env": "STRIPE_SECRET_NEW"}]}},
+        {"name": "swh", "match": {"path": "/hooks/standard"}, "signature": {"scheme": "standard_webhooks",
+          "secrets": [{"id": "swh", "env": "SWH_SECRET"}]}}
+      ]
+    }"#;
+    let envoy = || {
+        let mut opts = Options::with_config(config);
+        for (name, value) in [
+            ("STRIPE_SECRET_NEW", schemes::STRIPE_SECRET_NEW),
+            ("SWH_SECRET", schemes::SWH_SECRET),
+        ] {
+            opts.env.push((name.into(), value.into()));
+            opts.host_env_keys.push(name.into());
+        }
+        opts.edits
+            .push(("  clusters:\n", state_cluster(&[service.port])));
+        Envoy::start(opts)
+    };
+    let (a, b) = (envoy(), envoy());
+    let now = crate::harness::now();
+    let body = r#"{"type":"invoice.paid"}"#;
+
+    let id = format!("msg_{}", crate::harness::fresh_nonce());
+    let sent = schemes::python(
+        "standard-webhooks",
+        &json!({"secret": schemes::SWH_SECRET, "id": id, "timestamp": now, "body": body}),
+    );
+    let post = |envoy: &Envoy, path: &str, headers: &schemes::Headers| {
+        envoy.request("POST", path, &headers.pairs(), body.as_bytes())
+    };
+    assert_passed(&post(&a, "/hooks/standard", &sent), "swh", body.as_bytes());
+    assert_refused(&post(&b, "/hooks/standard", &sent), 401, "nonce_replayed");
+
+    let sent = schemes::python(
+        "stripe",
+        &json!({"secret": schemes::STRIPE_SECRET_NEW, "timestamp": now, "body": body}),
+    );
+    assert_passed(
+        &post(&b, "/hooks/stripe", &sent),
+        "stripe-new",
+        body.as_bytes(),
+    );
+    assert_refused(&post(&a, "/hooks/stripe", &sent), 401, "nonce_replayed");
+    assert_eq!(state_requests(&a) + state_requests(&b), 4);
+}

@@ -362,7 +362,8 @@ fn warden_check_config_accepts_the_shipped_config_and_names_bad_fields() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 3 policies (health, partners, signed)"));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .starts_with("ok: 3 policies (health, partners, signed)"));
     assert!(String::from_utf8_lossy(&out.stderr).contains(
         "warning: policy `signed`: CORS origin wildcard `*.workers.dev` covers a public suffix"
     ));
@@ -563,7 +564,10 @@ fn validate_script_checks_the_plugin_config_and_envoy_with_the_development_secre
         stdout.contains("HMAC_SHARED_SECRET is not set: using the development secret"),
         "{all}"
     );
-    assert!(stdout.contains("ok: 3 policies (health, partners, signed)"), "{all}");
+    assert!(
+        stdout.contains("ok: 3 policies (health, partners, signed)"),
+        "{all}"
+    );
     assert!(
         stdout.contains("configuration 'envoy/envoy.yaml' OK"),
         "{all}"
