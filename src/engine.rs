@@ -1149,10 +1149,24 @@ impl Exchange {
                 // The signature covers headers and derived components only: verified now. A
                 // body is held until its Content-Digest (checked by the body watch) is known
                 // to match, and the nonce is claimed then.
+                // What the signature covers must be what the upstream gets: a path or host
+                // that is not UTF-8 is refused rather than read as empty.
+                let text = |name| match headers.first(name) {
+                    None => Ok(""),
+                    Some(v) => std::str::from_utf8(v).map_err(|_| Reject::InvalidCharacters {
+                        part: "path or host of a signed request",
+                    }),
+                };
+                let (Some(path), Some(authority)) = (
+                    self.noted(engine, text(":path"))?,
+                    self.noted(engine, text(":authority"))?,
+                ) else {
+                    return Ok(Proceed::Unsigned);
+                };
                 let message = Message {
                     method,
                     scheme: headers.first_str(":scheme").unwrap_or("http"),
-                    authority: headers.first_str(":authority").unwrap_or(""),
+                    authority,
                     path,
                     headers,
                 };

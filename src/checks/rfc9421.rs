@@ -34,6 +34,10 @@ pub const CREATED: &str = "signature's created parameter";
 /// At most this many labels in `Signature-Input` or `Signature`: each candidate may cost an HMAC,
 /// and a client has no reason to send more than a few (one per signer on the path).
 pub const MAX_LABELS: usize = 8;
+/// Longest Signature-Input or Signature (all its lines combined), in bytes.
+pub const MAX_FIELD_BYTES: usize = 8192;
+/// The signature parameters RFC 9421 registers (§6.3); any other is refused.
+const PARAMETERS: [&str; 6] = ["created", "expires", "nonce", "alg", "keyid", "tag"];
 /// At most this many components in one signature; each costs a pass over the headers.
 pub const MAX_COMPONENTS: usize = 32;
 /// Longest nonce accepted, in characters.
@@ -101,7 +105,8 @@ impl Default for RawRfc9421 {
 }
 
 fn default_components() -> Vec<String> {
-    ["@method", "@authority", "@path"]
+    // The query too: a signature over `/transfer` alone would also hold for `?to=someone-else`.
+    ["@method", "@authority", "@path", "@query"]
         .iter()
         .map(|c| c.to_string())
         .collect()
@@ -656,6 +661,11 @@ fn dictionary(
         scheme: SCHEME,
     };
     let value = headers.combined(name).ok_or(missing.clone())?;
+    // Bounds the parsing, and the signature bases built from it (a covered `;key` member
+    // re-reads its field), whatever Envoy's own header limits are.
+    if value.len() > MAX_FIELD_BYTES {
+        return Err(malformed(display, "is longer than 8192 bytes"));
+    }
     let dict: sfv::Dictionary = Parser::new(&value).parse().map_err(|_| {
         malformed(
             display,
@@ -679,7 +689,12 @@ struct Candidate<'a> {
 
 /// Verifies the request's RFC 9421 signature against `keys` (selected by `keyid`). With a
 /// configured label only that signature counts; otherwise the first that passes, and when none
-/// does, the first one's rejection.
+/// does, the rejection of the one by a key of ours (a wrong MAC counts toward the lockout),
+/// else the first one's.
+///
+/// At most one of the request's signatures may name a key of ours: only the one that passes is
+/// claimed in the replay store, so a request carrying two (with two nonces) could otherwise be
+/// replayed once more with the first one dropped.
 pub fn verify(
     settings: &Rfc9421Settings,
     keys: &[SigningKey],
@@ -712,16 +727,33 @@ pub fn verify(
             candidates.push(Candidate { entry, signature });
         }
     }
-    let mut first_refusal = None;
+    let ours = |c: &Candidate| match c.entry {
+        ListEntry::InnerList(list) => string(&list.params, "keyid")
+            .ok()
+            .flatten()
+            .is_some_and(|id| keys.iter().any(|k| k.id == id)),
+        ListEntry::Item(_) => false,
+    };
+    if candidates.iter().filter(|c| ours(c)).count() > 1 {
+        return Err(malformed(
+            "Signature-Input",
+            "holds more than one signature by a key of this service; send one",
+        ));
+    }
+    // The refusal of the signature by one of our keys, if there is one, else the first: a
+    // wrong MAC is never hidden behind another signature's refusal (it counts toward the
+    // lockout).
+    let mut refusal = None;
     for candidate in &candidates {
         match check(settings, keys, message, now, candidate) {
             Ok(verified) => return Ok(verified),
+            Err(why) if ours(candidate) => refusal = Some(why),
             Err(why) => {
-                first_refusal.get_or_insert(why);
+                refusal.get_or_insert(why);
             }
         }
     }
-    Err(first_refusal.unwrap_or(Reject::NoSignature {
+    Err(refusal.unwrap_or(Reject::NoSignature {
         header: "Signature-Input",
         scheme: SCHEME,
     }))
@@ -793,6 +825,13 @@ fn check(
             .map_err(|_| not_accepted("it covers a component edge-warden does not support"))?;
     }
     let params = &list.params;
+    // Only the registered parameters: the base then always ends in a quote or a short integer,
+    // never in bytes that could be another scheme's timestamp and nonce under the same secret.
+    if params.keys().any(|k| !PARAMETERS.contains(&k.as_str())) {
+        return Err(not_accepted(
+            "it has a parameter other than created, expires, nonce, alg, keyid and tag",
+        ));
+    }
     match string(params, "alg") {
         Ok(None) => {}
         Ok(Some(alg)) if alg == ALGORITHM => {}

@@ -260,8 +260,10 @@ impl Verifier {
 impl Verifier {
     /// Finishes with `suffix` and compares, in constant time, every key's MAC with every
     /// candidate the request sent (a provider may send several, one per active secret). `wrong`
-    /// is the rejection when none matches. With the proof comes the MAC that matched (what a
-    /// preset without a delivery id deduplicates on).
+    /// is the rejection when none matches. With the proof comes the message's MAC under the
+    /// first key, whichever key matched: what a preset without a delivery id deduplicates on.
+    /// (The MAC that matched would not do: a sender signing with two secrets during a rotation
+    /// sends two, and a copy with only the second would be a new claim.)
     pub fn finish_any(
         self,
         suffix: &[u8],
@@ -269,20 +271,24 @@ impl Verifier {
         wrong: Reject,
     ) -> Result<(SignatureVerified, Vec<u8>), Reject> {
         let mut matched = None;
+        let mut fingerprint = Vec::new();
         for (index, mut mac) in self.macs.into_iter().enumerate() {
             mac.update(suffix);
             let expected = mac.finalize().into_bytes();
+            if index == 0 {
+                fingerprint = expected.to_vec();
+            }
             for candidate in candidates {
                 // Every pair is compared, so timing does not tell which matched.
                 let same: bool =
                     subtle::ConstantTimeEq::ct_eq(&expected[..], &candidate[..]).into();
                 if same && matched.is_none() {
-                    matched = Some((index, expected.to_vec()));
+                    matched = Some(index);
                 }
             }
         }
         matched
-            .map(|(index, mac)| (SignatureVerified::by(index), mac))
+            .map(|index| (SignatureVerified::by(index), fingerprint))
             .ok_or(wrong)
     }
 }

@@ -409,8 +409,8 @@ fn delivery_id(value: &[u8], header: &'static str) -> Result<String, Reject> {
 }
 
 impl WebhookSettings {
-    /// What the replay store claims for a verified delivery (`mac`: the MAC that matched), and
-    /// until when (unix seconds). `policy` scopes it: two endpoints may share a sender.
+    /// What the replay store claims for a verified delivery (`mac`: its MAC under the first
+    /// key, the same whichever key matched), and until when (unix seconds). `policy` scopes it: two endpoints may share a sender.
     pub fn replay_claim(
         &self,
         policy: &str,
@@ -430,7 +430,8 @@ impl WebhookSettings {
                     .unwrap_or(now)
                     .saturating_add(self.tolerance),
             ),
-            // Stripe, Slack: the MAC covers the timestamp and the body; identical means replayed.
+            // Stripe, Slack: the MAC covers the timestamp and the body; the same message means
+            // replayed, however many of its signatures the copy carries.
             _ => (
                 format!(
                     "{}:{policy}:{}",

@@ -1729,3 +1729,18 @@ fn an_rfc9421_body_is_held_until_its_digest_matches_and_only_then_is_the_nonce_c
     let a = x.on_request_body(&engine, body, true, &mut host);
     assert_eq!(code(&a), "nonce_replayed");
 }
+
+#[test]
+fn an_rfc9421_request_whose_path_is_not_utf8_is_refused_not_read_as_empty() {
+    let (engine, _) = rfc_engine();
+    let mut host = TestHost::new();
+    let mut pairs = rfc_request(b"", "rfc-nonce-utf8-0123456789");
+    for (name, value) in &mut pairs {
+        if name == ":path" {
+            *value = b"/rfc/orders\xff".to_vec();
+        }
+    }
+    let mut x = Exchange::new();
+    let a = x.on_request_headers(&engine, pairs, true, &mut host);
+    assert_eq!(code(&a), "invalid_characters");
+}

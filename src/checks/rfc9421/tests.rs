@@ -195,8 +195,16 @@ fn settings(raw: RawRfc9421) -> Rfc9421Settings {
     compile(&raw, "policies[0].signature", 300, &mut Vec::new()).unwrap()
 }
 
+/// The section with the components most of these tests sign: the defaults but for `@query`.
+fn three() -> RawRfc9421 {
+    RawRfc9421 {
+        components: vec!["@method".into(), "@authority".into(), "@path".into()],
+        ..RawRfc9421::default()
+    }
+}
+
 fn default_settings() -> Rfc9421Settings {
-    settings(RawRfc9421::default())
+    settings(three())
 }
 
 fn keys() -> Vec<SigningKey> {
@@ -220,7 +228,7 @@ fn the_rfc_b_2_5_hmac_example_verifies_and_its_base_is_the_printed_one() {
         components: vec!["date".into(), "@authority".into(), "content-type".into()],
         require_nonce: false,
         window_seconds: Some(MAX_WINDOW),
-        ..RawRfc9421::default()
+        ..three()
     });
     let keys = [key("test-shared-secret", &rfc_secret())];
     let verified = request.verify(&settings, &keys, B25_CREATED + 30).unwrap();
@@ -267,7 +275,7 @@ fn the_rfc_b_2_5_example_is_refused_with_todays_clock_and_the_default_window() {
     let settings = settings(RawRfc9421 {
         components: vec!["date".into()],
         require_nonce: false,
-        ..RawRfc9421::default()
+        ..three()
     });
     let keys = [key("test-shared-secret", &rfc_secret())];
     assert!(matches!(
@@ -608,7 +616,7 @@ fn missing_required_components_are_named_as_the_policy_wrote_them() {
             "@query-param;name=\"id\"".into(),
             "@path".into(),
         ],
-        ..RawRfc9421::default()
+        ..three()
     });
     assert_eq!(
         request.outcome_with(&settings),
@@ -628,7 +636,7 @@ fn components_compare_by_name_and_parameters_in_any_order() {
     let wants = |component: &str| {
         settings(RawRfc9421 {
             components: vec!["@method".into(), component.into()],
-            ..RawRfc9421::default()
+            ..three()
         })
     };
     assert!(request
@@ -669,7 +677,7 @@ fn the_configured_label_alone_is_verified() {
     let only = |label: &str| {
         settings(RawRfc9421 {
             label: Some(label.into()),
-            ..RawRfc9421::default()
+            ..three()
         })
     };
     assert!(request.verify(&only("b"), &keys(), NOW).is_ok());
@@ -774,7 +782,7 @@ fn signature_parameters_are_checked_one_by_one() {
     let settings = settings(RawRfc9421 {
         tag: Some("orders-api".into()),
         window_seconds: Some(60),
-        ..RawRfc9421::default()
+        ..three()
     });
     let tagged = Signer {
         tag: Some("orders-api"),
@@ -887,7 +895,7 @@ fn signature_parameters_are_checked_one_by_one() {
 fn a_signature_without_a_nonce_passes_where_none_is_required() {
     let settings = settings(RawRfc9421 {
         require_nonce: false,
-        ..RawRfc9421::default()
+        ..three()
     });
     let request = Signer {
         nonce: None,
@@ -916,9 +924,13 @@ fn hand_written_parameters_are_refused_for_what_they_are() {
     let good = format!(r#";created={NOW};keyid="k1";nonce="{NONCE}""#);
     assert!(check(&good).is_ok());
     assert!(check(&format!(r#"{good};alg="hmac-sha256""#)).is_ok());
-    // Unknown parameters are signed like any other and do not stop verification.
-    assert!(check(&format!(r#"{good};x-extension=?1"#)).is_ok());
     let not_accepted = |reason| Err(Reject::SignatureNotAccepted { reason });
+    // Only registered parameters: an unknown one could end the base in bytes that another
+    // scheme under the same secret signs (a reference timestamp and nonce).
+    assert_eq!(
+        check(&format!(r#"{good};x-extension=?1"#)),
+        not_accepted("it has a parameter other than created, expires, nonce, alg, keyid and tag")
+    );
     assert_eq!(
         check(&format!(r#"{good};alg="rsa-pss-sha512""#)),
         not_accepted("its alg is not hmac-sha256")
@@ -1091,7 +1103,7 @@ fn compile_err(raw: RawRfc9421) -> ConfigError {
 fn with_components(components: &[&str]) -> RawRfc9421 {
     RawRfc9421 {
         components: components.iter().map(|c| c.to_string()).collect(),
-        ..RawRfc9421::default()
+        ..three()
     }
 }
 
@@ -1154,18 +1166,18 @@ fn supported_components_compile() {
 fn label_tag_and_window_are_checked() {
     let e = compile_err(RawRfc9421 {
         label: Some("Sig1".into()),
-        ..RawRfc9421::default()
+        ..three()
     });
     assert_eq!(e.field, "policies[2].signature.label");
     let e = compile_err(RawRfc9421 {
         tag: Some("tag\u{7f}".into()),
-        ..RawRfc9421::default()
+        ..three()
     });
     assert_eq!(e.field, "policies[2].signature.tag");
     for window in [0, MAX_WINDOW + 1] {
         let e = compile_err(RawRfc9421 {
             window_seconds: Some(window),
-            ..RawRfc9421::default()
+            ..three()
         });
         assert_eq!(e.field, "policies[2].signature.window_seconds");
     }
@@ -1175,7 +1187,7 @@ fn label_tag_and_window_are_checked() {
     let long = compile(
         &RawRfc9421 {
             window_seconds: Some(MAX_WINDOW),
-            ..RawRfc9421::default()
+            ..three()
         },
         "policies[2].signature",
         300,
@@ -1190,7 +1202,7 @@ fn label_tag_and_window_are_checked() {
     compile(
         &RawRfc9421 {
             window_seconds: Some(3600),
-            ..RawRfc9421::default()
+            ..three()
         },
         "s",
         300,
@@ -1203,7 +1215,7 @@ fn label_tag_and_window_are_checked() {
 #[test]
 fn the_raw_section_reads_from_json_with_its_defaults_and_refuses_unknown_fields() {
     let raw: RawRfc9421 = serde_json::from_str("{}").unwrap();
-    assert_eq!(raw.components, ["@method", "@authority", "@path"]);
+    assert_eq!(raw.components, ["@method", "@authority", "@path", "@query"]);
     assert!(raw.require_nonce);
     assert!(raw.label.is_none() && raw.tag.is_none() && raw.window_seconds.is_none());
     assert!(serde_json::from_str::<RawRfc9421>(r#"{"component": []}"#).is_err());
@@ -1224,4 +1236,74 @@ fn rejections_never_carry_the_nonce_the_signature_or_the_secret() {
     assert!(!detail.contains(NONCE));
     assert!(!detail.contains(signature.split_once('=').unwrap().1));
     assert!(!detail.contains(std::str::from_utf8(SECRET).unwrap()));
+}
+
+#[test]
+fn two_signatures_by_our_keys_are_refused_so_dropping_one_cannot_replay_the_other() {
+    // Each with its own nonce: only the one that passed would be claimed, and a copy with it
+    // dropped would pass on the other.
+    let a = Signer {
+        label: "a",
+        ..Signer::default()
+    }
+    .headers(&plain_request());
+    let b = Signer {
+        label: "b",
+        key_id: "k2",
+        secret: OTHER,
+        nonce: Some("another-nonce-0123456789"),
+        ..Signer::default()
+    }
+    .headers(&plain_request());
+    let both = plain_request().signed(&format!("{}, {}", a.0, b.0), &format!("{}, {}", a.1, b.1));
+    assert!(matches!(
+        both.outcome(),
+        Err(Reject::MalformedHeader {
+            header: "Signature-Input",
+            ..
+        })
+    ));
+    // Someone else's signature beside ours is fine.
+    let theirs = foreign("proxy");
+    let mixed = plain_request().signed(
+        &format!("{}, {}", theirs.0, a.0),
+        &format!("{}, {}", theirs.1, a.1),
+    );
+    assert!(mixed.outcome().is_ok());
+}
+
+#[test]
+fn a_wrong_mac_is_not_hidden_behind_another_signatures_refusal() {
+    // A foreign signature that fails early (no created) first, ours with a wrong MAC second:
+    // the wrong MAC is what is answered, so the guess counts toward the lockout.
+    let early = r#"x=("@method");keyid="unknown""#;
+    let ours = Signer {
+        label: "guess",
+        secret: OTHER,
+        ..Signer::default()
+    }
+    .headers(&plain_request());
+    let request = plain_request().signed(
+        &format!("{early}, {}", ours.0),
+        &format!("x=:AAAA:, {}", ours.1),
+    );
+    let refusal = request.outcome().unwrap_err();
+    assert_eq!(refusal, Reject::WrongSignature { scheme: SCHEME });
+    assert!(refusal.is_auth_failure());
+}
+
+#[test]
+fn an_oversized_signature_input_is_refused_before_it_is_parsed() {
+    let long = format!(
+        r#"sig1=("@method");keyid="k1";nonce="{}""#,
+        "n".repeat(MAX_FIELD_BYTES)
+    );
+    let request = plain_request().signed(&long, "sig1=:AAAA:");
+    assert!(matches!(
+        request.outcome(),
+        Err(Reject::MalformedHeader {
+            header: "Signature-Input",
+            ..
+        })
+    ));
 }

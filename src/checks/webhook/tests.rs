@@ -325,3 +325,46 @@ fn settings_errors_name_the_field() {
         "policies[1].signature.secrets"
     );
 }
+
+#[test]
+fn a_delivery_signed_with_both_secrets_claims_the_same_whichever_signature_is_kept() {
+    // Rotation: the sender signs with the new and the old secret, and edge-warden has both.
+    let s = settings(Preset::Stripe, &["OTHER", "STRIPE"]);
+    let both = {
+        let mut v = sign(
+            Preset::Stripe,
+            b"another-secret-another-secret-0123",
+            BODY,
+            1_700_000_000,
+            "",
+        );
+        let old = sign(Preset::Stripe, STRIPE.as_bytes(), BODY, 1_700_000_000, "");
+        let old_mac = old[0].1.split("v1=").nth(1).unwrap().to_string();
+        v[0].1 = format!("{},v1={old_mac}", v[0].1);
+        v
+    };
+    let claim = |value: &str| {
+        let h = headers(&[("stripe-signature", value)]);
+        let signed = parse(&s, &h).unwrap();
+        let mut v = Verifier::with_prefix(&s.keyring, &signed.prefix);
+        v.update(BODY);
+        let (proof, fingerprint) = v
+            .finish_any(b"", &signed.candidates, wrong(Preset::Stripe))
+            .unwrap();
+        (
+            proof.key_index,
+            s.replay_claim("p", &signed, &fingerprint, 0).0,
+        )
+    };
+    let full = &both[0].1;
+    let (t, rest) = full.split_once(",v1=").unwrap();
+    let (first, second) = rest.split_once(",v1=").unwrap();
+    let (key_a, claim_a) = claim(&format!("{t},v1={first}"));
+    let (key_b, claim_b) = claim(&format!("{t},v1={second}"));
+    assert_eq!((key_a, key_b), (0, 1));
+    assert_eq!(
+        claim_a, claim_b,
+        "a copy keeping either signature is the same delivery"
+    );
+    assert_eq!(claim(full).1, claim_a);
+}
