@@ -33,8 +33,10 @@ fn stripe_events_pass_under_either_secret_and_name_the_one_that_matched() {
     let h = stripe(STRIPE_SECRET_NEW, now(), STRIPE_EVENT);
     assert_post_passes(&envoy, "/hooks/stripe", &h, body, "stripe-new");
 
-    // Rotation: events still signed with the previous secret pass, named after it.
-    let h = stripe(STRIPE_SECRET_OLD, now(), STRIPE_EVENT);
+    // Rotation: events still signed with the previous secret pass, named after it. Another
+    // second: the same event at the same second is the same delivery, whichever secret signed
+    // it, and is refused as a replay.
+    let h = stripe(STRIPE_SECRET_OLD, now() - 1, STRIPE_EVENT);
     assert_post_passes(&envoy, "/hooks/stripe", &h, body, "stripe-old");
 }
 
@@ -250,5 +252,32 @@ fn a_delivery_passes_once_within_the_tolerance_and_stale_or_changed_copies_are_r
         assert_refused(&r, 401, "invalid_signature");
         // The delivery as signed passes (the refusals used nothing up), and only once.
         assert_passes_once(&envoy, p.path, &h, body, p.key_id);
+    }
+}
+
+/// During a rotation Stripe signs each event with both secrets; a copy that keeps only one of
+/// the two signatures is the same delivery, not a new one.
+#[test]
+fn a_stripe_delivery_signed_with_both_secrets_passes_once_whichever_signature_a_copy_keeps() {
+    let envoy = schemes::start();
+    let body = STRIPE_EVENT.as_bytes();
+    let t = now();
+    let new = stripe(STRIPE_SECRET_NEW, t, STRIPE_EVENT);
+    let old = stripe(STRIPE_SECRET_OLD, t, STRIPE_EVENT);
+    let v1 = |h: &Headers| {
+        h.get("Stripe-Signature")
+            .split_once(",v1=")
+            .unwrap()
+            .1
+            .to_string()
+    };
+    let both = new.with(
+        "Stripe-Signature",
+        &format!("t={t},v1={},v1={}", v1(&new), v1(&old)),
+    );
+    assert_post_passes(&envoy, "/hooks/stripe", &both, body, "stripe-new");
+    for copy in [&old, &new] {
+        let r = envoy.request("POST", "/hooks/stripe", &copy.pairs(), body);
+        assert_refused(&r, 401, "nonce_replayed");
     }
 }
