@@ -94,9 +94,23 @@ fn parse_mac(value: &[u8]) -> Result<[u8; 32], Reject> {
     if value.len() != 64 {
         return Err(malformed("must be 64 hex characters (HMAC-SHA256)"));
     }
+    hex_mac(value).ok_or(malformed("must be hexadecimal"))
+}
+
+/// An HMAC-SHA256 as 64 hex characters (either case), the form every hex scheme sends.
+pub(crate) fn hex_mac(value: &[u8]) -> Option<[u8; 32]> {
     let mut mac = [0u8; 32];
-    hex::decode_to_slice(value, &mut mac).map_err(|_| malformed("must be hexadecimal"))?;
-    Ok(mac)
+    (value.len() == 64 && hex::decode_to_slice(value, &mut mac).is_ok()).then_some(mac)
+}
+
+/// Unix seconds as 1 to 12 plain decimal digits (12 reach the year 33658, far enough).
+pub(crate) fn unix_seconds(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 12 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |acc, d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 fn parse_timestamp(value: &[u8]) -> Result<u64, Reject> {
@@ -104,24 +118,16 @@ fn parse_timestamp(value: &[u8]) -> Result<u64, Reject> {
         header: TIMESTAMP_HEADER,
         reason,
     };
-    // Unix seconds as plain decimal digits; 12 digits reach the year 33658, far enough.
-    if value.len() > 12 || !value.iter().all(u8::is_ascii_digit) {
-        return Err(malformed("must be the unix time in whole seconds"));
-    }
+    let seconds = unix_seconds(value).ok_or(malformed("must be the unix time in whole seconds"))?;
     // Only the canonical form: the timestamp is signed as sent, right after the body, so with
     // leading zeros allowed a signature over body `B0` and timestamp `T` would also hold for body
     // `B` and timestamp `0T`.
-    if value.len() > 1 && value[0] == b'0' {
+    if value.len() > 1 && value.first() == Some(&b'0') {
         return Err(malformed(
             "must be the unix time in whole seconds, without leading zeros",
         ));
     }
-    value
-        .iter()
-        .try_fold(0u64, |acc, d| {
-            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        })
-        .ok_or(malformed("must be the unix time in whole seconds"))
+    Ok(seconds)
 }
 
 fn parse_nonce(value: &[u8]) -> Result<String, Reject> {

@@ -371,26 +371,16 @@ fn too_many(candidates: &[Vec<u8>], header: &'static str) -> Result<(), Reject> 
 }
 
 fn hex_mac(value: &[u8], header: &'static str, form: &'static str) -> Result<Vec<u8>, Reject> {
-    let mut mac = [0u8; 32];
-    if value.len() != 64 || hex::decode_to_slice(value, &mut mac).is_err() {
-        return Err(malformed(header, form));
-    }
-    Ok(mac.to_vec())
+    signature::hex_mac(value)
+        .map(|mac| mac.to_vec())
+        .ok_or(malformed(header, form))
 }
 
-/// Unix seconds as plain digits (at most 12: the year 33658). Each format separates the
-/// timestamp from the body, so leading zeros cannot move bytes between them.
+/// Unix seconds as plain digits. Each format separates the timestamp from the body, so leading
+/// zeros cannot move bytes between them.
 fn unix_seconds(value: &[u8], header: &'static str) -> Result<u64, Reject> {
-    let form = "must be the unix time in whole seconds";
-    if value.is_empty() || value.len() > 12 || !value.iter().all(u8::is_ascii_digit) {
-        return Err(malformed(header, form));
-    }
-    value
-        .iter()
-        .try_fold(0u64, |acc, d| {
-            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        })
-        .ok_or(malformed(header, form))
+    signature::unix_seconds(value)
+        .ok_or(malformed(header, "must be the unix time in whole seconds"))
 }
 
 /// A delivery id: 1 to 256 visible ASCII characters without `.` (Standard Webhooks signs
