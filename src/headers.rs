@@ -117,6 +117,17 @@ impl RequestHeaders {
         out
     }
 
+    /// Headers from text pairs, for tests.
+    #[cfg(test)]
+    pub(crate) fn from_text(pairs: &[(&str, &str)]) -> Self {
+        Self::new(
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
     /// `first`, as text; `None` when absent or not UTF-8.
     pub fn first_str(&self, name: &str) -> Option<&str> {
         self.first(name).and_then(|v| std::str::from_utf8(v).ok())

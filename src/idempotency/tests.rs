@@ -2,12 +2,7 @@ use super::*;
 use crate::store::MemoryStore;
 
 fn headers(pairs: &[(&str, &str)]) -> RequestHeaders {
-    RequestHeaders::new(
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect(),
-    )
+    RequestHeaders::from_text(pairs)
 }
 
 #[test]

@@ -41,12 +41,7 @@ fn settings(preset: Preset, envs: &[&str]) -> WebhookSettings {
 }
 
 fn headers(pairs: &[(&str, &str)]) -> RequestHeaders {
-    RequestHeaders::new(
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect(),
-    )
+    RequestHeaders::from_text(pairs)
 }
 
 /// Parses and verifies: the index of the key that matched.
