@@ -228,14 +228,6 @@ impl Rfc9421Settings {
     pub fn window_seconds(&self) -> u64 {
         self.window_seconds
     }
-
-    /// The required list names `content-digest` (in any form): the engine must then check the
-    /// body against that header.
-    pub fn covers_content_digest(&self) -> bool {
-        self.required
-            .iter()
-            .any(|r| component_name(&r.item) == Some("content-digest"))
-    }
 }
 
 /// Parses a component identifier as a policy or the CLI writes it: the name unquoted, then its
@@ -636,9 +628,6 @@ pub struct Verified {
     /// What the replay store claims for this signature: "rfc9421:n:{keyid}:{nonce}" when it has
     /// a nonce, else "rfc9421:s:" + hex of the first 16 bytes of SHA-256(signature bytes).
     pub replay_id: String,
-    /// The verified signature covers the `content-digest` header (the engine then checks the
-    /// body against it).
-    pub covers_content_digest: bool,
 }
 
 fn malformed(header: &'static str, reason: &'static str) -> Reject {
@@ -893,10 +882,6 @@ fn check(
         created,
         expires,
         replay_id,
-        covers_content_digest: list
-            .items
-            .iter()
-            .any(|i| component_name(i) == Some("content-digest")),
     })
 }
 

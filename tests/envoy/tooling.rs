@@ -317,7 +317,6 @@ fn warden_sign_rfc9421_headers_pass_the_filters_own_verification() {
         headers: &headers,
     };
     let verified = rfc9421::verify(&settings, &keys, &message, 1_700_000_010).unwrap();
-    assert!(verified.covers_content_digest);
     assert!(verified.replay_id.starts_with("rfc9421:n:primary:"));
     let mut digest = digest::parse(&headers).unwrap().expect("a Content-Digest");
     digest.feed(body).unwrap();
