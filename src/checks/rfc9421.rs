@@ -858,11 +858,11 @@ fn check(
         .ok()
         .flatten()
         .ok_or(wrong.clone())?;
-    let key_index = keys
+    let (key_index, key) = keys
         .iter()
-        .position(|k| k.id == keyid)
+        .enumerate()
+        .find(|(_, k)| k.id == keyid)
         .ok_or(wrong.clone())?;
-    let key = keys.get(key_index).ok_or(wrong.clone())?;
     let base = signature_base(candidate.entry, message).map_err(not_accepted)?;
     let mac = mac(key.secret.expose(), &base).ok_or(wrong.clone())?;
     // verify_slice compares in constant time (and refuses another length).
