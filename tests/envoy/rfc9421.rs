@@ -78,9 +78,21 @@ const REQUIRED: [&str; 4] = ["@method", "@authority", "@path", "content-digest"]
 /// Envoy (so `@authority` is `127.0.0.1:PORT`, the Host the test client sends), covering
 /// `components`, with a fresh nonce.
 fn rfc_signed(envoy: &Envoy, body: &str, components: &[&str], created: u64) -> Headers {
+    rfc_signed_as(envoy, body, components, created, None)
+}
+
+/// [`rfc_signed`] under `label` (the package's own, `pyhms`, when `None`).
+fn rfc_signed_as(
+    envoy: &Envoy,
+    body: &str,
+    components: &[&str],
+    created: u64,
+    label: Option<&str>,
+) -> Headers {
     schemes::python(
         "rfc9421",
         &json!({
+            "label": label,
             "url": format!("http://127.0.0.1:{}/rfc/orders", envoy.port),
             "method": "POST",
             "body": body,
@@ -192,4 +204,52 @@ fn a_wrong_or_absent_content_digest_is_refused() {
     assert_refused(&r, 400, "content_digest_mismatch");
     let r = envoy.request("POST", "/digest", &[], RFC_BODY.as_bytes());
     assert_refused(&r, 400, "missing_header");
+}
+
+/// At most one signature by a key of this service: only the one used is claimed, so with two
+/// (two nonces) a copy without it would pass on the other. A wrong MAC behind another label's
+/// early refusal is what is answered (it counts toward the lockout), and parameters RFC 9421
+/// does not register are refused.
+#[test]
+fn one_signature_per_key_of_ours_and_a_wrong_one_is_never_hidden_behind_another() {
+    let envoy = schemes::start();
+    let body = ORDER.as_bytes();
+    let a = rfc_signed_as(&envoy, ORDER, &REQUIRED, now(), Some("a"));
+    let b = rfc_signed_as(&envoy, ORDER, &REQUIRED, now(), Some("b"));
+    let both = b
+        .with(
+            "Signature-Input",
+            &format!("{}, {}", a.get("Signature-Input"), b.get("Signature-Input")),
+        )
+        .with(
+            "Signature",
+            &format!("{}, {}", a.get("Signature"), b.get("Signature")),
+        );
+    let r = envoy.request("POST", "/rfc/orders", &both.pairs(), body);
+    assert_refused(&r, 400, "malformed_header");
+
+    // Someone else's signature that fails early, then ours with a's MAC under label b.
+    let a_mac = a.get("Signature").trim_start_matches("a=");
+    let hidden = b
+        .with(
+            "Signature-Input",
+            &format!(
+                r#"x=("@method");keyid="proxy", {}"#,
+                b.get("Signature-Input")
+            ),
+        )
+        .with("Signature", &format!("x=:AAAA:, b={a_mac}"));
+    let r = envoy.request("POST", "/rfc/orders", &hidden.pairs(), body);
+    assert_refused(&r, 401, "invalid_signature");
+
+    let extended = b.with(
+        "Signature-Input",
+        &format!("{};x-extension=?1", b.get("Signature-Input")),
+    );
+    let r = envoy.request("POST", "/rfc/orders", &extended.pairs(), body);
+    assert_refused(&r, 401, "signature_not_accepted");
+
+    // None of that spent anything: each signature alone passes once.
+    assert_passes_once(&envoy, "/rfc/orders", &a, body, "test-shared-secret");
+    assert_passes_once(&envoy, "/rfc/orders", &b, body, "test-shared-secret");
 }
